@@ -1,0 +1,228 @@
+//! `Reject`: every way the broker refuses an input, in one place.
+//!
+//! A rejection knows its user-facing reason (gows `error` text / vws nack `e`), its metric
+//! label, and, for connection-fatal ones, the WebSocket close code or HTTP status. Keeping
+//! them together is what keeps SPEC §4 true in one place. Variants are cheap enums: no text
+//! is built until a reply is actually sent.
+
+use crate::topic::TopicError;
+use std::fmt;
+
+/// Why an input was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reject {
+    /// The message is not valid JSON.
+    MalformedJson,
+    /// The message is JSON but not an object.
+    NotAnObject,
+    /// gows `type` the broker does not know.
+    UnknownType,
+    /// vws `k` the broker does not know.
+    UnknownKind,
+    /// A required field is absent.
+    MissingField(&'static str),
+    /// A field has the wrong JSON type.
+    BadField(&'static str),
+    /// JSON nested deeper than `client.max_json_depth`.
+    TooDeep,
+    /// Channel/topic of a publish is invalid.
+    InvalidTopic(TopicError),
+    /// Subscription pattern is invalid.
+    InvalidPattern(TopicError),
+    /// More than `client.max_subscriptions` subscriptions.
+    TooManySubscriptions,
+    /// Client publishing is not allowed here.
+    PublishNotAllowed,
+    /// Client published faster than `client.publish_rate`.
+    RateLimited,
+    /// The broker could not queue the publication (cross-shard queue full).
+    Overloaded,
+    /// Kept publishing while rate limited (close 1008).
+    RateLimitAbuse,
+    /// Text frame that is not UTF-8 (close 1007).
+    InvalidUtf8,
+    /// Message larger than `server.max_message_bytes` (close 1009).
+    MessageTooLarge,
+    /// Binary frame (close 1003).
+    BinaryFrame,
+    /// Client frame not masked (close 1002).
+    UnmaskedFrame,
+    /// Reserved bits set or unknown opcode (close 1002).
+    BadOpcode,
+    /// Control frame over 125 bytes or fragmented (close 1002).
+    BadControlFrame,
+    /// Continuation without a start, or a new message inside a fragmented one (close 1002).
+    BadFragmentation,
+    /// No frame or pong within `server.idle_timeout`.
+    IdleTimeout,
+    /// Outbound buffer full under `on_full = disconnect` (close 1008).
+    SlowConsumer,
+    /// Not a WebSocket upgrade, or a bad handshake (HTTP 400).
+    BadHandshake,
+    /// Over `server.max_connections` (HTTP 503).
+    TooManyConnections,
+}
+
+impl Reject {
+    /// Every variant's metric label, in `index()` order (for per-shard counter arrays).
+    pub const LABELS: [&'static str; 25] = [
+        "malformed_json",
+        "not_an_object",
+        "unknown_type",
+        "unknown_kind",
+        "missing_field",
+        "bad_field",
+        "too_deep",
+        "invalid_topic",
+        "invalid_pattern",
+        "too_many_subscriptions",
+        "publish_not_allowed",
+        "rate_limited",
+        "overloaded",
+        "rate_limit_abuse",
+        "invalid_utf8",
+        "message_too_large",
+        "binary_frame",
+        "unmasked_frame",
+        "bad_opcode",
+        "bad_control_frame",
+        "bad_fragmentation",
+        "idle_timeout",
+        "slow_consumer",
+        "bad_handshake",
+        "too_many_connections",
+    ];
+
+    /// Position of this variant in [`Reject::LABELS`] and in counter arrays.
+    pub fn index(&self) -> usize {
+        match self {
+            Reject::MalformedJson => 0,
+            Reject::NotAnObject => 1,
+            Reject::UnknownType => 2,
+            Reject::UnknownKind => 3,
+            Reject::MissingField(_) => 4,
+            Reject::BadField(_) => 5,
+            Reject::TooDeep => 6,
+            Reject::InvalidTopic(_) => 7,
+            Reject::InvalidPattern(_) => 8,
+            Reject::TooManySubscriptions => 9,
+            Reject::PublishNotAllowed => 10,
+            Reject::RateLimited => 11,
+            Reject::Overloaded => 12,
+            Reject::RateLimitAbuse => 13,
+            Reject::InvalidUtf8 => 14,
+            Reject::MessageTooLarge => 15,
+            Reject::BinaryFrame => 16,
+            Reject::UnmaskedFrame => 17,
+            Reject::BadOpcode => 18,
+            Reject::BadControlFrame => 19,
+            Reject::BadFragmentation => 20,
+            Reject::IdleTimeout => 21,
+            Reject::SlowConsumer => 22,
+            Reject::BadHandshake => 23,
+            Reject::TooManyConnections => 24,
+        }
+    }
+
+    /// Metric label (`shardcast_rejections_total{reason=...}`).
+    pub fn label(&self) -> &'static str {
+        Self::LABELS.get(self.index()).copied().unwrap_or("other")
+    }
+
+    /// The WebSocket close code when this rejection ends the connection, else `None`
+    /// (the connection stays open and gets an error reply / nack).
+    pub fn close_code(&self) -> Option<u16> {
+        match self {
+            Reject::InvalidUtf8 => Some(1007),
+            Reject::MessageTooLarge => Some(1009),
+            Reject::BinaryFrame => Some(1003),
+            Reject::UnmaskedFrame
+            | Reject::BadOpcode
+            | Reject::BadControlFrame
+            | Reject::BadFragmentation => Some(1002),
+            Reject::IdleTimeout => Some(1001),
+            Reject::SlowConsumer | Reject::RateLimitAbuse => Some(1008),
+            _ => None,
+        }
+    }
+
+    /// The short reason sent in a close frame (must stay under 123 bytes).
+    pub fn close_reason(&self) -> &'static str {
+        match self {
+            Reject::InvalidUtf8 => "text frame is not valid UTF-8",
+            Reject::MessageTooLarge => "message too large",
+            Reject::BinaryFrame => "binary frames are not supported",
+            Reject::UnmaskedFrame => "client frames must be masked",
+            Reject::BadOpcode => "reserved bits or unknown opcode",
+            Reject::BadControlFrame => "control frame too long or fragmented",
+            Reject::BadFragmentation => "bad message fragmentation",
+            Reject::IdleTimeout => "idle timeout",
+            Reject::SlowConsumer => "slow consumer",
+            Reject::RateLimitAbuse => "publish rate limit exceeded persistently",
+            _ => "",
+        }
+    }
+
+    /// HTTP status for rejections answered before an upgrade.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            Reject::TooManyConnections | Reject::Overloaded => 503,
+            Reject::RateLimited => 429,
+            Reject::PublishNotAllowed => 403,
+            _ => 400,
+        }
+    }
+}
+
+impl fmt::Display for Reject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reject::MalformedJson => f.write_str("malformed JSON"),
+            Reject::NotAnObject => f.write_str("message must be a JSON object"),
+            Reject::UnknownType => f.write_str("unknown message type"),
+            Reject::UnknownKind => f.write_str("unknown kind"),
+            Reject::MissingField(name) => write!(f, "missing field '{name}'"),
+            Reject::BadField(name) => write!(f, "field '{name}' has the wrong type"),
+            Reject::TooDeep => f.write_str("JSON nested too deeply"),
+            Reject::InvalidTopic(e) => write!(f, "invalid topic: {e}"),
+            Reject::InvalidPattern(e) => write!(f, "invalid pattern: {e}"),
+            Reject::TooManySubscriptions => f.write_str("subscription limit reached (client.max_subscriptions)"),
+            Reject::PublishNotAllowed => f.write_str("publishing is not allowed for clients"),
+            Reject::RateLimited => f.write_str("rate limited"),
+            Reject::Overloaded => f.write_str("broker overloaded, publication not queued"),
+            Reject::TooManyConnections => f.write_str("too many connections"),
+            Reject::BadHandshake => f.write_str("not a valid WebSocket upgrade request"),
+            other => f.write_str(other.close_reason()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_follow_index_order() {
+        let all = [
+            Reject::MalformedJson,
+            Reject::TooManyConnections,
+            Reject::SlowConsumer,
+            Reject::MissingField("t"),
+        ];
+        for r in all {
+            assert_eq!(Reject::LABELS[r.index()], r.label());
+        }
+        assert_eq!(Reject::SlowConsumer.label(), "slow_consumer");
+        assert_eq!(Reject::TooManyConnections.index(), Reject::LABELS.len() - 1);
+    }
+
+    #[test]
+    fn close_codes_match_spec_section_4() {
+        assert_eq!(Reject::InvalidUtf8.close_code(), Some(1007));
+        assert_eq!(Reject::MessageTooLarge.close_code(), Some(1009));
+        assert_eq!(Reject::BinaryFrame.close_code(), Some(1003));
+        assert_eq!(Reject::UnmaskedFrame.close_code(), Some(1002));
+        assert_eq!(Reject::SlowConsumer.close_code(), Some(1008));
+        assert_eq!(Reject::MalformedJson.close_code(), None);
+    }
+}
