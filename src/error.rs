@@ -186,7 +186,9 @@ impl fmt::Display for Reject {
             Reject::TooDeep => f.write_str("JSON nested too deeply"),
             Reject::InvalidTopic(e) => write!(f, "invalid topic: {e}"),
             Reject::InvalidPattern(e) => write!(f, "invalid pattern: {e}"),
-            Reject::TooManySubscriptions => f.write_str("subscription limit reached (client.max_subscriptions)"),
+            Reject::TooManySubscriptions => {
+                f.write_str("subscription limit reached (client.max_subscriptions)")
+            }
             Reject::PublishNotAllowed => f.write_str("publishing is not allowed for clients"),
             Reject::RateLimited => f.write_str("rate limited"),
             Reject::Overloaded => f.write_str("broker overloaded, publication not queued"),

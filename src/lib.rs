@@ -3,18 +3,30 @@
 //! Module map (data flows one way, top to bottom):
 //!
 //! ```text
-//!  socket ─► server (accept, HTTP, upgrade) ─► conn (frames in, limits) ─► protocol (dialect decode)
-//!        ─► shard (local topic index) ─► router (interest table, other shards) ─► shard inbox
-//!        ─► conn outbox ─► socket (vectored writes, many frames per syscall)
+//!  socket ─► server (accept, HTTP, upgrade) ─► shard + conn (frames in, limits)
+//!        ─► protocol (dialect decode) ─► shard (local topic index)
+//!        ─► router (interest table) ─► shard inboxes ─► conn outbox
+//!        ─► socket (vectored writes, many frames per syscall)
 //! ```
 //!
 //! Leaf modules know nothing of sockets or runtimes and are tested as pure code:
 //! [`topic`] (names, patterns, the subscription index), [`protocol`] (gows/vws codecs and
 //! WebSocket framing), [`config`] (TOML + env + flags, validated), [`error`] (every
 //! rejection and how it is answered).
+#![deny(unsafe_code)]
 
+pub mod api;
+pub mod api_client;
+pub mod broker;
+pub mod cli;
 pub mod config;
+pub mod conn;
 pub mod error;
+pub mod metrics;
 pub mod protocol;
 pub mod publication;
+pub mod router;
+pub mod runner;
+pub mod server;
+pub mod shard;
 pub mod topic;

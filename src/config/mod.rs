@@ -1,1 +1,317 @@
-//! STUB (replaced by the config helper).
+//! Configuration: the typed [`Config`], its single source of defaults, and loading.
+//!
+//! `config/shardcast.toml` lists every key with its default and is embedded in the binary:
+//! [`Config::default`] is that file parsed (SPEC §6, STYLE rule 13). [`load`] layers a
+//! config file, `SHARDCAST_<SECTION>__<KEY>` environment variables and command-line flags
+//! over it, at the TOML-table level, deserializes once and validates; a bad value is
+//! refused with the place it came from, the key and the reason ([`ConfigError`]).
+//!
+//! Pure code: this module reads at most the one config file it is given, and never the
+//! process environment (callers pass the variables in, so tests can too).
+
+pub mod duration;
+mod load;
+mod validate;
+
+pub use load::{load, Overrides};
+
+use crate::protocol::Dialect;
+use serde::{Deserialize, Serialize, Serializer};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The embedded `config/shardcast.toml`: every key with its default.
+pub const DEFAULTS_TOML: &str = include_str!("../../config/shardcast.toml");
+
+/// Most shards a broker may run.
+pub const MAX_SHARDS: usize = 128;
+
+/// The whole broker configuration, after defaults, file, environment and flags.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `[server]`: listener, shards, WebSocket limits, shutdown.
+    pub server: ServerConfig,
+    /// `[client]`: per-connection buffers, slow-consumer policy, publish limits.
+    pub client: ClientConfig,
+    /// `[auth]`: how WebSocket clients authenticate.
+    pub auth: AuthConfig,
+    /// `[[policy]]`: who may subscribe / publish where (first match wins).
+    pub policy: Vec<PolicyRule>,
+    /// `[api]`: the HTTP API.
+    pub api: ApiConfig,
+    /// `[metrics]`: Prometheus exposition.
+    pub metrics: MetricsConfig,
+    /// `[cluster]`: NATS backplane.
+    pub cluster: ClusterConfig,
+}
+
+/// `[server]` section.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Listener address, default `0.0.0.0:8080`.
+    pub listen: SocketAddr,
+    /// Shard threads; 0 = one per CPU core (see [`Config::shard_count`]); at most 128.
+    pub shards: usize,
+    /// WebSocket upgrade path, default `/ws`.
+    pub ws_path: String,
+    /// Dialect for clients that ask for none, default gows.
+    #[serde(serialize_with = "serialize_dialect")]
+    pub default_dialect: Dialect,
+    /// Concurrent connections; more get HTTP 503.
+    pub max_connections: usize,
+    /// Largest client message in bytes (128 .. 64 MiB); larger closes with 1009.
+    pub max_message_bytes: usize,
+    /// Close a connection silent for this long.
+    #[serde(with = "duration")]
+    pub idle_timeout: Duration,
+    /// Server ping period; shorter than `idle_timeout`.
+    #[serde(with = "duration")]
+    pub ping_interval: Duration,
+    /// Allowed `Origin`s; empty = same-origin, `["*"]` = any.
+    pub allowed_origins: Vec<String>,
+    /// Time allowed for a graceful shutdown.
+    #[serde(with = "duration")]
+    pub shutdown_grace: Duration,
+    /// An HTTP request / WebSocket upgrade must complete within this.
+    #[serde(with = "duration")]
+    pub handshake_timeout: Duration,
+    /// Bounded cross-shard queue length per shard.
+    pub inbox_capacity: usize,
+}
+
+/// `[client]` section: limits that apply to each connection.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientConfig {
+    /// Outbound buffer bound in frames.
+    pub queue_frames: usize,
+    /// Outbound buffer bound in bytes.
+    pub queue_bytes: usize,
+    /// Slow-consumer policy when the outbound buffer is full.
+    pub on_full: OnFull,
+    /// Subscriptions per connection.
+    pub max_subscriptions: usize,
+    /// Messages/s a connection may publish (token bucket); 0 = unlimited.
+    pub publish_rate: f64,
+    /// Token bucket size.
+    pub publish_burst: u32,
+    /// Rate-limited messages in a row that close the connection with 1008.
+    pub rate_limit_strikes: u32,
+    /// Whether WebSocket clients may publish at all.
+    pub allow_publish: bool,
+    /// Longest topic/channel in bytes.
+    pub max_topic_bytes: usize,
+    /// Most `/`-separated levels in a topic or pattern.
+    pub max_topic_levels: usize,
+    /// Deepest JSON nesting in a client message.
+    pub max_json_depth: usize,
+}
+
+/// What happens when a client's outbound buffer is full (SPEC §4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnFull {
+    /// Close the connection with 1008 "slow consumer".
+    Disconnect,
+    /// Drop the oldest queued frame to make room.
+    DropOldest,
+    /// Drop the new frame.
+    DropNewest,
+}
+
+/// `[auth]` section. Secrets are never in the file: the keys name environment variables.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// `auth.type`: none | bearer | basic | jwt.
+    #[serde(rename = "type")]
+    pub kind: AuthType,
+    /// Variable holding the bearer token.
+    pub bearer_token_env: String,
+    /// Variable holding the basic-auth user name.
+    pub basic_username_env: String,
+    /// Variable holding the basic-auth password.
+    pub basic_password_env: String,
+    /// Variable holding the HS256 secret.
+    pub jwt_secret_env: String,
+}
+
+/// How WebSocket clients authenticate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthType {
+    /// Anyone may connect.
+    None,
+    /// `Authorization: Bearer <token>` or `?token=`.
+    Bearer,
+    /// HTTP basic auth.
+    Basic,
+    /// HS256 JWT with `exp`.
+    Jwt,
+}
+
+impl AuthType {
+    /// The name used in the config file.
+    pub fn name(self) -> &'static str {
+        match self {
+            AuthType::None => "none",
+            AuthType::Bearer => "bearer",
+            AuthType::Basic => "basic",
+            AuthType::Jwt => "jwt",
+        }
+    }
+}
+
+/// One `[[policy]]` rule.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyRule {
+    /// Topic pattern the rule applies to.
+    pub pattern: String,
+    /// Who may subscribe.
+    pub subscribe: String,
+    /// Who may publish.
+    pub publish: String,
+}
+
+/// `[api]` section.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Variable holding the API key; "" = no key, the API answers loopback peers only.
+    pub key_env: String,
+    /// Largest request body in bytes.
+    pub max_body_bytes: usize,
+    /// Most publications in one batch.
+    pub max_batch: usize,
+}
+
+/// `[metrics]` section.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Serve `GET /metrics`.
+    pub enabled: bool,
+}
+
+/// `[cluster]` section.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// NATS URL; "" = single node.
+    pub nats_url: String,
+    /// This node's id; "" = generated at start.
+    pub node_id: String,
+    /// Prefix of every NATS subject.
+    pub subject_prefix: String,
+}
+
+impl Default for Config {
+    /// The embedded `config/shardcast.toml`.
+    fn default() -> Self {
+        // The embedded file is part of the build, not outside input; the unit test
+        // `embedded_defaults_parse_and_validate` keeps this invariant.
+        toml::from_str(DEFAULTS_TOML)
+            .expect("invariant: the embedded config/shardcast.toml parses into Config")
+    }
+}
+
+impl Config {
+    /// Number of shards to run: `server.shards`, or one per CPU core when it is 0 (at
+    /// most [`MAX_SHARDS`], at least 1).
+    pub fn shard_count(&self) -> usize {
+        let n = match self.server.shards {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        n.clamp(1, MAX_SHARDS)
+    }
+
+    /// Checks every key's range and the keys that depend on each other.
+    ///
+    /// # Errors
+    /// The first violation, as `(key, reason)`; [`load`] turns it into a [`ConfigError`]
+    /// naming where the offending value came from.
+    pub fn validate(&self) -> Result<(), validate::Violation> {
+        validate::check(self)
+    }
+}
+
+pub use validate::Violation;
+
+fn serialize_dialect<S: Serializer>(d: &Dialect, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(d.name())
+}
+
+/// Where a configuration value came from; names the culprit in a [`ConfigError`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// The embedded defaults.
+    Defaults,
+    /// A config file.
+    File(PathBuf),
+    /// An environment variable (its name).
+    Env(String),
+    /// A command-line flag (its name, e.g. `--listen`).
+    Flag(&'static str),
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Defaults => f.write_str("the embedded defaults"),
+            Origin::File(path) => write!(f, "{}", path.display()),
+            Origin::Env(name) => write!(f, "environment variable {name}"),
+            Origin::Flag(name) => write!(f, "flag {name}"),
+        }
+    }
+}
+
+/// A configuration the broker refuses to start with. `Display` is the message for the
+/// operator: `config error in <where>: <key>: <reason>`.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("config error in {}: cannot read the file: {source}", .path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML.
+    #[error("config error in {}: invalid TOML: {message}", .path.display())]
+    Syntax {
+        /// The file.
+        path: PathBuf,
+        /// toml's message, with line and column.
+        message: String,
+    },
+    /// A key is unknown, has the wrong type, or a value out of range.
+    #[error("config error in {origin}: {key}: {reason}")]
+    Invalid {
+        /// Where the offending value came from.
+        origin: Origin,
+        /// Dotted key, e.g. `server.ping_interval`.
+        key: String,
+        /// Why it is refused.
+        reason: String,
+    },
+}
+
+impl ConfigError {
+    /// The dotted key this error is about, when it is about one.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            ConfigError::Invalid { key, .. } => Some(key),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

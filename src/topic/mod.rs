@@ -1,4 +1,17 @@
-//! STUB (replaced by the topic helper): topic/pattern validation and the subscription index.
+//! Topic names and subscription patterns (SPEC §3, MQTT semantics): validation, the
+//! reference matcher, and the per-shard subscription [`Index`].
+//!
+//! Topics are `/`-separated levels; empty levels are ordinary levels. In patterns `+`
+//! matches exactly one level and `#` any number of remaining levels (only as the last
+//! level; `a/#` also matches `a`). Nothing here does I/O or knows about connections: the
+//! index stores opaque `Copy` values (connection ids, shard ids). What a rejection looks
+//! like on the wire is `error::Reject`'s business, not this module's.
+
+pub mod index;
+mod subscribers;
+
+pub use index::Index;
+
 use std::fmt;
 
 /// Why a topic or pattern is invalid.
@@ -14,6 +27,8 @@ pub enum TopicError {
     ControlCharacter,
     /// `+` or `#` in a topic that is published to.
     WildcardInTopic,
+    /// Publishing to a `$`-prefixed topic, reserved for the broker (`$broadcast`, `$sys/...`).
+    Reserved,
     /// `+` or `#` inside a level (e.g. `a/b+`).
     WildcardInsideLevel,
     /// `#` not as the last level.
@@ -28,8 +43,235 @@ impl fmt::Display for TopicError {
             TopicError::TooManyLevels => "too many levels",
             TopicError::ControlCharacter => "contains a control character",
             TopicError::WildcardInTopic => "wildcards are not allowed when publishing",
+            TopicError::Reserved => "topics starting with '$' are reserved for the broker",
             TopicError::WildcardInsideLevel => "'+' and '#' must stand alone in a level",
             TopicError::HashNotLast => "'#' is only allowed as the last level",
         })
+    }
+}
+
+impl std::error::Error for TopicError {}
+
+/// Size limits applied to topics and patterns (config `client.max_topic_bytes` and
+/// `client.max_topic_levels`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Maximum length in bytes (UTF-8).
+    pub max_bytes: usize,
+    /// Maximum number of `/`-separated levels.
+    pub max_levels: usize,
+}
+
+/// Validates a topic that is published to: no wildcard characters at all.
+///
+/// # Errors
+/// [`TopicError::Empty`], [`TopicError::TooLong`], [`TopicError::TooManyLevels`],
+/// [`TopicError::ControlCharacter`] or [`TopicError::WildcardInTopic`].
+pub fn validate_topic(topic: &str, limits: &Limits) -> Result<(), TopicError> {
+    check_common(topic, limits)?;
+    // A topic is never a pattern, so `+`/`#` anywhere (even inside a level) is refused.
+    if topic.bytes().any(|b| b == b'+' || b == b'#') {
+        return Err(TopicError::WildcardInTopic);
+    }
+    // `$broadcast` and `$sys/...` carry broker messages; nobody may forge them.
+    if topic.starts_with('$') {
+        return Err(TopicError::Reserved);
+    }
+    Ok(())
+}
+
+/// Validates a subscription pattern. Returns `Ok(true)` when it contains a wildcard
+/// (`+` or `#`), `Ok(false)` when it is an exact topic.
+///
+/// # Errors
+/// [`TopicError::Empty`], [`TopicError::TooLong`], [`TopicError::TooManyLevels`],
+/// [`TopicError::ControlCharacter`], [`TopicError::WildcardInsideLevel`] or
+/// [`TopicError::HashNotLast`].
+pub fn validate_pattern(pattern: &str, limits: &Limits) -> Result<bool, TopicError> {
+    check_common(pattern, limits)?;
+    let mut wildcard = false;
+    let mut levels = pattern.split('/').peekable();
+    while let Some(level) = levels.next() {
+        match level {
+            "+" => wildcard = true,
+            "#" => {
+                if levels.peek().is_some() {
+                    return Err(TopicError::HashNotLast);
+                }
+                wildcard = true;
+            }
+            _ if level.bytes().any(|b| b == b'+' || b == b'#') => {
+                return Err(TopicError::WildcardInsideLevel)
+            }
+            _ => {}
+        }
+    }
+    Ok(wildcard)
+}
+
+/// Reference matcher: does `pattern` match `topic`? Written to be obviously right, not
+/// fast; the [`Index`] is the fast path and is tested against this.
+pub fn pattern_matches(pattern: &str, topic: &str) -> bool {
+    let mut p = pattern.split('/');
+    let mut t = topic.split('/');
+    loop {
+        match (p.next(), t.next()) {
+            // `#` matches the remaining levels, including none (`a/#` matches `a`).
+            (Some("#"), _) => return true,
+            (Some("+"), Some(_)) => {}
+            (Some(pl), Some(tl)) if pl == tl => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+/// Checks shared by topics and patterns, cheapest first.
+fn check_common(s: &str, limits: &Limits) -> Result<(), TopicError> {
+    if s.is_empty() {
+        return Err(TopicError::Empty);
+    }
+    if s.len() > limits.max_bytes {
+        return Err(TopicError::TooLong);
+    }
+    if s.bytes().filter(|&b| b == b'/').count() + 1 > limits.max_levels {
+        return Err(TopicError::TooManyLevels);
+    }
+    if has_control(s) {
+        return Err(TopicError::ControlCharacter);
+    }
+    Ok(())
+}
+
+fn has_control(s: &str) -> bool {
+    // Byte scan for the common all-ASCII case; C1 controls (U+0080..U+009F) only exist in
+    // non-ASCII text, where decoding chars is needed anyway.
+    if s.is_ascii() {
+        s.bytes().any(|b| b < 0x20 || b == 0x7f)
+    } else {
+        s.chars().any(char::is_control)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: Limits = Limits {
+        max_bytes: 64,
+        max_levels: 4,
+    };
+
+    #[test]
+    fn topic_errors() {
+        assert_eq!(validate_topic("", &LIMITS), Err(TopicError::Empty));
+        let long = "x".repeat(65);
+        assert_eq!(validate_topic(&long, &LIMITS), Err(TopicError::TooLong));
+        assert_eq!(validate_topic(&long[..64], &LIMITS), Ok(()));
+        assert_eq!(
+            validate_topic("a/b/c/d/e", &LIMITS),
+            Err(TopicError::TooManyLevels)
+        );
+        assert_eq!(validate_topic("a/b/c/d", &LIMITS), Ok(()));
+        assert_eq!(
+            validate_topic("////", &LIMITS),
+            Err(TopicError::TooManyLevels)
+        );
+        for bad in ["a\0b", "a\nb", "\t", "a/\x7f", "a/\u{85}", "é\u{9f}"] {
+            assert_eq!(
+                validate_topic(bad, &LIMITS),
+                Err(TopicError::ControlCharacter),
+                "{bad:?}"
+            );
+        }
+        for bad in ["+", "#", "a/+", "a/#", "a+b", "#x", "a/b#"] {
+            assert_eq!(
+                validate_topic(bad, &LIMITS),
+                Err(TopicError::WildcardInTopic),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn valid_topics() {
+        for ok in [
+            "a",
+            "a//b",
+            "/a",
+            "a/",
+            "/",
+            "process:build-1",
+            "héllo/wörld/日本",
+            "a b/c",
+        ] {
+            assert_eq!(validate_topic(ok, &LIMITS), Ok(()), "{ok:?}");
+            assert_eq!(validate_pattern(ok, &LIMITS), Ok(false), "{ok:?}");
+        }
+    }
+
+    #[test]
+    fn dollar_topics_are_reserved_for_publishing_but_subscribable() {
+        assert_eq!(
+            validate_topic("$broadcast", &LIMITS),
+            Err(TopicError::Reserved)
+        );
+        assert_eq!(
+            validate_topic("$sys/stats", &LIMITS),
+            Err(TopicError::Reserved)
+        );
+        assert_eq!(validate_pattern("$sys/+", &LIMITS), Ok(true));
+        assert_eq!(validate_topic("a/$b", &LIMITS), Ok(()));
+    }
+
+    #[test]
+    fn pattern_errors() {
+        assert_eq!(validate_pattern("", &LIMITS), Err(TopicError::Empty));
+        assert_eq!(
+            validate_pattern(&"+/".repeat(40), &LIMITS),
+            Err(TopicError::TooLong)
+        );
+        assert_eq!(
+            validate_pattern("+/+/+/+/#", &LIMITS),
+            Err(TopicError::TooManyLevels)
+        );
+        assert_eq!(
+            validate_pattern("a/\u{1}/#", &LIMITS),
+            Err(TopicError::ControlCharacter)
+        );
+        for bad in ["a/b+", "#x", "a+", "+a/b", "a/++", "a/##", "x#/y"] {
+            assert_eq!(
+                validate_pattern(bad, &LIMITS),
+                Err(TopicError::WildcardInsideLevel),
+                "{bad:?}"
+            );
+        }
+        for bad in ["#/a", "a/#/b", "#/#", "+/#/+"] {
+            assert_eq!(
+                validate_pattern(bad, &LIMITS),
+                Err(TopicError::HashNotLast),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn valid_patterns() {
+        for p in [
+            "#", "+", "a/+/c", "a/#", "+/#", "+/+", "/+", "+//#", "日本/+",
+        ] {
+            assert_eq!(validate_pattern(p, &LIMITS), Ok(true), "{p:?}");
+        }
+        for p in ["a", "a//b", "/a", "process:build-1"] {
+            assert_eq!(validate_pattern(p, &LIMITS), Ok(false), "{p:?}");
+        }
+    }
+
+    #[test]
+    fn display_texts_are_set() {
+        assert_eq!(
+            TopicError::HashNotLast.to_string(),
+            "'#' is only allowed as the last level"
+        );
     }
 }

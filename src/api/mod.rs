@@ -1,0 +1,231 @@
+//! The HTTP API on the WebSocket port (SPEC §2): routing, the API-key / loopback rule for
+//! publishing endpoints, body limits, and JSON errors `{"error": "<reason>"}`.
+
+mod health;
+mod publish;
+mod stats;
+
+use crate::server::http::HttpResponse;
+use crate::shard::Shard;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use hyper::{Method, Request, StatusCode};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+
+/// A JSON error response.
+pub fn error_response(status: u16, reason: &str) -> HttpResponse {
+    json_response(status, &serde_json::json!({ "error": reason }))
+}
+
+/// A JSON response.
+pub fn json_response(status: u16, body: &serde_json::Value) -> HttpResponse {
+    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    response(status, "application/json", Bytes::from(bytes))
+}
+
+/// A response with a body and content type.
+pub fn response(status: u16, content_type: &'static str, body: Bytes) -> HttpResponse {
+    let mut resp = HttpResponse::new(Full::new(body));
+    *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp
+}
+
+/// An API failure: status and reason.
+#[derive(Debug)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: u16,
+    /// Reason for `{"error": ..}`.
+    pub reason: String,
+}
+
+impl ApiError {
+    /// 400 with a reason.
+    pub fn bad_request(reason: impl Into<String>) -> Self {
+        ApiError {
+            status: 400,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Routes one API request.
+pub async fn handle(shard: &Rc<Shard>, peer: SocketAddr, req: Request<Incoming>) -> HttpResponse {
+    let broker = &shard.broker;
+    broker.global.api_requests.fetch_add(1, Ordering::Relaxed);
+    let path = req.uri().path().to_owned();
+    let method = req.method().clone();
+    let result = match (method.clone(), path.as_str()) {
+        (Method::GET, "/healthz") => Ok(health::healthz(broker)),
+        (Method::GET, "/metrics") => Ok(crate::metrics::render(broker)),
+        (Method::GET, "/api/stats") => Ok(stats::stats(broker)),
+        (Method::GET, "/api/channels") => stats::channels(broker, None).await,
+        (Method::GET, p) if p.starts_with("/api/channels/") => {
+            let name = p.trim_start_matches("/api/channels/");
+            stats::channels(broker, Some(&percent_decode(name))).await
+        }
+        (Method::GET, "/") => Ok(response(
+            200,
+            "text/html; charset=utf-8",
+            Bytes::from_static(INDEX_HTML),
+        )),
+        (Method::POST, p)
+            if p.starts_with("/api/") && is_known(p) && !p.starts_with("/api/channels") =>
+        {
+            match authorize(shard, peer, &req) {
+                Err(e) => Err(e),
+                Ok(()) => {
+                    let content_type = req
+                        .headers()
+                        .get(CONTENT_TYPE)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_owned();
+                    match read_body(shard, req).await {
+                        Err(e) => Err(e),
+                        Ok(body) => publish::post(shard, &path, &content_type, body).await,
+                    }
+                }
+            }
+        }
+        (_, p) if is_known(p) => Err(ApiError {
+            status: 405,
+            reason: format!("method {method} not allowed on {p}"),
+        }),
+        (_, p) => Err(ApiError {
+            status: 404,
+            reason: format!("no such endpoint: {p}"),
+        }),
+    };
+    match result {
+        Ok(resp) => resp,
+        Err(e) => {
+            broker.global.api_errors.fetch_add(1, Ordering::Relaxed);
+            error_response(e.status, &e.reason)
+        }
+    }
+}
+
+fn is_known(path: &str) -> bool {
+    matches!(
+        path,
+        "/healthz"
+            | "/metrics"
+            | "/api/stats"
+            | "/api/channels"
+            | "/api/publish"
+            | "/api/broadcast"
+            | "/"
+    ) || path.starts_with("/api/channels/")
+        || (path.starts_with("/api/process/")
+            && (path.ends_with("/output") || path.ends_with("/status")))
+}
+
+/// Publishing endpoints: Bearer API key when one is configured, else loopback peers only.
+fn authorize(shard: &Shard, peer: SocketAddr, req: &Request<Incoming>) -> Result<(), ApiError> {
+    match &shard.broker.api_key {
+        None if peer.ip().is_loopback() => Ok(()),
+        None => Err(ApiError {
+            status: 403,
+            reason: "the publish API answers only loopback peers when no API key is configured (set api.key_env)".into(),
+        }),
+        Some(key) => {
+            let given = req
+                .headers()
+                .get(AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .unwrap_or("");
+            if constant_time_eq(given.as_bytes(), key.as_bytes()) {
+                Ok(())
+            } else {
+                Err(ApiError {
+                    status: 401,
+                    reason: "missing or wrong API key (Authorization: Bearer <key>)".into(),
+                })
+            }
+        }
+    }
+}
+
+/// Compares secrets without an early exit on the first differing byte.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = u8::from(a.len() != b.len());
+    for (x, y) in a.iter().zip(b.iter().cycle()) {
+        diff |= x ^ y;
+    }
+    diff == 0 && !b.is_empty()
+}
+
+async fn read_body(shard: &Shard, req: Request<Incoming>) -> Result<Bytes, ApiError> {
+    let limit = shard.broker.config.api.max_body_bytes;
+    match Limited::new(req.into_body(), limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(ApiError {
+                status: 413,
+                reason: format!("request body over {limit} bytes (api.max_body_bytes)"),
+            })
+        }
+        Err(e) => Err(ApiError::bad_request(format!(
+            "cannot read request body: {e}"
+        ))),
+    }
+}
+
+/// Decodes `%XX` escapes in a path segment (channel names may hold `/`, `:`, spaces).
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        if b == b'%' {
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok());
+            if let Some(v) = hex {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+const INDEX_HTML: &[u8] = b"<!doctype html><meta charset=utf-8><title>shardcast</title>\
+<h1>shardcast</h1><p>The broker is running. WebSocket: <code>/ws</code>. \
+See <a href=/api/stats>/api/stats</a>, <a href=/api/channels>/api/channels</a>, \
+<a href=/healthz>/healthz</a>, <a href=/metrics>/metrics</a>.</p>";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("process%3Abuild-1"), "process:build-1");
+        assert_eq!(percent_decode("a%2Fb%20c"), "a/b c");
+        assert_eq!(percent_decode("bad%zz"), "bad%zz");
+    }
+
+    #[test]
+    fn constant_time_compare() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secreT", b"secret"));
+        assert!(!constant_time_eq(b"", b"secret"));
+        assert!(!constant_time_eq(b"secretsecret", b"secret"));
+    }
+}

@@ -1,0 +1,101 @@
+//! `/api/stats` and `/api/channels[/{name}]`.
+//!
+//! Stats sum the shards' counter blocks; channel lists ask every shard for its local
+//! index over its inbox (no shared channel table to lock) and merge the answers.
+
+use super::{json_response, ApiError};
+use crate::broker::Broker;
+use crate::metrics;
+use crate::server::http::HttpResponse;
+use crate::shard::inbox::ShardMsg;
+use crate::shard::stats::ShardStats;
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// `GET /api/stats`.
+pub fn stats(broker: &Broker) -> HttpResponse {
+    let shards: Vec<_> = broker
+        .shard_stats
+        .iter()
+        .enumerate()
+        .map(|(id, s)| {
+            json!({
+                "id": id,
+                "connections": ShardStats::get(&s.connections_active),
+                "subscriptions": ShardStats::get(&s.subscriptions),
+                "queued_frames": ShardStats::get(&s.queue_frames),
+                "delivered": ShardStats::get(&s.delivered),
+                "writes": ShardStats::get(&s.writes),
+                "frames_written": ShardStats::get(&s.frames_written),
+            })
+        })
+        .collect();
+    let latency = metrics::latency(broker);
+    let body = json!({
+        "clients": broker.sum(|s| &s.connections_active),
+        "channels": broker.router.channel_count(),
+        "shards": shards,
+        "messages": {
+            "received": broker.sum(|s| &s.messages_in),
+            "published": broker.sum(|s| &s.published),
+            "delivered": broker.sum(|s| &s.delivered),
+            "dropped": broker.sum(|s| &s.dropped_queue_full),
+            "slow_disconnects": broker.sum(|s| &s.slow_disconnects),
+        },
+        "latency_us": {
+            "p50": latency.p50, "p99": latency.p99, "p999": latency.p999, "max": latency.max,
+            "count": latency.count,
+        },
+        "uptime_s": broker.started.elapsed().as_secs(),
+    });
+    json_response(200, &body)
+}
+
+/// Merged channel -> subscriber counts from every shard.
+async fn channel_counts(broker: &Broker) -> Result<BTreeMap<String, usize>, ApiError> {
+    let mut replies = Vec::new();
+    for id in 0..broker.router.shard_count() {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if let Some(inbox) = broker.router.inbox(id) {
+            if inbox.try_send(ShardMsg::Channels(tx)).is_ok() {
+                replies.push(rx);
+            }
+        }
+    }
+    let mut merged = BTreeMap::new();
+    for rx in replies {
+        match tokio::time::timeout(Duration::from_secs(5), rx).await {
+            Ok(Ok(list)) => {
+                for (name, n) in list {
+                    *merged.entry(name).or_insert(0) += n;
+                }
+            }
+            _ => {
+                return Err(ApiError {
+                    status: 503,
+                    reason: "a shard did not answer in time".into(),
+                })
+            }
+        }
+    }
+    Ok(merged)
+}
+
+/// `GET /api/channels` and `GET /api/channels/{name}`.
+pub async fn channels(broker: &Broker, name: Option<&str>) -> Result<HttpResponse, ApiError> {
+    let counts = channel_counts(broker).await?;
+    Ok(match name {
+        Some(name) => json_response(
+            200,
+            &json!({ "channel": name, "subscribers": counts.get(name).copied().unwrap_or(0) }),
+        ),
+        None => {
+            let list: Vec<_> = counts
+                .iter()
+                .map(|(c, n)| json!({ "channel": c, "subscribers": n }))
+                .collect();
+            json_response(200, &json!({ "channels": list, "count": list.len() }))
+        }
+    })
+}

@@ -1,0 +1,89 @@
+//! `Broker`: the state every shard and the acceptor share, immutable or atomic.
+//!
+//! Holds the validated config, the router (interest table + shard inboxes), each shard's
+//! stats block, and the few broker-wide counters of cold paths (accept, HTTP API).
+//! Nothing here is touched per delivery except through the router's generation counter.
+
+use crate::config::Config;
+use crate::error::Reject;
+use crate::router::Router;
+use crate::shard::stats::ShardStats;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Broker-wide counters for paths that are not per-shard (HTTP API, accept).
+#[derive(Debug, Default)]
+pub struct GlobalStats {
+    /// HTTP API requests served.
+    pub api_requests: AtomicU64,
+    /// Rejections outside WebSocket connections (handshake, API), by `Reject::index`.
+    pub rejections: [AtomicU64; Reject::LABELS.len()],
+    /// API requests refused (4xx/5xx), whatever the reason.
+    pub api_errors: AtomicU64,
+}
+
+impl GlobalStats {
+    /// Counts a rejection.
+    pub fn reject(&self, reject: Reject) {
+        if let Some(c) = self.rejections.get(reject.index()) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Shared state of one running broker.
+pub struct Broker {
+    /// Validated configuration.
+    pub config: Config,
+    /// Interest table and shard inboxes.
+    pub router: Router,
+    /// One stats block per shard, index = shard id.
+    pub shard_stats: Vec<Arc<ShardStats>>,
+    /// Counters of non-shard paths.
+    pub global: GlobalStats,
+    /// TCP sockets open (HTTP and WebSocket), checked against `server.max_connections`.
+    pub open_sockets: AtomicUsize,
+    /// Set when graceful shutdown begins (health reports 503, no new connections).
+    pub draining: AtomicBool,
+    /// The HTTP API key, read from the variable `api.key_env` names (None = loopback only).
+    pub api_key: Option<String>,
+    /// When the broker started.
+    pub started: Instant,
+}
+
+impl Broker {
+    /// True once shutdown has begun.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// A socket closed.
+    pub fn socket_closed(&self) {
+        self.open_sockets.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Sum of one counter over all shards.
+    pub fn sum(&self, pick: impl Fn(&ShardStats) -> &AtomicU64) -> u64 {
+        self.shard_stats
+            .iter()
+            .map(|s| pick(s).load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// Total rejections of one reason, shards plus broker-wide.
+    pub fn rejections(&self, index: usize) -> u64 {
+        let shards: u64 = self
+            .shard_stats
+            .iter()
+            .filter_map(|s| s.rejections.get(index))
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum();
+        let global = self
+            .global
+            .rejections
+            .get(index)
+            .map_or(0, |c| c.load(Ordering::Relaxed));
+        shards + global
+    }
+}

@@ -1,0 +1,536 @@
+//! Unit tests for config loading and validation (pure: temp files, no process env).
+
+use super::*;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+fn env(vars: &[(&str, &str)]) -> Vec<(String, String)> {
+    vars.iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+fn file(text: &str) -> tempfile::NamedTempFile {
+    let mut f = tempfile::NamedTempFile::new().expect("temp file");
+    f.write_all(text.as_bytes()).expect("write temp file");
+    f
+}
+
+fn load_file(text: &str) -> (tempfile::NamedTempFile, Result<Config, ConfigError>) {
+    let f = file(text);
+    let r = load(Some(f.path()), env(&[]), &Overrides::default());
+    (f, r)
+}
+
+fn load_env(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    load(None, env(vars), &Overrides::default())
+}
+
+/// Asserts an `Invalid` error on `key`, whose message contains `needle`; returns the text.
+fn invalid(r: Result<Config, ConfigError>, key: &str, needle: &str) -> String {
+    let err = r.expect_err("expected a config error");
+    let text = err.to_string();
+    assert_eq!(err.key(), Some(key), "wrong key in: {text}");
+    assert!(
+        text.contains(needle),
+        "{text:?} does not contain {needle:?}"
+    );
+    text
+}
+
+fn defaults_with(section_toml: &str) -> Result<Config, ConfigError> {
+    load_file(section_toml).1
+}
+
+#[test]
+fn embedded_defaults_parse_and_validate() {
+    let c = Config::default();
+    c.validate().expect("defaults are valid");
+    assert_eq!(
+        c.server.listen,
+        "0.0.0.0:8080".parse::<SocketAddr>().expect("addr")
+    );
+    assert_eq!(c.server.shards, 0);
+    assert_eq!(c.server.ws_path, "/ws");
+    assert_eq!(c.server.default_dialect, crate::protocol::Dialect::Gows);
+    assert_eq!(c.server.max_connections, 10_000);
+    assert_eq!(c.server.max_message_bytes, 65_536);
+    assert_eq!(c.server.idle_timeout, Duration::from_secs(60));
+    assert_eq!(c.server.ping_interval, Duration::from_secs(25));
+    assert!(c.server.allowed_origins.is_empty());
+    assert_eq!(c.server.shutdown_grace, Duration::from_secs(5));
+    assert_eq!(c.server.handshake_timeout, Duration::from_secs(10));
+    assert_eq!(c.server.inbox_capacity, 65_536);
+    assert_eq!(c.client.queue_frames, 4096);
+    assert_eq!(c.client.queue_bytes, 1_048_576);
+    assert_eq!(c.client.on_full, OnFull::Disconnect);
+    assert_eq!(c.client.max_subscriptions, 1000);
+    assert!((c.client.publish_rate - 1000.0).abs() < f64::EPSILON);
+    assert_eq!(c.client.publish_burst, 2000);
+    assert_eq!(c.client.rate_limit_strikes, 100);
+    assert!(!c.client.allow_publish);
+    assert_eq!(c.client.max_topic_bytes, 1024);
+    assert_eq!(c.client.max_topic_levels, 32);
+    assert_eq!(c.client.max_json_depth, 32);
+    assert_eq!(c.auth.kind, AuthType::None);
+    assert!(c.policy.is_empty());
+    assert_eq!(c.api.key_env, "");
+    assert_eq!(c.api.max_body_bytes, 1_048_576);
+    assert_eq!(c.api.max_batch, 1000);
+    assert!(c.metrics.enabled);
+    assert_eq!(c.cluster.nats_url, "");
+    assert_eq!(c.cluster.subject_prefix, "shardcast");
+}
+
+#[test]
+fn load_with_nothing_is_default() {
+    let c = load(None, env(&[]), &Overrides::default()).expect("loads");
+    assert_eq!(c, Config::default());
+}
+
+#[test]
+fn embedded_file_lists_every_key() {
+    // No field has a serde default, so a key missing from the file would fail to parse;
+    // and serializing the defaults yields exactly the keys of the file.
+    fn keys(t: &toml::Table) -> Vec<String> {
+        let mut out = Vec::new();
+        for (k, v) in t {
+            out.push(k.clone());
+            if let toml::Value::Table(inner) = v {
+                out.extend(keys(inner).into_iter().map(|i| format!("{k}.{i}")));
+            }
+        }
+        out.sort();
+        out
+    }
+    let file: toml::Table = toml::from_str(DEFAULTS_TOML).expect("parses");
+    let text = toml::to_string(&Config::default()).expect("serializes");
+    let round: toml::Table = toml::from_str(&text).expect("parses");
+    assert_eq!(keys(&file), keys(&round));
+    let back: Config = toml::from_str(&text).expect("round trips");
+    assert_eq!(back, Config::default());
+}
+
+#[test]
+fn shard_count_resolves_zero() {
+    let mut c = Config::default();
+    assert!(c.shard_count() >= 1 && c.shard_count() <= MAX_SHARDS);
+    c.server.shards = 3;
+    assert_eq!(c.shard_count(), 3);
+}
+
+#[test]
+fn partial_file_overrides_defaults() {
+    let (_f, r) = load_file(
+        "[server]\nlisten = \"127.0.0.1:9000\"\nidle_timeout = \"2m\"\nping_interval = 30\n\
+         [client]\non_full = \"drop_oldest\"\npublish_rate = 5\n",
+    );
+    let c = r.expect("loads");
+    assert_eq!(c.server.listen.port(), 9000);
+    assert_eq!(c.server.idle_timeout, Duration::from_secs(120));
+    assert_eq!(c.server.ping_interval, Duration::from_secs(30));
+    assert_eq!(c.client.on_full, OnFull::DropOldest);
+    assert!((c.client.publish_rate - 5.0).abs() < f64::EPSILON);
+    assert_eq!(c.server.ws_path, "/ws");
+}
+
+#[test]
+fn unknown_key_in_file_names_it_and_the_file() {
+    let (f, r) = load_file("[server]\nlisten = \"127.0.0.1:1\"\nlistn = 3\n");
+    let text = invalid(r, "server.listn", "unknown key");
+    assert!(text.contains(&f.path().display().to_string()), "{text}");
+    assert!(text.contains("listen"), "lists the known keys: {text}");
+
+    let (_f, r) = load_file("[sever]\nlisten = \"127.0.0.1:1\"\n");
+    invalid(r, "sever", "unknown key");
+
+    let (_f, r) =
+        load_file("[[policy]]\npattern = \"a\"\nsubscribe = \"x\"\npublish = \"y\"\nwho = 1\n");
+    invalid(r, "policy[0].who", "unknown key");
+}
+
+#[test]
+fn wrong_type_in_file_names_the_key() {
+    let (_f, r) = load_file("[server]\nmax_connections = \"lots\"\n");
+    invalid(r, "server.max_connections", "invalid type");
+    let (_f, r) = load_file("[server]\nlisten = \"nowhere\"\n");
+    invalid(r, "server.listen", "nowhere");
+    let (_f, r) = load_file("[server]\nidle_timeout = \"10 days\"\n");
+    invalid(r, "server.idle_timeout", "invalid duration");
+    let (_f, r) = load_file("[client]\non_full = \"explode\"\n");
+    invalid(r, "client.on_full", "drop_oldest");
+    let (_f, r) = load_file("[server]\ndefault_dialect = \"mqtt\"\n");
+    invalid(r, "server.default_dialect", "gows");
+    let (_f, r) = load_file("server = 3\n");
+    invalid(r, "server", "must be a table");
+}
+
+#[test]
+fn syntax_error_names_the_file() {
+    let (f, r) = load_file("[server\nlisten = \n");
+    let err = r.expect_err("syntax error");
+    assert!(matches!(err, ConfigError::Syntax { .. }));
+    let text = err.to_string();
+    assert!(text.contains(&f.path().display().to_string()), "{text}");
+    assert!(text.contains("line 1"), "{text}");
+}
+
+#[test]
+fn missing_file_names_it() {
+    let r = load(
+        Some(Path::new("/nonexistent/shardcast.toml")),
+        env(&[]),
+        &Overrides::default(),
+    );
+    let text = r.expect_err("missing").to_string();
+    assert!(text.contains("/nonexistent/shardcast.toml"), "{text}");
+}
+
+#[test]
+fn env_overrides_each_type() {
+    let c = load_env(&[
+        ("SHARDCAST_SERVER__LISTEN", "127.0.0.1:9000"),
+        ("SHARDCAST_CLIENT__ALLOW_PUBLISH", "true"),
+        ("SHARDCAST_server__Max_Connections", "5"),
+        (
+            "SHARDCAST_SERVER__ALLOWED_ORIGINS",
+            "[\"https://a.example\"]",
+        ),
+        ("SHARDCAST_SERVER__IDLE_TIMEOUT", "90s"),
+        ("SHARDCAST_SERVER__PING_INTERVAL", "500ms"),
+        ("SHARDCAST_CLIENT__PUBLISH_RATE", "2.5"),
+        ("SHARDCAST_CLUSTER__NODE_ID", "2024"),
+        ("SHARDCAST_API_KEY", "not config: ignored"),
+        ("SHARDCAST_CONFIG", "/also/ignored"),
+        ("HOME", "/root"),
+    ])
+    .expect("loads");
+    assert_eq!(c.server.listen.port(), 9000);
+    assert!(c.client.allow_publish);
+    assert_eq!(c.server.max_connections, 5);
+    assert_eq!(
+        c.server.allowed_origins,
+        vec!["https://a.example".to_owned()]
+    );
+    assert_eq!(c.server.idle_timeout, Duration::from_secs(90));
+    assert_eq!(c.server.ping_interval, Duration::from_millis(500));
+    assert!((c.client.publish_rate - 2.5).abs() < f64::EPSILON);
+    assert_eq!(c.cluster.node_id, "2024", "string keys take the text as is");
+}
+
+#[test]
+fn env_array_accepts_comma_list() {
+    let c = load_env(&[(
+        "SHARDCAST_SERVER__ALLOWED_ORIGINS",
+        "https://a.example, https://b.example",
+    )])
+    .expect("loads");
+    assert_eq!(c.server.allowed_origins.len(), 2);
+}
+
+#[test]
+fn env_errors_name_the_variable() {
+    let text = invalid(
+        load_env(&[("SHARDCAST_SERVER__LISTN", "x")]),
+        "server.listn",
+        "unknown key",
+    );
+    assert!(
+        text.contains("environment variable SHARDCAST_SERVER__LISTN"),
+        "{text}"
+    );
+    invalid(
+        load_env(&[("SHARDCAST_SERVR__LISTEN", "x")]),
+        "servr",
+        "unknown section",
+    );
+    invalid(
+        load_env(&[("SHARDCAST_SERVER_LISTEN", "127.0.0.1:1")]),
+        "server.listen",
+        "SHARDCAST_SERVER__LISTEN",
+    );
+    let text = invalid(
+        load_env(&[("SHARDCAST_SERVER__MAX_CONNECTIONS", "many")]),
+        "server.max_connections",
+        "invalid type",
+    );
+    assert!(text.contains("SHARDCAST_SERVER__MAX_CONNECTIONS"), "{text}");
+    invalid(
+        load_env(&[("SHARDCAST_POLICY__X", "1")]),
+        "policy",
+        "config file",
+    );
+}
+
+#[test]
+fn range_error_from_env_names_the_variable() {
+    let text = invalid(
+        load_env(&[("SHARDCAST_SERVER__SHARDS", "500")]),
+        "server.shards",
+        "at most 128",
+    );
+    assert!(text.contains("SHARDCAST_SERVER__SHARDS"), "{text}");
+}
+
+#[test]
+fn flags_win_over_env_win_over_file() {
+    let f = file("[server]\nlisten = \"127.0.0.1:1001\"\nshards = 1\nmax_connections = 7\n");
+    let vars = env(&[
+        ("SHARDCAST_SERVER__LISTEN", "127.0.0.1:1002"),
+        ("SHARDCAST_SERVER__SHARDS", "2"),
+    ]);
+    let c = load(Some(f.path()), vars.clone(), &Overrides::default()).expect("loads");
+    assert_eq!(c.server.listen.port(), 1002);
+    assert_eq!(c.server.shards, 2);
+    assert_eq!(c.server.max_connections, 7);
+
+    let flags = Overrides {
+        listen: Some("127.0.0.1:1003".parse().expect("addr")),
+        shards: Some(3),
+    };
+    let c = load(Some(f.path()), vars, &flags).expect("loads");
+    assert_eq!(c.server.listen.port(), 1003);
+    assert_eq!(c.server.shards, 3);
+    assert_eq!(c.server.max_connections, 7);
+}
+
+#[test]
+fn range_error_from_flag_names_the_flag() {
+    let flags = Overrides {
+        listen: None,
+        shards: Some(129),
+    };
+    let r = load(None, env(&[]), &flags);
+    let text = invalid(r, "server.shards", "flag --shards");
+    assert!(
+        text.starts_with("config error in flag --shards: server.shards: "),
+        "{text}"
+    );
+}
+
+#[test]
+fn cross_key_error_names_the_latest_source() {
+    // idle_timeout lowered in the file below the default ping_interval: blame the file.
+    let (f, r) = load_file("[server]\nidle_timeout = \"10s\"\n");
+    let text = invalid(
+        r,
+        "server.ping_interval",
+        "shorter than server.idle_timeout",
+    );
+    assert_eq!(
+        text,
+        format!(
+            "config error in {}: server.ping_interval: must be shorter than server.idle_timeout (25s >= 10s)",
+            f.path().display()
+        )
+    );
+    // ...and an env var setting the other key after the file is blamed instead.
+    let r = load(
+        Some(f.path()),
+        env(&[("SHARDCAST_SERVER__PING_INTERVAL", "20s")]),
+        &Overrides::default(),
+    );
+    let text = invalid(r, "server.ping_interval", "shorter");
+    assert!(text.contains("SHARDCAST_SERVER__PING_INTERVAL"), "{text}");
+}
+
+#[test]
+fn every_validation_rule() {
+    let cases: &[(&str, &str, &str)] = &[
+        ("[server]\nshards = 129", "server.shards", "at most 128"),
+        (
+            "[server]\nws_path = \"ws\"",
+            "server.ws_path",
+            "must start with '/'",
+        ),
+        (
+            "[server]\nws_path = \"/w s\"",
+            "server.ws_path",
+            "plain path",
+        ),
+        (
+            "[server]\nws_path = \"/api/ws\"",
+            "server.ws_path",
+            "already used",
+        ),
+        (
+            "[server]\nws_path = \"/healthz\"",
+            "server.ws_path",
+            "already used",
+        ),
+        (
+            "[server]\nmax_connections = 0",
+            "server.max_connections",
+            "at least 1",
+        ),
+        (
+            "[server]\nmax_message_bytes = 127",
+            "server.max_message_bytes",
+            "between 128",
+        ),
+        (
+            "[server]\nmax_message_bytes = 67108865\n[client]\nqueue_bytes = 100000000",
+            "server.max_message_bytes",
+            "64 MiB",
+        ),
+        (
+            "[server]\nidle_timeout = \"0s\"",
+            "server.idle_timeout",
+            "longer than 0s",
+        ),
+        (
+            "[server]\nping_interval = \"0ms\"",
+            "server.ping_interval",
+            "longer than 0s",
+        ),
+        (
+            "[server]\nping_interval = \"60s\"",
+            "server.ping_interval",
+            "shorter than",
+        ),
+        (
+            "[server]\nallowed_origins = [\"example.com\"]",
+            "server.allowed_origins",
+            "not an origin",
+        ),
+        (
+            "[server]\nallowed_origins = [\"https://a.com/\"]",
+            "server.allowed_origins",
+            "trailing",
+        ),
+        (
+            "[server]\nallowed_origins = [\"*\", \"https://a.com\"]",
+            "server.allowed_origins",
+            "only entry",
+        ),
+        (
+            "[server]\nhandshake_timeout = 0",
+            "server.handshake_timeout",
+            "longer than 0s",
+        ),
+        (
+            "[server]\ninbox_capacity = 0",
+            "server.inbox_capacity",
+            "at least 1",
+        ),
+        (
+            "[client]\nqueue_frames = 0",
+            "client.queue_frames",
+            "at least 1",
+        ),
+        (
+            "[client]\nqueue_bytes = 1000",
+            "client.queue_bytes",
+            "server.max_message_bytes",
+        ),
+        (
+            "[client]\nmax_subscriptions = 0",
+            "client.max_subscriptions",
+            "at least 1",
+        ),
+        (
+            "[client]\npublish_rate = -1.0",
+            "client.publish_rate",
+            ">= 0",
+        ),
+        (
+            "[client]\npublish_rate = nan",
+            "client.publish_rate",
+            ">= 0",
+        ),
+        (
+            "[client]\npublish_burst = 0",
+            "client.publish_burst",
+            "at least 1",
+        ),
+        (
+            "[client]\nrate_limit_strikes = 0",
+            "client.rate_limit_strikes",
+            "at least 1",
+        ),
+        (
+            "[client]\nmax_topic_bytes = 0",
+            "client.max_topic_bytes",
+            "between 1",
+        ),
+        (
+            "[client]\nmax_topic_levels = 0",
+            "client.max_topic_levels",
+            "between 1",
+        ),
+        (
+            "[client]\nmax_json_depth = 5000",
+            "client.max_json_depth",
+            "between 1",
+        ),
+        (
+            "[auth]\ntype = \"bearer\"",
+            "auth.type",
+            "auth.type = bearer is not available in this build yet",
+        ),
+        ("[auth]\ntype = \"jwt\"", "auth.type", "not available"),
+        (
+            "[auth]\njwt_secret_env = \"MY-SECRET\"",
+            "auth.jwt_secret_env",
+            "environment variable name",
+        ),
+        (
+            "[[policy]]\npattern = \"#\"\nsubscribe = \"any\"\npublish = \"api\"",
+            "policy",
+            "not available in this build yet",
+        ),
+        (
+            "[api]\nkey_env = \"1KEY\"",
+            "api.key_env",
+            "environment variable name",
+        ),
+        (
+            "[api]\nmax_body_bytes = 0",
+            "api.max_body_bytes",
+            "at least 1",
+        ),
+        ("[api]\nmax_batch = 0", "api.max_batch", "at least 1"),
+        (
+            "[cluster]\nnats_url = \"nats://127.0.0.1:4222\"",
+            "cluster.nats_url",
+            "not available",
+        ),
+        (
+            "[cluster]\nsubject_prefix = \"\"",
+            "cluster.subject_prefix",
+            "NATS subject prefix",
+        ),
+        (
+            "[cluster]\nsubject_prefix = \"a.*\"",
+            "cluster.subject_prefix",
+            "NATS subject prefix",
+        ),
+        ("[cluster]\nnode_id = \"a b\"", "cluster.node_id", "spaces"),
+    ];
+    for (toml, key, needle) in cases {
+        let text = invalid(defaults_with(toml), key, needle);
+        assert!(
+            text.starts_with("config error in /"),
+            "names the file: {text}"
+        );
+    }
+    // Zero grace is meaningful: close at once.
+    defaults_with("[server]\nshutdown_grace = \"0s\"").expect("zero grace is allowed");
+    defaults_with("[client]\npublish_rate = 0\npublish_burst = 0").expect("unlimited");
+}
+
+#[test]
+fn api_key_env_must_be_set() {
+    let f = file("[api]\nkey_env = \"MY_API_KEY\"\n");
+    let r = load(Some(f.path()), env(&[]), &Overrides::default());
+    invalid(r, "api.key_env", "MY_API_KEY is not set");
+    let c = load(
+        Some(f.path()),
+        env(&[("MY_API_KEY", "s3cret")]),
+        &Overrides::default(),
+    )
+    .expect("loads");
+    assert_eq!(c.api.key_env, "MY_API_KEY");
+}

@@ -1,0 +1,293 @@
+//! Range and consistency checks on a deserialized [`Config`]: one function, run before
+//! anything starts (STYLE rule 13), so the broker never starts half-configured.
+//!
+//! Features that land in later issues (auth, policy, cluster) are refused here when they
+//! are configured, rather than silently ignored.
+
+use super::{AuthType, Config, MAX_SHARDS};
+use std::time::Duration;
+
+/// Smallest allowed `server.max_message_bytes`.
+pub const MIN_MESSAGE_BYTES: usize = 128;
+/// Largest allowed `server.max_message_bytes` (64 MiB).
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// One broken rule: the key it is reported on, the reason, and every key whose value
+/// takes part (so the error can name whichever source set one of them last).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    /// Dotted key, e.g. `server.ping_interval`.
+    pub key: &'static str,
+    /// User-facing reason.
+    pub reason: String,
+    /// Keys whose values take part in the rule (includes `key`).
+    pub involves: Vec<&'static str>,
+}
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.key, self.reason)
+    }
+}
+
+fn fail(key: &'static str, reason: impl Into<String>) -> Result<(), Violation> {
+    Err(Violation {
+        key,
+        reason: reason.into(),
+        involves: vec![key],
+    })
+}
+
+fn fail_with(
+    key: &'static str,
+    other: &'static str,
+    reason: impl Into<String>,
+) -> Result<(), Violation> {
+    Err(Violation {
+        key,
+        reason: reason.into(),
+        involves: vec![key, other],
+    })
+}
+
+fn at_least(key: &'static str, value: usize, min: usize) -> Result<(), Violation> {
+    if value < min {
+        return fail(key, format!("must be at least {min} (got {value})"));
+    }
+    Ok(())
+}
+
+fn non_zero(key: &'static str, d: Duration) -> Result<(), Violation> {
+    if d.is_zero() {
+        return fail(key, "must be longer than 0s");
+    }
+    Ok(())
+}
+
+fn not_yet(key: &'static str, what: &str) -> Result<(), Violation> {
+    fail(
+        key,
+        format!("{what} is not available in this build yet; remove it to start the broker"),
+    )
+}
+
+/// A name usable as an environment variable: `[A-Za-z_][A-Za-z0-9_]*`, or empty (= unset).
+fn env_name(key: &'static str, name: &str) -> Result<(), Violation> {
+    let mut chars = name.chars();
+    let ok = match chars.next() {
+        None => true,
+        Some(c) if c.is_ascii_alphabetic() || c == '_' => {
+            chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        }
+        Some(_) => false,
+    };
+    if !ok {
+        return fail(
+            key,
+            format!("{name:?} is not an environment variable name (letters, digits, '_')"),
+        );
+    }
+    Ok(())
+}
+
+/// Runs every check, in file order; returns the first violation.
+pub(super) fn check(c: &Config) -> Result<(), Violation> {
+    server(c)?;
+    client(c)?;
+    auth(c)?;
+    if !c.policy.is_empty() {
+        not_yet("policy", "[[policy]] authorization rules are")?;
+    }
+    api(c)?;
+    cluster(c)
+}
+
+fn server(c: &Config) -> Result<(), Violation> {
+    let s = &c.server;
+    if s.shards > MAX_SHARDS {
+        fail(
+            "server.shards",
+            format!(
+                "must be at most {MAX_SHARDS} (got {}); 0 = one per CPU core",
+                s.shards
+            ),
+        )?;
+    }
+    let path = s.ws_path.as_str();
+    if !path.starts_with('/') {
+        fail(
+            "server.ws_path",
+            format!("must start with '/' (got {path:?})"),
+        )?;
+    }
+    if path
+        .chars()
+        .any(|ch| ch.is_whitespace() || ch.is_control() || ch == '?' || ch == '#')
+    {
+        fail(
+            "server.ws_path",
+            format!("must be a plain path without spaces, '?' or '#' (got {path:?})"),
+        )?;
+    }
+    // The WebSocket shares the port with the API, health, metrics and dashboard routes.
+    let taken = ["/", "/healthz", "/metrics", "/client.js", "/api"];
+    if taken.contains(&path) || path.starts_with("/api/") {
+        fail(
+            "server.ws_path",
+            format!("{path:?} is already used by another endpoint"),
+        )?;
+    }
+    at_least("server.max_connections", s.max_connections, 1)?;
+    if !(MIN_MESSAGE_BYTES..=MAX_MESSAGE_BYTES).contains(&s.max_message_bytes) {
+        fail(
+            "server.max_message_bytes",
+            format!(
+                "must be between {MIN_MESSAGE_BYTES} and {MAX_MESSAGE_BYTES} (64 MiB) (got {})",
+                s.max_message_bytes
+            ),
+        )?;
+    }
+    non_zero("server.idle_timeout", s.idle_timeout)?;
+    non_zero("server.ping_interval", s.ping_interval)?;
+    if s.ping_interval >= s.idle_timeout {
+        fail_with(
+            "server.ping_interval",
+            "server.idle_timeout",
+            format!(
+                "must be shorter than server.idle_timeout ({} >= {})",
+                super::duration::format(s.ping_interval),
+                super::duration::format(s.idle_timeout)
+            ),
+        )?;
+    }
+    for origin in &s.allowed_origins {
+        let o = origin.as_str();
+        let well_formed = o == "*"
+            || ((o.starts_with("http://") || o.starts_with("https://"))
+                && !o.ends_with('/')
+                && !o.chars().any(char::is_whitespace));
+        if !well_formed {
+            fail(
+                "server.allowed_origins",
+                format!(
+                    "{o:?} is not an origin; use \"*\" or scheme://host[:port] without a trailing '/'"
+                ),
+            )?;
+        }
+    }
+    if s.allowed_origins.len() > 1 && s.allowed_origins.iter().any(|o| o == "*") {
+        fail(
+            "server.allowed_origins",
+            "\"*\" allows every origin and must be the only entry",
+        )?;
+    }
+    non_zero("server.handshake_timeout", s.handshake_timeout)?;
+    at_least("server.inbox_capacity", s.inbox_capacity, 1)
+}
+
+fn client(c: &Config) -> Result<(), Violation> {
+    let k = &c.client;
+    at_least("client.queue_frames", k.queue_frames, 1)?;
+    if k.queue_bytes < c.server.max_message_bytes {
+        // A frame larger than the whole buffer could never be queued.
+        fail_with(
+            "client.queue_bytes",
+            "server.max_message_bytes",
+            format!(
+                "must be at least server.max_message_bytes ({} < {})",
+                k.queue_bytes, c.server.max_message_bytes
+            ),
+        )?;
+    }
+    at_least("client.max_subscriptions", k.max_subscriptions, 1)?;
+    if !k.publish_rate.is_finite() || k.publish_rate < 0.0 {
+        fail(
+            "client.publish_rate",
+            format!(
+                "must be a number of messages per second >= 0 (got {}); 0 = unlimited",
+                k.publish_rate
+            ),
+        )?;
+    }
+    if k.publish_rate > 0.0 && k.publish_burst == 0 {
+        fail_with(
+            "client.publish_burst",
+            "client.publish_rate",
+            "must be at least 1 when client.publish_rate is set",
+        )?;
+    }
+    if k.rate_limit_strikes == 0 {
+        fail("client.rate_limit_strikes", "must be at least 1")?;
+    }
+    if !(1..=65_536).contains(&k.max_topic_bytes) {
+        fail(
+            "client.max_topic_bytes",
+            format!("must be between 1 and 65536 (got {})", k.max_topic_bytes),
+        )?;
+    }
+    if !(1..=1024).contains(&k.max_topic_levels) {
+        fail(
+            "client.max_topic_levels",
+            format!("must be between 1 and 1024 (got {})", k.max_topic_levels),
+        )?;
+    }
+    if !(1..=1024).contains(&k.max_json_depth) {
+        fail(
+            "client.max_json_depth",
+            format!("must be between 1 and 1024 (got {})", k.max_json_depth),
+        )?;
+    }
+    Ok(())
+}
+
+fn auth(c: &Config) -> Result<(), Violation> {
+    let a = &c.auth;
+    env_name("auth.bearer_token_env", &a.bearer_token_env)?;
+    env_name("auth.basic_username_env", &a.basic_username_env)?;
+    env_name("auth.basic_password_env", &a.basic_password_env)?;
+    env_name("auth.jwt_secret_env", &a.jwt_secret_env)?;
+    if a.kind != AuthType::None {
+        not_yet("auth.type", &format!("auth.type = {}", a.kind.name()))?;
+    }
+    Ok(())
+}
+
+fn api(c: &Config) -> Result<(), Violation> {
+    let a = &c.api;
+    env_name("api.key_env", &a.key_env)?;
+    at_least("api.max_body_bytes", a.max_body_bytes, 1)?;
+    at_least("api.max_batch", a.max_batch, 1)
+}
+
+fn cluster(c: &Config) -> Result<(), Violation> {
+    let k = &c.cluster;
+    if !k.nats_url.is_empty() {
+        not_yet("cluster.nats_url", "cluster mode (cluster.nats_url)")?;
+    }
+    let p = k.subject_prefix.as_str();
+    let token_ok = |t: &str| {
+        !t.is_empty()
+            && !t
+                .chars()
+                .any(|ch| ch.is_whitespace() || ch.is_control() || ch == '*' || ch == '>')
+    };
+    if !p.split('.').all(token_ok) {
+        fail(
+            "cluster.subject_prefix",
+            format!("{p:?} is not a NATS subject prefix (dot-separated tokens without spaces, '*' or '>')"),
+        )?;
+    }
+    if k.node_id
+        .chars()
+        .any(|ch| ch.is_whitespace() || ch.is_control())
+    {
+        fail(
+            "cluster.node_id",
+            format!(
+                "must not contain spaces or control characters (got {:?})",
+                k.node_id
+            ),
+        )?;
+    }
+    Ok(())
+}

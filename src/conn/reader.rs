@@ -1,0 +1,233 @@
+//! Frames in: turns the bytes of one read into complete client messages.
+//!
+//! This is the lean path that replaces fastwebsockets' reader: fastwebsockets keeps an
+//! 8 KiB read buffer per connection, which would dominate an idle connection's memory.
+//! Here a read lands in the shard's scratch buffer and is parsed in place (unmasked where
+//! it lies); only an incomplete frame's bytes are kept on the connection, and only until
+//! the rest arrives. It also enforces what fastwebsockets leaves out: client masking,
+//! reassembled-message size, UTF-8 of text messages, control-frame rules.
+
+use crate::error::Reject;
+use crate::protocol::frame::{self, OpCode};
+
+/// One complete client message or control frame.
+pub enum Incoming<'a> {
+    /// A complete, UTF-8-checked text message (mutable: simd-json parses in place).
+    Text(&'a mut [u8]),
+    /// Ping with its payload (answer with a pong carrying the same bytes).
+    Ping(&'a [u8]),
+    /// Pong (only liveness).
+    Pong,
+    /// Close with the client's code, if it sent one.
+    Close(Option<u16>),
+}
+
+/// Whether to keep parsing after a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    /// Go on.
+    Continue,
+    /// Stop reading this connection (it is closing).
+    Stop,
+}
+
+/// A text message arriving in several frames.
+#[derive(Debug, Default)]
+pub struct Fragments {
+    data: Vec<u8>,
+}
+
+/// Result of parsing one buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Parsed {
+    /// Bytes consumed from the front of the buffer (the rest is an incomplete frame).
+    pub consumed: usize,
+    /// Total size the incomplete frame at `consumed` needs, when its header is known.
+    pub need: Option<usize>,
+    /// The handler asked to stop.
+    pub stopped: bool,
+}
+
+/// Parses every complete frame in `buf`, handing each message to `on_message`.
+///
+/// # Errors
+/// The protocol violation that must close the connection (1002/1003/1007/1009).
+pub fn parse(
+    buf: &mut [u8],
+    fragments: &mut Option<Box<Fragments>>,
+    max_message: usize,
+    mut on_message: impl FnMut(Incoming<'_>) -> Flow,
+) -> Result<Parsed, Reject> {
+    let mut pos = 0;
+    loop {
+        let rest = buf.get_mut(pos..).unwrap_or_default();
+        let Some(header) = frame::parse_client_header(rest)? else {
+            return Ok(Parsed {
+                consumed: pos,
+                need: None,
+                stopped: false,
+            });
+        };
+        let so_far = fragments.as_ref().map_or(0, |f| f.data.len());
+        let payload_len =
+            usize::try_from(header.payload_len).map_err(|_| Reject::MessageTooLarge)?;
+        if payload_len.saturating_add(so_far) > max_message {
+            return Err(Reject::MessageTooLarge);
+        }
+        let total = header.header_len + payload_len;
+        if rest.len() < total {
+            return Ok(Parsed {
+                consumed: pos,
+                need: Some(total),
+                stopped: false,
+            });
+        }
+        let payload = rest
+            .get_mut(header.header_len..total)
+            .ok_or(Reject::BadOpcode)?;
+        frame::unmask(payload, header.mask);
+        pos += total;
+        let flow = match header.opcode {
+            OpCode::Text if header.fin => {
+                if fragments.is_some() {
+                    return Err(Reject::BadFragmentation);
+                }
+                if std::str::from_utf8(payload).is_err() {
+                    return Err(Reject::InvalidUtf8);
+                }
+                on_message(Incoming::Text(payload))
+            }
+            OpCode::Text => {
+                if fragments.is_some() {
+                    return Err(Reject::BadFragmentation);
+                }
+                let mut f = Box::<Fragments>::default();
+                f.data.extend_from_slice(payload);
+                *fragments = Some(f);
+                Flow::Continue
+            }
+            OpCode::Continuation => {
+                let Some(f) = fragments.as_mut() else {
+                    return Err(Reject::BadFragmentation);
+                };
+                f.data.extend_from_slice(payload);
+                if header.fin {
+                    let mut whole = fragments.take().map(|f| f.data).unwrap_or_default();
+                    if std::str::from_utf8(&whole).is_err() {
+                        return Err(Reject::InvalidUtf8);
+                    }
+                    on_message(Incoming::Text(&mut whole))
+                } else {
+                    Flow::Continue
+                }
+            }
+            OpCode::Binary => return Err(Reject::BinaryFrame),
+            OpCode::Ping => on_message(Incoming::Ping(payload)),
+            OpCode::Pong => on_message(Incoming::Pong),
+            OpCode::Close => on_message(Incoming::Close(frame::close_code_of(payload))),
+        };
+        if flow == Flow::Stop {
+            return Ok(Parsed {
+                consumed: pos,
+                need: None,
+                stopped: true,
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A masked client frame.
+    fn client_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let mask = [0x11, 0x22, 0x33, 0x44];
+        let mut out = vec![(u8::from(fin) << 7) | opcode];
+        match payload.len() {
+            n if n < 126 => out.push(0x80 | n as u8),
+            n if n < 65536 => {
+                out.push(0x80 | 126);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                out.push(0x80 | 127);
+                out.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        out.extend_from_slice(&mask);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        out
+    }
+
+    fn collect(buf: &mut [u8], max: usize) -> (Result<Parsed, Reject>, Vec<String>) {
+        let mut frags = None;
+        let mut seen = Vec::new();
+        let r = parse(buf, &mut frags, max, |m| {
+            seen.push(match m {
+                Incoming::Text(t) => format!("text:{}", String::from_utf8_lossy(t)),
+                Incoming::Ping(p) => format!("ping:{}", p.len()),
+                Incoming::Pong => "pong".into(),
+                Incoming::Close(c) => format!("close:{c:?}"),
+            });
+            Flow::Continue
+        });
+        (r, seen)
+    }
+
+    #[test]
+    fn several_frames_in_one_read_and_a_partial_tail() {
+        let mut buf = client_frame(true, 1, b"hello");
+        buf.extend(client_frame(true, 9, b"p"));
+        let tail = client_frame(true, 1, b"later");
+        buf.extend_from_slice(&tail[..4]);
+        let (r, seen) = collect(&mut buf, 1000);
+        let parsed = r.expect("parses");
+        assert_eq!(seen, vec!["text:hello", "ping:1"]);
+        assert_eq!(parsed.consumed, buf.len() - 4);
+    }
+
+    #[test]
+    fn fragments_with_interleaved_ping_reassemble() {
+        let mut buf = client_frame(false, 1, b"ab");
+        buf.extend(client_frame(true, 9, b""));
+        buf.extend(client_frame(false, 0, b"cd"));
+        buf.extend(client_frame(true, 0, b"ef"));
+        let (r, seen) = collect(&mut buf, 1000);
+        assert!(r.is_ok());
+        assert_eq!(seen, vec!["ping:0", "text:abcdef"]);
+    }
+
+    #[test]
+    fn violations_map_to_rejections() {
+        let mut binary = client_frame(true, 2, b"x");
+        assert_eq!(collect(&mut binary, 100).0, Err(Reject::BinaryFrame));
+        let mut bad_utf8 = client_frame(true, 1, &[0xff, 0xfe]);
+        assert_eq!(collect(&mut bad_utf8, 100).0, Err(Reject::InvalidUtf8));
+        let mut big = client_frame(true, 1, &[b'a'; 200]);
+        assert_eq!(collect(&mut big, 100).0, Err(Reject::MessageTooLarge));
+        let mut stray = client_frame(true, 0, b"x");
+        assert_eq!(collect(&mut stray, 100).0, Err(Reject::BadFragmentation));
+        let mut frag_too_big = client_frame(false, 1, &[b'a'; 60]);
+        frag_too_big.extend(client_frame(true, 0, &[b'a'; 60]));
+        assert_eq!(
+            collect(&mut frag_too_big, 100).0,
+            Err(Reject::MessageTooLarge)
+        );
+    }
+
+    #[test]
+    fn oversize_is_refused_from_the_header_alone() {
+        let full = client_frame(true, 1, &[b'a'; 70_000]);
+        let mut head = full[..20].to_vec();
+        assert_eq!(collect(&mut head, 65_536).0, Err(Reject::MessageTooLarge));
+    }
+
+    #[test]
+    fn need_reports_whole_frame_size() {
+        let full = client_frame(true, 1, &[b'a'; 300]);
+        let mut head = full[..10].to_vec();
+        let (r, _) = collect(&mut head, 1000);
+        assert_eq!(r.expect("ok").need, Some(full.len()));
+    }
+}

@@ -1,0 +1,83 @@
+//! HTTP on a shard: every accepted socket starts here. hyper parses requests (with a
+//! header-read timeout against slowloris); the WebSocket path goes to `upgrade`, the
+//! rest to `api`. Over the connection limit, every request gets 503 and the socket closes.
+
+use super::upgrade;
+use crate::api;
+use crate::error::Reject;
+use crate::shard::Shard;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::cell::Cell;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::rc::Rc;
+
+/// Response type used everywhere.
+pub type HttpResponse = Response<Full<Bytes>>;
+
+/// Serves one accepted socket on this shard.
+pub fn spawn(shard: Rc<Shard>, stream: std::net::TcpStream, peer: SocketAddr, over_limit: bool) {
+    let stream = match tokio::net::TcpStream::from_std(stream) {
+        Ok(s) => s,
+        Err(_) => {
+            shard.broker.socket_closed();
+            return;
+        }
+    };
+    tokio::task::spawn_local(serve(shard, stream, peer, over_limit));
+}
+
+async fn serve(
+    shard: Rc<Shard>,
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    over_limit: bool,
+) {
+    let upgraded = Rc::new(Cell::new(false));
+    let service = {
+        let shard = shard.clone();
+        let upgraded = upgraded.clone();
+        hyper::service::service_fn(move |req: Request<Incoming>| {
+            let shard = shard.clone();
+            let upgraded = upgraded.clone();
+            async move { Ok::<_, Infallible>(route(shard, peer, over_limit, &upgraded, req).await) }
+        })
+    };
+    let server = &shard.broker.config.server;
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(server.handshake_timeout)
+        .keep_alive(!over_limit);
+    let connection = builder
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    if let Err(e) = connection.await {
+        tracing::debug!(shard = shard.id, %peer, error = %e, "http connection ended with an error");
+    }
+    // An upgraded socket now belongs to a WebSocket connection, which releases it.
+    if !upgraded.get() {
+        shard.broker.socket_closed();
+    }
+}
+
+async fn route(
+    shard: Rc<Shard>,
+    peer: SocketAddr,
+    over_limit: bool,
+    upgraded: &Cell<bool>,
+    req: Request<Incoming>,
+) -> HttpResponse {
+    if over_limit {
+        shard.broker.global.reject(Reject::TooManyConnections);
+        return api::error_response(503, &Reject::TooManyConnections.to_string());
+    }
+    if req.uri().path() == shard.broker.config.server.ws_path {
+        return upgrade::upgrade(&shard, req, upgraded);
+    }
+    api::handle(&shard, peer, req).await
+}

@@ -1,0 +1,168 @@
+//! The WebSocket handshake: validate the upgrade, pick the dialect, answer 101, and
+//! hand the raw socket to the shard.
+//!
+//! fastwebsockets checks the key/version and computes `Sec-WebSocket-Accept`; the
+//! dialect (`Sec-WebSocket-Protocol`, then `?dialect=`, then `server.default_dialect`)
+//! is ours. After the upgrade, hyper's `Upgraded::downcast` gives back the plain
+//! `TcpStream` and any bytes the client sent behind its request, so the connection can
+//! live on the shard's lean read/write path with no per-connection buffers.
+
+use super::http::HttpResponse;
+use crate::api;
+use crate::error::Reject;
+use crate::protocol::Dialect;
+use crate::shard::Shard;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, SEC_WEBSOCKET_PROTOCOL};
+use hyper::{Method, Request};
+use hyper_util::rt::TokioIo;
+use std::cell::Cell;
+use std::rc::Rc;
+use tokio::net::TcpStream;
+
+/// How the dialect was chosen.
+#[derive(Debug, PartialEq, Eq)]
+pub struct DialectChoice {
+    /// The dialect.
+    pub dialect: Dialect,
+    /// Echo it as the subprotocol (it was offered in `Sec-WebSocket-Protocol`).
+    pub echo: bool,
+}
+
+/// Picks the dialect from the offered subprotocols, the query, or the default.
+///
+/// # Errors
+/// `?dialect=` names something unknown.
+pub fn choose_dialect(
+    offered: Option<&str>,
+    query: Option<&str>,
+    default: Dialect,
+) -> Result<DialectChoice, String> {
+    if let Some(dialect) = offered
+        .into_iter()
+        .flat_map(|v| v.split(','))
+        .find_map(Dialect::from_name)
+    {
+        return Ok(DialectChoice {
+            dialect,
+            echo: true,
+        });
+    }
+    let asked = query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .find_map(|kv| kv.strip_prefix("dialect="));
+    match asked {
+        Some(name) => Dialect::from_name(name)
+            .map(|dialect| DialectChoice {
+                dialect,
+                echo: false,
+            })
+            .ok_or_else(|| format!("unknown dialect '{name}' (expected gows or vws)")),
+        None => Ok(DialectChoice {
+            dialect: default,
+            echo: false,
+        }),
+    }
+}
+
+/// Answers an upgrade request on the WebSocket path.
+pub fn upgrade(
+    shard: &Rc<Shard>,
+    mut req: Request<Incoming>,
+    upgraded: &Cell<bool>,
+) -> HttpResponse {
+    let broker = &shard.broker;
+    if req.method() != Method::GET || !fastwebsockets::upgrade::is_upgrade_request(&req) {
+        broker.global.reject(Reject::BadHandshake);
+        return api::error_response(
+            400,
+            "expected a WebSocket upgrade (GET with Upgrade: websocket)",
+        );
+    }
+    let offered = req
+        .headers()
+        .get(SEC_WEBSOCKET_PROTOCOL)
+        .and_then(|v| v.to_str().ok());
+    let choice = match choose_dialect(
+        offered,
+        req.uri().query(),
+        broker.config.server.default_dialect,
+    ) {
+        Ok(c) => c,
+        Err(reason) => {
+            broker.global.reject(Reject::BadHandshake);
+            return api::error_response(400, &reason);
+        }
+    };
+    let (response, pending) = match fastwebsockets::upgrade::upgrade(&mut req) {
+        Ok(r) => r,
+        Err(e) => {
+            broker.global.reject(Reject::BadHandshake);
+            return api::error_response(400, &format!("bad WebSocket handshake: {e}"));
+        }
+    };
+    upgraded.set(true);
+    let shard = shard.clone();
+    let dialect = choice.dialect;
+    tokio::task::spawn_local(async move {
+        let socket = match pending.await {
+            Ok(ws) => ws
+                .into_inner()
+                .into_inner()
+                .downcast::<TokioIo<TcpStream>>(),
+            Err(e) => {
+                tracing::debug!(error = %e, "upgrade did not complete");
+                shard.broker.socket_closed();
+                return;
+            }
+        };
+        match socket {
+            Ok(parts) => shard.add_conn(parts.io.into_inner(), dialect, parts.read_buf),
+            Err(_) => shard.broker.socket_closed(),
+        }
+    });
+    let (mut parts, _) = response.into_parts();
+    if choice.echo {
+        parts.headers.insert(
+            SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static(dialect.name()),
+        );
+    }
+    HttpResponse::from_parts(parts, Full::default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subprotocol_beats_query_beats_default() {
+        let c = choose_dialect(Some("chat, vws"), Some("dialect=gows"), Dialect::Gows).expect("ok");
+        assert_eq!(
+            c,
+            DialectChoice {
+                dialect: Dialect::Vws,
+                echo: true
+            }
+        );
+        let c = choose_dialect(Some("chat"), Some("x=1&dialect=vws"), Dialect::Gows).expect("ok");
+        assert_eq!(
+            c,
+            DialectChoice {
+                dialect: Dialect::Vws,
+                echo: false
+            }
+        );
+        let c = choose_dialect(None, None, Dialect::Vws).expect("ok");
+        assert_eq!(
+            c,
+            DialectChoice {
+                dialect: Dialect::Vws,
+                echo: false
+            }
+        );
+        assert!(choose_dialect(None, Some("dialect=mqtt"), Dialect::Gows).is_err());
+    }
+}

@@ -1,0 +1,178 @@
+//! What a shard does with each client message: decode in the connection's dialect,
+//! then subscribe / unsubscribe / publish / ping, answering with ack, nack, error or pong
+//! as SPEC §3 and §4 say. Replies go to the connection's own outbox only.
+
+use super::Shard;
+use crate::conn::reader::{Flow, Incoming};
+use crate::conn::Conn;
+use crate::error::Reject;
+use crate::protocol::{self, frame, gows, vws, Command, Dialect};
+use crate::publication::{Kind, Publication};
+use crate::shard::stats::ShardStats;
+use crate::topic;
+use bytes::Bytes;
+use std::sync::Arc;
+
+impl Shard {
+    /// Handles one complete message or control frame from connection `key`.
+    pub(super) fn on_message(
+        &self,
+        conn: Option<&mut Conn>,
+        key: usize,
+        msg: Incoming<'_>,
+    ) -> Flow {
+        let Some(conn) = conn else {
+            return Flow::Stop;
+        };
+        match msg {
+            Incoming::Text(payload) => {
+                ShardStats::add(&self.stats.messages_in, 1);
+                self.on_text(conn, key, payload)
+            }
+            Incoming::Ping(payload) => {
+                conn.outbox.push_unbounded(frame::pong_frame(payload));
+                Flow::Continue
+            }
+            Incoming::Pong => Flow::Continue,
+            Incoming::Close(code) => {
+                // Echo the client's code (RFC 6455 §5.5.1); 1005 "no code" is never sent.
+                let code = code.filter(|c| *c != 1005).unwrap_or(1000);
+                self.close_conn(conn, code, "");
+                Flow::Stop
+            }
+        }
+    }
+
+    fn on_text(&self, conn: &mut Conn, key: usize, payload: &mut [u8]) -> Flow {
+        let max_depth = self.broker.config.client.max_json_depth;
+        let command = match protocol::decode(conn.dialect, payload, max_depth) {
+            Ok(c) => c,
+            Err(failure) => {
+                self.refuse(conn, failure.reject, failure.id.as_deref());
+                return Flow::Continue;
+            }
+        };
+        match command {
+            Command::Subscribe { topic, id } => {
+                let result = self.subscribe(conn, key, topic);
+                self.answer(conn, result, id.as_deref());
+            }
+            Command::Unsubscribe { topic, id } => {
+                let result = self.unsubscribe(conn, key, topic);
+                self.answer(conn, result, id.as_deref());
+            }
+            Command::UnsubscribeAll { id } => {
+                self.unsubscribe_all(conn, key);
+                self.answer(conn, Ok(()), id.as_deref());
+            }
+            Command::Publish {
+                topic,
+                data,
+                headers,
+                id,
+            } => {
+                let result = self.client_publish(conn, topic, data, headers);
+                if result == Err(Reject::RateLimitAbuse) {
+                    self.close_for(conn, Reject::RateLimitAbuse);
+                    return Flow::Stop;
+                }
+                self.answer(conn, result, id.as_deref());
+            }
+            Command::Ping => conn.outbox.push_unbounded(gows::render_pong()),
+        }
+        Flow::Continue
+    }
+
+    /// Ack (vws with an id) or refuse.
+    fn answer(&self, conn: &mut Conn, result: Result<(), Reject>, id: Option<&str>) {
+        match result {
+            Ok(()) => {
+                if let (Dialect::Vws, Some(id)) = (conn.dialect, id) {
+                    conn.outbox.push_unbounded(vws::render_ack(id));
+                }
+            }
+            Err(reject) => self.refuse(conn, reject, id),
+        }
+    }
+
+    /// Counts a rejection and answers it in the connection's dialect; stays open.
+    fn refuse(&self, conn: &mut Conn, reject: Reject, id: Option<&str>) {
+        self.stats.reject(reject);
+        let reply = match conn.dialect {
+            Dialect::Gows => gows::render_error(&reject),
+            Dialect::Vws => vws::render_nack(id, &reject),
+        };
+        conn.outbox.push_unbounded(reply);
+    }
+
+    fn subscribe(&self, conn: &mut Conn, key: usize, pattern: &str) -> Result<(), Reject> {
+        topic::validate_pattern(pattern, self.topic_limits()).map_err(Reject::InvalidPattern)?;
+        if conn.subs.iter().any(|s| &**s == pattern) {
+            return Ok(()); // already subscribed: idempotent, as in MQTT
+        }
+        if conn.subs.len() >= self.broker.config.client.max_subscriptions {
+            return Err(Reject::TooManySubscriptions);
+        }
+        conn.subs.push(pattern.into());
+        ShardStats::add(&self.stats.subscriptions, 1);
+        if self.index.borrow_mut().insert(pattern, key as u32) {
+            // Before the ack goes out, so a publish made after the ack finds this shard.
+            self.broker.router.add_interest(self.id, pattern);
+        }
+        Ok(())
+    }
+
+    fn unsubscribe(&self, conn: &mut Conn, key: usize, pattern: &str) -> Result<(), Reject> {
+        topic::validate_pattern(pattern, self.topic_limits()).map_err(Reject::InvalidPattern)?;
+        if let Some(pos) = conn.subs.iter().position(|s| &**s == pattern) {
+            conn.subs.swap_remove(pos);
+            ShardStats::sub(&self.stats.subscriptions, 1);
+            self.unindex(&mut self.index.borrow_mut(), pattern, key);
+        }
+        Ok(())
+    }
+
+    fn unsubscribe_all(&self, conn: &mut Conn, key: usize) {
+        let mut index = self.index.borrow_mut();
+        for pattern in conn.subs.drain(..) {
+            ShardStats::sub(&self.stats.subscriptions, 1);
+            self.unindex(&mut index, &pattern, key);
+        }
+        conn.subs = Vec::new();
+    }
+
+    fn client_publish(
+        &self,
+        conn: &mut Conn,
+        topic_name: &str,
+        data: Bytes,
+        headers: Option<Bytes>,
+    ) -> Result<(), Reject> {
+        let client = &self.broker.config.client;
+        if !client.allow_publish {
+            return Err(Reject::PublishNotAllowed);
+        }
+        topic::validate_topic(topic_name, self.topic_limits()).map_err(Reject::InvalidTopic)?;
+        if !conn
+            .rate
+            .allow(client.publish_rate, client.publish_burst, self.now_ms())
+        {
+            if conn.rate.strikes >= client.rate_limit_strikes {
+                return Err(Reject::RateLimitAbuse);
+            }
+            return Err(Reject::RateLimited);
+        }
+        let publication = Arc::new(Publication::new(
+            topic_name.into(),
+            Kind::Channel {
+                gows_type: "event".into(),
+            },
+            data,
+            headers,
+        ));
+        if self.route(&publication).full != 0 {
+            return Err(Reject::Overloaded);
+        }
+        Ok(())
+    }
+}

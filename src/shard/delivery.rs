@@ -1,0 +1,291 @@
+//! The shard's main loop: drain the inbox in batches, queue shared frames to matching
+//! connections, write each touched connection once (vectored), keep connections alive
+//! (pings, idle timeout), and shut down gracefully.
+
+use super::{Shard, DRAIN_BATCH};
+use crate::conn::outbox::{Pushed, MAX_IOVECS};
+use crate::conn::{Conn, Phase};
+use crate::error::Reject;
+use crate::protocol::frame;
+use crate::publication::Publication;
+use crate::shard::inbox::{InboxReceiver, ShardMsg};
+use crate::shard::stats::ShardStats;
+use bytes::Bytes;
+use std::io::{self, IoSlice};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+impl Shard {
+    /// Runs the shard until it has shut down: inbox drain loop plus the keepalive sweep.
+    pub async fn run(self: Rc<Self>, inbox: InboxReceiver) {
+        tokio::task::spawn_local(self.clone().sweep_loop());
+        let mut batch: Vec<(Arc<Publication>, u64)> = Vec::new();
+        let mut shutdown_deadline: Option<tokio::time::Instant> = None;
+        loop {
+            match shutdown_deadline {
+                None => inbox.wait().await,
+                Some(deadline) => {
+                    if self.conns.borrow().is_empty() {
+                        return;
+                    }
+                    tokio::select! {
+                        _ = inbox.wait() => {}
+                        _ = self.drained.notified() => {}
+                        _ = tokio::time::sleep_until(deadline) => return,
+                    }
+                    if self.conns.borrow().is_empty() {
+                        return;
+                    }
+                }
+            }
+            let mut handled = 0;
+            while handled < DRAIN_BATCH {
+                let Some(msg) = inbox.try_recv() else {
+                    break;
+                };
+                handled += 1;
+                match msg {
+                    ShardMsg::Deliver(p) => {
+                        let n = self.deliver(&p);
+                        if n > 0 {
+                            batch.push((p, n));
+                        }
+                    }
+                    ShardMsg::Accept {
+                        stream,
+                        peer,
+                        over_limit,
+                    } => crate::server::http::spawn(self.clone(), stream, peer, over_limit),
+                    ShardMsg::Channels(reply) => {
+                        let list = self
+                            .index
+                            .borrow()
+                            .patterns()
+                            .map(|(p, n)| (p.to_owned(), n))
+                            .collect();
+                        let _ = reply.send(list);
+                    }
+                    ShardMsg::Shutdown => {
+                        if shutdown_deadline.is_none() {
+                            let grace = self.broker.config.server.shutdown_grace;
+                            shutdown_deadline = Some(tokio::time::Instant::now() + grace);
+                            self.begin_shutdown(grace);
+                        }
+                    }
+                }
+            }
+            self.flush_dirty();
+            self.record_latency(&mut batch);
+            if handled == DRAIN_BATCH {
+                // More may be waiting: let connection tasks (acks, reads) run first.
+                tokio::task::yield_now().await;
+            }
+        }
+    }
+
+    /// Queues `p`'s frame to every matching local connection; returns how many.
+    fn deliver(&self, p: &Arc<Publication>) -> u64 {
+        let seq = self.delivery_seq.get() + 1;
+        self.delivery_seq.set(seq);
+        let mut conns = self.conns.borrow_mut();
+        let mut dirty = self.dirty.borrow_mut();
+        let mut frames: [Option<Bytes>; 2] = [None, None];
+        let mut delivered = 0u64;
+        let mut dropped = 0u64;
+        let mut visit = |key: usize, conn: &mut Conn| {
+            if conn.last_delivery == seq || conn.is_closing() {
+                return;
+            }
+            conn.last_delivery = seq;
+            let slot = frames.get_mut(conn.dialect.index());
+            let frame = match slot {
+                Some(Some(f)) => f.clone(),
+                Some(slot) => slot.insert(p.frame(conn.dialect)).clone(),
+                None => return,
+            };
+            match conn.outbox.push(frame, &self.outbox_limits) {
+                Pushed::Queued => delivered += 1,
+                Pushed::DroppedOldest(n) => {
+                    delivered += 1;
+                    dropped += n as u64;
+                }
+                Pushed::DroppedNewest => {
+                    dropped += 1;
+                    return;
+                }
+                Pushed::Full => {
+                    // SPEC §4: the slow consumer is cut; nobody else waits for it.
+                    dropped += conn.outbox.clear_unstarted() as u64 + 1;
+                    ShardStats::add(&self.stats.slow_disconnects, 1);
+                    self.close_for(conn, Reject::SlowConsumer);
+                }
+            }
+            if !conn.dirty {
+                conn.dirty = true;
+                dirty.push(key);
+            }
+        };
+        if p.is_broadcast() {
+            for (key, conn) in conns.iter_mut() {
+                visit(key, conn);
+            }
+        } else {
+            self.index.borrow().for_each_match(&p.topic, |key| {
+                if let Some(conn) = conns.get_mut(key as usize) {
+                    visit(key as usize, conn);
+                }
+            });
+        }
+        ShardStats::add(&self.stats.delivered, delivered);
+        if dropped > 0 {
+            ShardStats::add(&self.stats.dropped_queue_full, dropped);
+        }
+        delivered
+    }
+
+    /// Writes every connection touched since the last flush, once each; connections
+    /// whose socket is full get their task woken to wait for writability.
+    pub(super) fn flush_dirty(&self) {
+        let mut conns = self.conns.borrow_mut();
+        let mut dirty = self.dirty.borrow_mut();
+        let mut queued = 0u64;
+        for key in dirty.drain(..) {
+            let Some(conn) = conns.get_mut(key) else {
+                continue;
+            };
+            conn.dirty = false;
+            if self.flush(conn).is_err() {
+                conn.phase = Phase::Done;
+                conn.wake();
+            } else if !conn.outbox.is_empty() || conn.is_closing() {
+                queued += conn.outbox.len() as u64;
+                conn.wake();
+            }
+        }
+        self.stats
+            .queue_frames
+            .store(queued, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Writes as much of `conn`'s outbox as the socket takes, many frames per `writev`.
+    ///
+    /// # Errors
+    /// The socket failed (the connection is finished).
+    pub(super) fn flush(&self, conn: &mut Conn) -> io::Result<()> {
+        let (mut writes, mut frames, mut bytes) = (0u64, 0u64, 0u64);
+        let result = loop {
+            if conn.outbox.is_empty() {
+                break Ok(());
+            }
+            let written = {
+                let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+                let n = conn.outbox.slices(&mut slices);
+                conn.stream
+                    .try_write_vectored(slices.get(..n).unwrap_or_default())
+            };
+            match written {
+                Ok(0) => break Err(io::ErrorKind::WriteZero.into()),
+                Ok(w) => {
+                    writes += 1;
+                    bytes += w as u64;
+                    frames += conn.outbox.advance(w) as u64;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Ok(()),
+                Err(e) => break Err(e),
+            }
+        };
+        if writes > 0 {
+            ShardStats::add(&self.stats.writes, writes);
+            ShardStats::add(&self.stats.frames_written, frames);
+            ShardStats::add(&self.stats.bytes_out, bytes);
+        }
+        result
+    }
+
+    /// Delivery latency (accepted -> handed to the socket), one histogram entry per
+    /// subscriber, recorded once per publication per batch.
+    fn record_latency(&self, batch: &mut Vec<(Arc<Publication>, u64)>) {
+        if batch.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let mut hist = self.stats.latency_us.lock();
+        for (p, n) in batch.drain(..) {
+            let us = now.saturating_duration_since(p.accepted_at).as_micros();
+            let _ = hist.record_n(u64::try_from(us).unwrap_or(u64::MAX).max(1), n);
+        }
+    }
+
+    /// Every `tick`: ping quiet connections, close idle ones, give up on closes that
+    /// take too long. One pass over the slab: no timer per connection.
+    async fn sweep_loop(self: Rc<Self>) {
+        let server = &self.broker.config.server;
+        let tick = (server.ping_interval.min(server.idle_timeout) / 4)
+            .clamp(Duration::from_millis(50), Duration::from_secs(1));
+        let mut interval = tokio::time::interval(tick);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            interval.tick().await;
+            self.sweep();
+        }
+    }
+
+    fn sweep(&self) {
+        let now = self.now_ms();
+        let server = &self.broker.config.server;
+        let idle_ms = server.idle_timeout.as_millis() as u64;
+        let ping_ms = server.ping_interval.as_millis() as u64;
+        let mut conns = self.conns.borrow_mut();
+        let mut dirty = self.dirty.borrow_mut();
+        for (key, conn) in conns.iter_mut() {
+            match conn.phase {
+                Phase::Open => {
+                    let quiet = now.saturating_sub(conn.last_seen_ms);
+                    if quiet >= idle_ms {
+                        self.close_for(conn, Reject::IdleTimeout);
+                    } else if quiet >= ping_ms && now.saturating_sub(conn.last_ping_ms) >= ping_ms {
+                        conn.last_ping_ms = now;
+                        conn.outbox.push_unbounded(frame::ping_frame(b""));
+                    } else {
+                        continue;
+                    }
+                    if !conn.dirty {
+                        conn.dirty = true;
+                        dirty.push(key);
+                    }
+                }
+                Phase::Closing { deadline_ms } | Phase::Lingering { deadline_ms } => {
+                    if now >= deadline_ms {
+                        conn.phase = Phase::Done;
+                        conn.wake();
+                    }
+                }
+                Phase::Done => conn.wake(),
+            }
+        }
+        drop((conns, dirty));
+        self.flush_dirty();
+    }
+
+    /// Graceful shutdown: every open connection gets close 1001 after what is already
+    /// queued for it (queued frames are flushed first, SPEC §6).
+    fn begin_shutdown(&self, grace: Duration) {
+        self.draining.set(true);
+        let deadline_ms = self.now_ms() + grace.as_millis() as u64;
+        let mut conns = self.conns.borrow_mut();
+        let mut dirty = self.dirty.borrow_mut();
+        for (key, conn) in conns.iter_mut() {
+            if conn.is_closing() {
+                continue;
+            }
+            conn.outbox
+                .push_unbounded(frame::close_frame(1001, "server shutting down"));
+            conn.phase = Phase::Closing { deadline_ms };
+            if !conn.dirty {
+                conn.dirty = true;
+                dirty.push(key);
+            }
+        }
+    }
+}

@@ -1,0 +1,346 @@
+//! `Shard`: one single-threaded runtime's worth of connections.
+//!
+//! A shard owns its sockets (a slab of [`Conn`]), its local channel index (which of its
+//! connections subscribe to what), a scratch read buffer and its stats. Its state is
+//! `!Send` and lock-free (`Rc`/`RefCell`); other threads reach it only through its inbox.
+//!
+//! Delivery: the shard drains its inbox in batches, queues each publication's shared
+//! frame to every matching local connection, then writes each touched connection once
+//! with a vectored write. The more publications arrive between two drains (overload),
+//! the more frames each `writev` carries: batching grows with load instead of collapsing
+//! into one write per message per subscriber.
+
+pub mod inbox;
+pub mod runtime;
+pub mod stats;
+
+mod commands;
+mod delivery;
+
+use crate::broker::Broker;
+use crate::conn::outbox;
+use crate::conn::reader;
+use crate::conn::{Conn, ConnTask, Phase};
+use crate::error::Reject;
+use crate::protocol::{frame, Dialect};
+use crate::publication::Publication;
+use crate::router::MatchCache;
+use crate::topic::{self, Index};
+use bytes::Bytes;
+use slab::Slab;
+use stats::ShardStats;
+use std::cell::{Cell, RefCell};
+use std::io;
+use std::pin::Pin;
+use std::rc::Rc;
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::io::AsyncWrite;
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+
+/// Smallest free space offered to one read.
+const READ_CHUNK: usize = 64 * 1024;
+/// Reads (or write-readiness rounds) one connection may do per poll before yielding, so
+/// one busy client cannot starve the shard.
+const POLL_BUDGET: u32 = 16;
+/// Inbox messages handled per drain before flushing and yielding.
+const DRAIN_BATCH: usize = 8192;
+/// How long a closing connection may take to flush its close frame and see the peer close.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
+
+/// One shard's state (lives on its own thread).
+pub struct Shard {
+    /// Shard id (index in the router).
+    pub id: u16,
+    /// Shared broker state.
+    pub broker: Arc<Broker>,
+    /// This shard's counters.
+    pub stats: Arc<ShardStats>,
+    conns: RefCell<Slab<Conn>>,
+    index: RefCell<Index<u32>>,
+    scratch: RefCell<Vec<u8>>,
+    dirty: RefCell<Vec<usize>>,
+    cache: RefCell<MatchCache>,
+    delivery_seq: Cell<u64>,
+    epoch: Instant,
+    draining: Cell<bool>,
+    drained: Notify,
+    outbox_limits: outbox::Limits,
+    topic_limits: topic::Limits,
+}
+
+impl Shard {
+    /// A shard with no connections.
+    pub fn new(id: u16, broker: Arc<Broker>, stats: Arc<ShardStats>) -> Self {
+        let c = &broker.config.client;
+        let outbox_limits = outbox::Limits {
+            frames: c.queue_frames,
+            bytes: c.queue_bytes,
+            on_full: c.on_full,
+        };
+        let topic_limits = topic::Limits {
+            max_bytes: c.max_topic_bytes,
+            max_levels: c.max_topic_levels,
+        };
+        Shard {
+            id,
+            broker,
+            stats,
+            conns: RefCell::new(Slab::new()),
+            index: RefCell::new(Index::new()),
+            scratch: RefCell::new(Vec::new()),
+            dirty: RefCell::new(Vec::new()),
+            cache: RefCell::new(MatchCache::default()),
+            delivery_seq: Cell::new(0),
+            epoch: Instant::now(),
+            draining: Cell::new(false),
+            drained: Notify::new(),
+            outbox_limits,
+            topic_limits,
+        }
+    }
+
+    /// Milliseconds since the shard started (the shard clock for timeouts).
+    pub fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Topic limits from config.
+    pub fn topic_limits(&self) -> &topic::Limits {
+        &self.topic_limits
+    }
+
+    /// True once this shard began shutting down.
+    pub fn is_draining(&self) -> bool {
+        self.draining.get()
+    }
+
+    /// Routes a publication accepted on this shard (API or client) using this shard's
+    /// match cache. Returns the shards whose inbox was full.
+    pub fn route(&self, publication: &Arc<Publication>) -> crate::router::Routed {
+        ShardStats::add(&self.stats.published, 1);
+        self.broker
+            .router
+            .publish(publication, &mut self.cache.borrow_mut())
+    }
+
+    /// Adopts an upgraded socket as a WebSocket connection and starts its task.
+    /// `leftover` are bytes the client sent right after its handshake.
+    pub fn add_conn(self: &Rc<Self>, stream: TcpStream, dialect: Dialect, leftover: Bytes) {
+        if self.draining.get() {
+            self.broker.socket_closed();
+            return;
+        }
+        let now = self.now_ms();
+        let mut conn = Conn::new(
+            stream,
+            dialect,
+            now,
+            self.broker.config.client.publish_burst,
+        );
+        if !leftover.is_empty() {
+            conn.partial = leftover.to_vec();
+            conn.unparsed = true;
+        }
+        let key = self.conns.borrow_mut().insert(conn);
+        ShardStats::add(&self.stats.connections_active, 1);
+        ShardStats::add(&self.stats.connections_total, 1);
+        tracing::debug!(
+            shard = self.id,
+            conn = key,
+            dialect = dialect.name(),
+            "connection open"
+        );
+        tokio::task::spawn_local(ConnTask {
+            shard: self.clone(),
+            key,
+            finished: false,
+        });
+    }
+
+    /// Frees a connection: its subscriptions (and the shard's interest where it was the
+    /// last subscriber), its slot, its socket.
+    pub fn remove_conn(&self, key: usize) {
+        let Some(conn) = self.conns.borrow_mut().try_remove(key) else {
+            return;
+        };
+        let mut index = self.index.borrow_mut();
+        for pattern in &conn.subs {
+            self.unindex(&mut index, pattern, key);
+        }
+        ShardStats::sub(&self.stats.subscriptions, conn.subs.len() as u64);
+        ShardStats::sub(&self.stats.connections_active, 1);
+        self.broker.socket_closed();
+        tracing::debug!(shard = self.id, conn = key, "connection closed");
+        if self.draining.get() && self.conns.borrow().is_empty() {
+            self.drained.notify_one();
+        }
+    }
+
+    fn unindex(&self, index: &mut Index<u32>, pattern: &str, key: usize) {
+        if index.remove(pattern, key as u32) {
+            self.broker.router.remove_interest(self.id, pattern);
+        }
+    }
+
+    /// Starts closing `conn` with a close frame for `code`/`reason`: nothing more is
+    /// read or delivered; the frame is flushed, then the socket shut down.
+    fn close_conn(&self, conn: &mut Conn, code: u16, reason: &str) {
+        if conn.is_closing() {
+            return;
+        }
+        conn.outbox.push_unbounded(frame::close_frame(code, reason));
+        conn.phase = Phase::Closing {
+            deadline_ms: self.now_ms() + CLOSE_LINGER.as_millis() as u64,
+        };
+        conn.wake();
+    }
+
+    /// Closes `conn` for a connection-fatal rejection (counted).
+    fn close_for(&self, conn: &mut Conn, reject: Reject) {
+        self.stats.reject(reject);
+        let code = reject.close_code().unwrap_or(1008);
+        tracing::debug!(
+            shard = self.id,
+            reason = reject.label(),
+            "closing connection"
+        );
+        self.close_conn(conn, code, reject.close_reason());
+    }
+
+    /// Drives one connection: writes what is queued, reads and handles what arrived.
+    /// Returns `Ready` once the connection is finished and removed.
+    pub fn poll_conn(&self, key: usize, cx: &mut Context<'_>) -> Poll<()> {
+        let mut budget = POLL_BUDGET;
+        loop {
+            let mut conns = self.conns.borrow_mut();
+            let Some(conn) = conns.get_mut(key) else {
+                return Poll::Ready(());
+            };
+            if !conn.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                conn.waker = Some(cx.waker().clone());
+            }
+            if conn.phase == Phase::Done {
+                drop(conns);
+                self.remove_conn(key);
+                return Poll::Ready(());
+            }
+            if budget == 0 {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            budget -= 1;
+
+            // Write side: flush, and register for writability when the socket is full.
+            if !conn.outbox.is_empty() {
+                if self.flush(conn).is_err() {
+                    conn.phase = Phase::Done;
+                    continue;
+                }
+                if !conn.outbox.is_empty() {
+                    match conn.stream.poll_write_ready(cx) {
+                        Poll::Ready(Ok(())) => continue,
+                        Poll::Ready(Err(_)) => {
+                            conn.phase = Phase::Done;
+                            continue;
+                        }
+                        Poll::Pending => {}
+                    }
+                }
+            }
+            if let Phase::Closing { deadline_ms } = conn.phase {
+                if conn.outbox.is_empty() {
+                    // Close frame is out: half-close and wait for the peer's EOF, so the
+                    // peer reads our close frame instead of a reset.
+                    let _ = Pin::new(&mut conn.stream).poll_shutdown(cx);
+                    conn.phase = Phase::Lingering { deadline_ms };
+                }
+            }
+
+            // Read side. Bytes the client sent right behind its handshake are parsed
+            // before waiting for more.
+            let carried = conn.partial.len();
+            let unparsed = std::mem::take(&mut conn.unparsed);
+            if !unparsed {
+                match conn.stream.poll_read_ready(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Err(_)) => {
+                        conn.phase = Phase::Done;
+                        continue;
+                    }
+                    Poll::Ready(Ok(())) => {}
+                }
+            }
+            let mut scratch = self.scratch.borrow_mut();
+            if scratch.len() < carried + READ_CHUNK {
+                scratch.resize(carried + READ_CHUNK, 0);
+            }
+            let Some(head) = scratch.get_mut(..carried) else {
+                conn.phase = Phase::Done;
+                continue;
+            };
+            head.copy_from_slice(&conn.partial);
+            let filled = if unparsed {
+                carried
+            } else {
+                let read = match scratch.get_mut(carried..) {
+                    Some(free) => conn.stream.try_read(free),
+                    None => Ok(0),
+                };
+                match read {
+                    Ok(0) => {
+                        conn.phase = Phase::Done;
+                        continue;
+                    }
+                    Ok(n) => carried + n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(_) => {
+                        conn.phase = Phase::Done;
+                        continue;
+                    }
+                }
+            };
+            conn.last_seen_ms = self.now_ms();
+            if conn.is_closing() {
+                conn.partial = Vec::new(); // discarding input while closing
+                continue;
+            }
+            let buf = scratch.get_mut(..filled).unwrap_or_default();
+            let mut fragments = conn.fragments.take();
+            let max = self.broker.config.server.max_message_bytes;
+            let parsed = reader::parse(buf, &mut fragments, max, |msg| {
+                self.on_message(conn_ref(&mut conns, key), key, msg)
+            });
+            let Some(conn) = conns.get_mut(key) else {
+                return Poll::Ready(());
+            };
+            conn.fragments = fragments;
+            match parsed {
+                Err(reject) => {
+                    conn.partial = Vec::new();
+                    conn.fragments = None;
+                    self.close_for(conn, reject);
+                }
+                Ok(p) => {
+                    conn.partial = scratch
+                        .get(p.consumed..filled)
+                        .map(<[u8]>::to_vec)
+                        .unwrap_or_default();
+                    if let Some(need) = p.need {
+                        if scratch.len() < need + READ_CHUNK {
+                            scratch.resize(need + READ_CHUNK, 0);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Re-borrows one connection from the slab inside the parse callback.
+fn conn_ref<'a>(conns: &'a mut Slab<Conn>, key: usize) -> Option<&'a mut Conn> {
+    conns.get_mut(key)
+}
