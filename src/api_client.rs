@@ -31,24 +31,24 @@ pub enum ApiClientError {
         reason: &'static str,
     },
     /// TCP connect failed.
-    #[error("cannot connect to {authority}: {source}")]
+    #[error("cannot connect to {authority}: {cause}")]
     Connect {
         /// `host:port`.
         authority: String,
-        /// The I/O error.
-        source: std::io::Error,
+        /// The I/O error (shown in the message, so not a `source()`).
+        cause: std::io::Error,
     },
     /// The HTTP exchange failed (connection reset, malformed response, ...).
-    #[error("request to {authority} failed: {source}")]
+    #[error("request to {authority} failed: {cause}")]
     Http {
         /// `host:port`.
         authority: String,
-        /// hyper's error.
-        source: hyper::Error,
+        /// hyper's error (shown in the message, so not a `source()`).
+        cause: hyper::Error,
     },
     /// The request could not be built (e.g. an API key with a newline in it).
     #[error("invalid request: {0}")]
-    Request(#[from] hyper::http::Error),
+    Request(hyper::http::Error),
     /// No answer within [`REQUEST_TIMEOUT`].
     #[error("no answer from {authority} within {}s", REQUEST_TIMEOUT.as_secs())]
     Timeout {
@@ -221,9 +221,9 @@ impl ApiClient {
             Some(c) if !c.is_closed() => c,
             _ => self.connect().await?,
         };
-        let http_err = |source| ApiClientError::Http {
+        let http_err = |cause| ApiClientError::Http {
             authority: self.base.authority.clone(),
-            source,
+            cause,
         };
         let mut request = Request::post(format!("{}{path}", self.base.prefix))
             .header(HOST, &self.base.authority)
@@ -232,7 +232,9 @@ impl ApiClient {
         if let Some(key) = &self.api_key {
             request = request.header(AUTHORIZATION, format!("Bearer {key}"));
         }
-        let request = request.body(Full::new(body))?;
+        let request = request
+            .body(Full::new(body))
+            .map_err(ApiClientError::Request)?;
         sender.ready().await.map_err(http_err)?;
         let response = sender.send_request(request).await.map_err(http_err)?;
         let status = response.status().as_u16();
@@ -254,16 +256,16 @@ impl ApiClient {
         let connect = TcpStream::connect((self.base.host.as_str(), self.base.port));
         let stream = match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
             Ok(Ok(s)) => s,
-            Ok(Err(source)) => {
+            Ok(Err(cause)) => {
                 return Err(ApiClientError::Connect {
                     authority: authority.clone(),
-                    source,
+                    cause,
                 })
             }
             Err(_) => {
                 return Err(ApiClientError::Connect {
                     authority: authority.clone(),
-                    source: std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"),
+                    cause: std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"),
                 })
             }
         };
@@ -272,9 +274,9 @@ impl ApiClient {
         let (sender, connection) =
             http1::handshake(TokioIo::new(stream))
                 .await
-                .map_err(|source| ApiClientError::Http {
+                .map_err(|cause| ApiClientError::Http {
                     authority: authority.clone(),
-                    source,
+                    cause,
                 })?;
         let peer = authority.clone();
         tokio::spawn(async move {

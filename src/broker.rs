@@ -32,6 +32,10 @@ impl GlobalStats {
     }
 }
 
+/// Sockets accepted beyond `server.max_connections` so that the HTTP API (publishing,
+/// health checks, metrics) still answers while WebSocket connections are at the limit.
+pub const HTTP_HEADROOM: usize = 256;
+
 /// Shared state of one running broker.
 pub struct Broker {
     /// Validated configuration.
@@ -42,8 +46,11 @@ pub struct Broker {
     pub shard_stats: Vec<Arc<ShardStats>>,
     /// Counters of non-shard paths.
     pub global: GlobalStats,
-    /// TCP sockets open (HTTP and WebSocket), checked against `server.max_connections`.
+    /// TCP sockets open (HTTP and WebSocket); refused beyond `server.max_connections`
+    /// plus [`HTTP_HEADROOM`].
     pub open_sockets: AtomicUsize,
+    /// WebSocket connections open or being upgraded, checked against `server.max_connections`.
+    pub ws_connections: AtomicUsize,
     /// Set when graceful shutdown begins (health reports 503, no new connections).
     pub draining: AtomicBool,
     /// The HTTP API key, read from the variable `api.key_env` names (None = loopback only).
@@ -56,6 +63,21 @@ impl Broker {
     /// True once shutdown has begun.
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Acquire)
+    }
+
+    /// Reserves a WebSocket slot; false when `server.max_connections` are open.
+    pub fn reserve_ws(&self) -> bool {
+        let max = self.config.server.max_connections;
+        if self.ws_connections.fetch_add(1, Ordering::AcqRel) >= max {
+            self.ws_connections.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
+
+    /// A WebSocket connection (or a reserved slot whose upgrade failed) is gone.
+    pub fn ws_closed(&self) {
+        self.ws_connections.fetch_sub(1, Ordering::AcqRel);
     }
 
     /// A socket closed.

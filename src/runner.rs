@@ -21,7 +21,7 @@ use std::io::Write as _;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -184,10 +184,10 @@ pub async fn run(
 
     let (tx, mut rx) = mpsc::channel::<String>(LINE_QUEUE);
     if let Some(out) = child.stdout.take() {
-        tokio::spawn(pump(out, tokio::io::stdout(), tx.clone()));
+        tokio::spawn(pump(out, std::io::stdout(), tx.clone()));
     }
     if let Some(err) = child.stderr.take() {
-        tokio::spawn(pump(err, tokio::io::stderr(), tx.clone()));
+        tokio::spawn(pump(err, std::io::stderr(), tx.clone()));
     }
     drop(tx);
 
@@ -337,7 +337,7 @@ impl Delivery {
 async fn pump<R, W>(from: R, mut echo: W, tx: mpsc::Sender<String>)
 where
     R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
+    W: std::io::Write,
 {
     let mut reader = BufReader::with_capacity(MAX_LINE_BYTES, from);
     let mut line: Vec<u8> = Vec::new();
@@ -350,8 +350,10 @@ where
         };
         reader.consume(chunk.len());
         if echo_ok {
-            // Our own stdout going away (e.g. piped into `head`) must not stop streaming.
-            echo_ok = echo.write_all(&chunk).await.is_ok() && echo.flush().await.is_ok();
+            // A plain blocking write: echo is a terminal or a pipe, like any CLI output
+            // (tokio's async stdio is not among the enabled features). Our own stdout
+            // going away (e.g. piped into `head`) must not stop streaming.
+            echo_ok = echo.write_all(&chunk).is_ok() && echo.flush().is_ok();
         }
         let mut parts = chunk.split(|&b| b == b'\n').peekable();
         while let Some(part) = parts.next() {
@@ -520,7 +522,7 @@ mod tests {
     async fn pump_cuts_very_long_lines() {
         let input = vec![b'x'; MAX_LINE_BYTES * 2 + 5];
         let (tx, mut rx) = mpsc::channel(16);
-        pump(&input[..], tokio::io::sink(), tx).await;
+        pump(&input[..], std::io::sink(), tx).await;
         let mut total = 0;
         while let Some(l) = rx.recv().await {
             assert!(l.len() <= MAX_LINE_BYTES);

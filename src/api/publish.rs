@@ -66,6 +66,12 @@ pub async fn post(
     content_type: &str,
     body: Bytes,
 ) -> Result<HttpResponse, ApiError> {
+    // serde_json bounds its own recursion, but `RawValue` data is only scanned: apply
+    // the same nesting limit clients get (+2 for the envelope object and batch array).
+    if !json::depth_within(&body, shard.broker.config.client.max_json_depth + 2) {
+        shard.broker.global.reject(Reject::TooDeep);
+        return Err(ApiError::bad_request(Reject::TooDeep.to_string()));
+    }
     let publications = match path {
         "/api/publish" => publish_items(shard, &body)?,
         "/api/broadcast" => vec![broadcast(&body)?],

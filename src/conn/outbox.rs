@@ -68,11 +68,14 @@ impl Outbox {
         self.bytes
     }
 
+    /// True when a frame of `len` bytes fits under `limits` right now.
+    pub fn has_room(&self, len: usize, limits: &Limits) -> bool {
+        self.frames.len() < limits.frames && self.bytes + len <= limits.bytes
+    }
+
     /// Queues a data frame under `limits`.
     pub fn push(&mut self, frame: Bytes, limits: &Limits) -> Pushed {
-        let fits = |q: &Self, extra: usize| {
-            q.frames.len() < limits.frames && q.bytes + extra <= limits.bytes
-        };
+        let fits = |q: &Self, extra: usize| q.has_room(extra, limits);
         if fits(self, frame.len()) {
             self.push_unbounded(frame);
             return Pushed::Queued;

@@ -8,7 +8,7 @@ use crate::server::http::HttpResponse;
 use crate::shard::stats::{new_histogram, ShardStats};
 use bytes::Bytes;
 use std::fmt::Write;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Merged delivery-latency percentiles in microseconds.
 #[derive(Debug, Default, Clone, Copy)]
@@ -47,15 +47,18 @@ fn metric(out: &mut String, name: &str, kind: &str, help: &str, value: u64) {
     );
 }
 
+/// A summed per-shard metric: name, Prometheus type, help text, which counter.
+type ShardMetric = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&ShardStats) -> &AtomicU64,
+);
+
 /// `GET /metrics`.
 pub fn render(broker: &Broker) -> HttpResponse {
     let mut out = String::with_capacity(4096);
-    let counters: [(
-        &str,
-        &str,
-        &str,
-        fn(&ShardStats) -> &std::sync::atomic::AtomicU64,
-    ); 10] = [
+    let counters: [ShardMetric; 10] = [
         (
             "connections_active",
             "gauge",

@@ -9,7 +9,7 @@ pub mod http;
 pub mod os;
 pub mod upgrade;
 
-use crate::broker::{Broker, GlobalStats};
+use crate::broker::{Broker, GlobalStats, HTTP_HEADROOM};
 use crate::config::Config;
 use crate::error::Reject;
 use crate::router::Router;
@@ -63,6 +63,7 @@ impl Server {
                 .collect(),
             global: GlobalStats::default(),
             open_sockets: AtomicUsize::new(0),
+            ws_connections: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
             api_key,
             started: Instant::now(),
@@ -138,7 +139,7 @@ fn accept_loop(listener: std::net::TcpListener, broker: Arc<Broker>, stop: Arc<N
             }
         };
         let shard_count = broker.router.shard_count().max(1);
-        let max = broker.config.server.max_connections;
+        let max = broker.config.server.max_connections + HTTP_HEADROOM;
         let mut next = 0usize;
         loop {
             let accepted = tokio::select! {

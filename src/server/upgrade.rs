@@ -103,6 +103,10 @@ pub fn upgrade(
             return api::error_response(400, &format!("bad WebSocket handshake: {e}"));
         }
     };
+    if !broker.reserve_ws() {
+        broker.global.reject(Reject::TooManyConnections);
+        return api::error_response(503, &Reject::TooManyConnections.to_string());
+    }
     upgraded.set(true);
     let shard = shard.clone();
     let dialect = choice.dialect;
@@ -115,12 +119,16 @@ pub fn upgrade(
             Err(e) => {
                 tracing::debug!(error = %e, "upgrade did not complete");
                 shard.broker.socket_closed();
+                shard.broker.ws_closed();
                 return;
             }
         };
         match socket {
             Ok(parts) => shard.add_conn(parts.io.into_inner(), dialect, parts.read_buf),
-            Err(_) => shard.broker.socket_closed(),
+            Err(_) => {
+                shard.broker.socket_closed();
+                shard.broker.ws_closed();
+            }
         }
     });
     let (mut parts, _) = response.into_parts();

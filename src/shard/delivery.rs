@@ -104,6 +104,15 @@ impl Shard {
                 Some(slot) => slot.insert(p.frame(conn.dialect)).clone(),
                 None => return,
             };
+            if !conn.outbox.has_room(frame.len(), &self.outbox_limits) {
+                // Queued frames of this batch are not written yet: give the socket a
+                // chance before calling anyone slow. Only a full socket is a slow consumer.
+                if self.flush(conn).is_err() {
+                    conn.phase = Phase::Done;
+                    conn.wake();
+                    return;
+                }
+            }
             match conn.outbox.push(frame, &self.outbox_limits) {
                 Pushed::Queued => delivered += 1,
                 Pushed::DroppedOldest(n) => {

@@ -132,6 +132,7 @@ impl Shard {
     pub fn add_conn(self: &Rc<Self>, stream: TcpStream, dialect: Dialect, leftover: Bytes) {
         if self.draining.get() {
             self.broker.socket_closed();
+            self.broker.ws_closed();
             return;
         }
         let now = self.now_ms();
@@ -174,6 +175,7 @@ impl Shard {
         ShardStats::sub(&self.stats.subscriptions, conn.subs.len() as u64);
         ShardStats::sub(&self.stats.connections_active, 1);
         self.broker.socket_closed();
+        self.broker.ws_closed();
         tracing::debug!(shard = self.id, conn = key, "connection closed");
         if self.draining.get() && self.conns.borrow().is_empty() {
             self.drained.notify_one();
@@ -312,7 +314,7 @@ impl Shard {
             let mut fragments = conn.fragments.take();
             let max = self.broker.config.server.max_message_bytes;
             let parsed = reader::parse(buf, &mut fragments, max, |msg| {
-                self.on_message(conn_ref(&mut conns, key), key, msg)
+                self.on_message(conns.get_mut(key), key, msg)
             });
             let Some(conn) = conns.get_mut(key) else {
                 return Poll::Ready(());
@@ -338,9 +340,4 @@ impl Shard {
             }
         }
     }
-}
-
-/// Re-borrows one connection from the slab inside the parse callback.
-fn conn_ref<'a>(conns: &'a mut Slab<Conn>, key: usize) -> Option<&'a mut Conn> {
-    conns.get_mut(key)
 }
