@@ -475,3 +475,44 @@ async fn deeply_nested_json_is_refused_and_the_connection_survives() {
     assert_eq!(r.status, 400, "{}", r.text);
     canary.check(&broker).await;
 }
+
+#[tokio::test]
+async fn ping_flood_without_reading_is_cut_as_a_slow_consumer() {
+    // Replies are never dropped by on_full, but they are bounded: a client that keeps
+    // asking and never reads is cut once twice the outbox bounds are queued.
+    let broker = Broker::start("[client]\nqueue_frames = 64\nqueue_bytes = 65536\n");
+    let mut canary = Canary::new(&broker).await;
+    let mut flood = RawWs::connect_with(broker.addr, "/ws", Some("gows"), Some(4096)).await;
+    // 120-byte pings: each pong echoes the payload back; 100,000 of them (12 MB) cannot
+    // hide in socket buffers.
+    let ping = encode_frame(true, 0x9, &[b'p'; 120], true);
+    let burst: Vec<u8> = ping
+        .iter()
+        .copied()
+        .cycle()
+        .take(ping.len() * 1000)
+        .collect();
+    let mut cut = false;
+    for _ in 0..100 {
+        if !flood.send_raw_checked(&burst).await {
+            cut = true;
+            break;
+        }
+    }
+    if !cut {
+        let (end, _, _) = flood.wait_end(RECV).await;
+        if let RawEnd::Close(code, reason) = end {
+            assert_eq!(code, Some(1008), "{reason}");
+        }
+    }
+    eventually("the flooding client is dropped", RECV, || async {
+        stats_clients(&broker).await == 1
+    })
+    .await;
+    let metrics = broker.get("/metrics").await.text;
+    assert!(
+        metrics.contains("shardcast_slow_consumer_disconnects_total 1"),
+        "{metrics}"
+    );
+    canary.check(&broker).await;
+}

@@ -29,10 +29,7 @@ impl Shard {
                 ShardStats::add(&self.stats.messages_in, 1);
                 self.on_text(conn, key, payload)
             }
-            Incoming::Ping(payload) => {
-                conn.outbox.push_unbounded(frame::pong_frame(payload));
-                Flow::Continue
-            }
+            Incoming::Ping(payload) => self.reply(conn, frame::pong_frame(payload)),
             Incoming::Pong => Flow::Continue,
             Incoming::Close(code) => {
                 // Echo the client's code (RFC 6455 §5.5.1); 1005 "no code" is never sent.
@@ -47,23 +44,20 @@ impl Shard {
         let max_depth = self.broker.config.client.max_json_depth;
         let command = match protocol::decode(conn.dialect, payload, max_depth) {
             Ok(c) => c,
-            Err(failure) => {
-                self.refuse(conn, failure.reject, failure.id.as_deref());
-                return Flow::Continue;
-            }
+            Err(failure) => return self.refuse(conn, failure.reject, failure.id.as_deref()),
         };
         match command {
             Command::Subscribe { topic, id } => {
                 let result = self.subscribe(conn, key, topic);
-                self.answer(conn, result, id.as_deref());
+                self.answer(conn, result, id.as_deref())
             }
             Command::Unsubscribe { topic, id } => {
                 let result = self.unsubscribe(conn, key, topic);
-                self.answer(conn, result, id.as_deref());
+                self.answer(conn, result, id.as_deref())
             }
             Command::UnsubscribeAll { id } => {
                 self.unsubscribe_all(conn, key);
-                self.answer(conn, Ok(()), id.as_deref());
+                self.answer(conn, Ok(()), id.as_deref())
             }
             Command::Publish {
                 topic,
@@ -76,33 +70,50 @@ impl Shard {
                     self.close_for(conn, Reject::RateLimitAbuse);
                     return Flow::Stop;
                 }
-                self.answer(conn, result, id.as_deref());
+                self.answer(conn, result, id.as_deref())
             }
-            Command::Ping => conn.outbox.push_unbounded(gows::render_pong()),
+            Command::Ping => self.reply(conn, gows::render_pong()),
         }
-        Flow::Continue
     }
 
     /// Ack (vws with an id) or refuse.
-    fn answer(&self, conn: &mut Conn, result: Result<(), Reject>, id: Option<&str>) {
+    fn answer(&self, conn: &mut Conn, result: Result<(), Reject>, id: Option<&str>) -> Flow {
         match result {
-            Ok(()) => {
-                if let (Dialect::Vws, Some(id)) = (conn.dialect, id) {
-                    conn.outbox.push_unbounded(vws::render_ack(id));
-                }
-            }
+            Ok(()) => match (conn.dialect, id) {
+                (Dialect::Vws, Some(id)) => self.reply(conn, vws::render_ack(id)),
+                _ => Flow::Continue,
+            },
             Err(reject) => self.refuse(conn, reject, id),
         }
     }
 
     /// Counts a rejection and answers it in the connection's dialect; stays open.
-    fn refuse(&self, conn: &mut Conn, reject: Reject, id: Option<&str>) {
+    fn refuse(&self, conn: &mut Conn, reject: Reject, id: Option<&str>) -> Flow {
         self.stats.reject(reject);
         let reply = match conn.dialect {
             Dialect::Gows => gows::render_error(&reject),
             Dialect::Vws => vws::render_nack(id, &reject),
         };
-        conn.outbox.push_unbounded(reply);
+        self.reply(conn, reply)
+    }
+
+    /// Queues a reply (ack, nack, error, pong). Replies are not dropped by `on_full`,
+    /// but a client that keeps asking without reading cannot grow its queue forever:
+    /// past twice the outbox bounds (after trying the socket) it is a slow consumer.
+    fn reply(&self, conn: &mut Conn, frame: Bytes) -> Flow {
+        conn.outbox.push_unbounded(frame);
+        let limits = &self.outbox_limits;
+        let over = |c: &Conn| {
+            c.outbox.len() > limits.frames.saturating_mul(2)
+                || c.outbox.bytes() > limits.bytes.saturating_mul(2)
+        };
+        if over(conn) && (self.flush(conn).is_err() || over(conn)) {
+            conn.outbox.clear_unstarted();
+            ShardStats::add(&self.stats.slow_disconnects, 1);
+            self.close_for(conn, Reject::SlowConsumer);
+            return Flow::Stop;
+        }
+        Flow::Continue
     }
 
     fn subscribe(&self, conn: &mut Conn, key: usize, pattern: &str) -> Result<(), Reject> {

@@ -126,6 +126,15 @@ impl RawWs {
             .expect("raw write");
     }
 
+    /// Writes `bytes`; false when the write failed or did not finish within `RECV`
+    /// (the server closed or stopped reading).
+    pub async fn send_raw_checked(&mut self, bytes: &[u8]) -> bool {
+        matches!(
+            tokio::time::timeout(RECV, self.stream.write_all(bytes)).await,
+            Ok(Ok(()))
+        )
+    }
+
     /// A masked, final text frame.
     pub async fn send_text(&mut self, text: &str) {
         self.send_raw(&encode_frame(true, OP_TEXT, text.as_bytes(), true))

@@ -1,0 +1,76 @@
+//! The publish API's access rule (SPEC §2): with `[api] key_env` naming a variable that
+//! holds a key, publishing needs `Authorization: Bearer <key>`; reads stay open.
+#![allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
+
+mod common;
+use common::*;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// One HTTP/1.1 request with an optional Authorization header; returns (status, body).
+async fn post_with_auth(broker: &Broker, auth: Option<&str>, body: &str) -> (u16, String) {
+    let mut s = tokio::net::TcpStream::connect(broker.addr).await.unwrap();
+    let auth_line = auth
+        .map(|a| format!("Authorization: {a}\r\n"))
+        .unwrap_or_default();
+    let req = format!(
+        "POST /api/publish HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{auth_line}\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    within(HTTP, "API response", s.read_to_end(&mut out))
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out).to_string();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    (status, body)
+}
+
+#[tokio::test]
+async fn publishing_requires_the_bearer_key_when_one_is_configured() {
+    let broker = Broker::start_with(
+        "[api]\nkey_env = \"SHARDCAST_TEST_API_KEY\"\n",
+        &[],
+        &[("SHARDCAST_TEST_API_KEY", "s3cret-key")],
+    );
+    let mut sub = broker.vws_subscriber("news").await;
+    let body = json!({"channel": "news", "data": 1}).to_string();
+
+    let (status, text) = post_with_auth(&broker, None, &body).await;
+    assert_eq!(status, 401, "{text}");
+    assert!(text.contains("error"), "{text}");
+    let (status, _) = post_with_auth(&broker, Some("Bearer wrong-key"), &body).await;
+    assert_eq!(status, 401);
+    let (status, _) = post_with_auth(&broker, Some("Basic czNjcmV0LWtleQ=="), &body).await;
+    assert_eq!(status, 401);
+    sub.expect_silence(SILENCE).await;
+
+    let (status, text) = post_with_auth(&broker, Some("Bearer s3cret-key"), &body).await;
+    assert_eq!(status, 200, "{text}");
+    let v = sub.recv_json(RECV).await;
+    assert_eq!(v["t"], "news");
+    assert_eq!(v["d"], 1);
+
+    // Reads do not need the key.
+    assert_eq!(broker.get("/healthz").await.status, 200);
+    assert_eq!(broker.get("/api/stats").await.status, 200);
+}
+
+#[tokio::test]
+async fn a_key_env_naming_an_unset_variable_refuses_to_start() {
+    let out = run_cli(
+        &["serve", "--listen", "127.0.0.1:0"],
+        &[("SHARDCAST_API__KEY_ENV", "SHARDCAST_TEST_UNSET_VARIABLE")],
+        READY,
+    )
+    .await;
+    assert_eq!(out.code, Some(2), "stderr: {}", out.stderr);
+    assert!(out.stderr.contains("api.key_env"), "{}", out.stderr);
+}
