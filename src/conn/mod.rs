@@ -197,3 +197,14 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod size_tests {
+    #[test]
+    fn connection_state_stays_small() {
+        // An idle subscribed connection should cost about 1 KiB of broker memory in all
+        // (this struct, tokio's I/O registration and task, subscription strings).
+        // Growing this struct is a design decision, not an accident.
+        assert!(std::mem::size_of::<super::Conn>() <= 224);
+    }
+}
