@@ -302,3 +302,22 @@ async fn index_page_is_served() {
     );
     assert!(r.text.contains("/api/stats"), "{}", r.text);
 }
+
+#[tokio::test]
+async fn a_body_that_never_finishes_gets_408() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let broker = Broker::start("[server]\nhandshake_timeout = \"1s\"\n");
+    let mut s = tokio::net::TcpStream::connect(broker.addr).await.unwrap();
+    s.write_all(
+        b"POST /api/publish HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"chan",
+    )
+    .await
+    .unwrap();
+    let mut out = Vec::new();
+    within(RECV, "408 and close", s.read_to_end(&mut out))
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("handshake_timeout"), "{text}");
+}

@@ -165,7 +165,18 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 async fn read_body(shard: &Shard, req: Request<Incoming>) -> Result<Bytes, ApiError> {
     let limit = shard.broker.config.api.max_body_bytes;
-    match Limited::new(req.into_body(), limit).collect().await {
+    // hyper's header timeout does not cover the body: a body trickled byte by byte must
+    // not hold the connection forever either.
+    let deadline = shard.broker.config.server.handshake_timeout;
+    let collected = tokio::time::timeout(deadline, Limited::new(req.into_body(), limit).collect())
+        .await
+        .map_err(|_| ApiError {
+            status: 408,
+            reason: format!(
+                "request body not received within {deadline:?} (server.handshake_timeout)"
+            ),
+        })?;
+    match collected {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e)
             if e.downcast_ref::<http_body_util::LengthLimitError>()

@@ -10,7 +10,6 @@ use crate::protocol::{frame, json, timestamp, Command, DecodeFailure};
 use crate::publication::{Kind, Publication};
 use bytes::Bytes;
 use simd_json::borrowed::Object;
-use simd_json::BorrowedValue;
 use std::fmt;
 use std::time::SystemTime;
 
@@ -26,11 +25,7 @@ pub const PROCESS_PREFIX: &str = "process:";
 /// `MalformedJson`, `NotAnObject`, `MissingField`/`BadField` (`type`, `data`, `channel`)
 /// or `UnknownType`; gows requests have no id, so [`DecodeFailure::id`] is always `None`.
 pub fn decode(payload: &mut [u8]) -> Result<Command<'_>, DecodeFailure> {
-    let value = simd_json::to_borrowed_value(payload)
-        .map_err(|_| DecodeFailure::new(Reject::MalformedJson))?;
-    let BorrowedValue::Object(obj) = value else {
-        return Err(DecodeFailure::new(Reject::NotAnObject));
-    };
+    let obj = json::parse_object(payload).map_err(DecodeFailure::new)?;
     decode_object(&obj).map_err(DecodeFailure::new)
 }
 

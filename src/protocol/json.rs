@@ -179,6 +179,18 @@ pub fn object_has_key(object: &[u8], key: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// Parses a client message in place (simd-json) and requires a JSON object.
+///
+/// # Errors
+/// `MalformedJson` or `NotAnObject`.
+pub fn parse_object(payload: &mut [u8]) -> Result<Object<'_>, Reject> {
+    match simd_json::to_borrowed_value(payload) {
+        Ok(BorrowedValue::Object(obj)) => Ok(*obj),
+        Ok(_) => Err(Reject::NotAnObject),
+        Err(_) => Err(Reject::MalformedJson),
+    }
+}
+
 /// The string field `name` of a parsed object, borrowed from the payload.
 ///
 /// # Errors

@@ -30,11 +30,7 @@ pub const BROADCAST_TOPIC: &str = "$broadcast";
 /// string nor a number (no id), then `BadField`/`MissingField` for `k`, `t`, `d`, `h` and
 /// `UnknownKind`, each carrying the request id when there was one.
 pub fn decode(payload: &mut [u8]) -> Result<Command<'_>, DecodeFailure> {
-    let value = simd_json::to_borrowed_value(payload)
-        .map_err(|_| DecodeFailure::new(Reject::MalformedJson))?;
-    let BorrowedValue::Object(obj) = value else {
-        return Err(DecodeFailure::new(Reject::NotAnObject));
-    };
+    let obj = json::parse_object(payload).map_err(DecodeFailure::new)?;
     let id = match obj.get("i") {
         None => None,
         Some(i) => Some(request_id(i).ok_or(DecodeFailure::new(Reject::BadField("i")))?),
