@@ -10,6 +10,7 @@ use crate::protocol::{frame, json, timestamp, Command, DecodeFailure};
 use crate::publication::{Kind, Publication};
 use bytes::Bytes;
 use simd_json::borrowed::Object;
+use simd_json::Buffers;
 use std::fmt;
 use std::time::SystemTime;
 
@@ -24,8 +25,11 @@ pub const PROCESS_PREFIX: &str = "process:";
 /// # Errors
 /// `MalformedJson`, `NotAnObject`, `MissingField`/`BadField` (`type`, `data`, `channel`)
 /// or `UnknownType`; gows requests have no id, so [`DecodeFailure::id`] is always `None`.
-pub fn decode(payload: &mut [u8]) -> Result<Command<'_>, DecodeFailure> {
-    let obj = json::parse_object(payload).map_err(DecodeFailure::new)?;
+pub fn decode<'a>(
+    payload: &'a mut [u8],
+    buffers: &mut Buffers,
+) -> Result<Command<'a>, DecodeFailure> {
+    let obj = json::parse_object(payload, buffers).map_err(DecodeFailure::new)?;
     decode_object(&obj).map_err(DecodeFailure::new)
 }
 
@@ -134,7 +138,7 @@ mod tests {
 
     fn dec(s: &str) -> Result<Command<'static>, DecodeFailure> {
         let buf: &'static mut [u8] = Box::leak(s.as_bytes().to_vec().into_boxed_slice());
-        decode(buf)
+        decode(buf, &mut Buffers::default())
     }
 
     fn err(s: &str) -> Reject {
@@ -254,8 +258,13 @@ mod tests {
             "]".repeat(10_000)
         );
         let mut buf = deep.into_bytes();
-        let failure = crate::protocol::decode(crate::protocol::Dialect::Gows, &mut buf, 32)
-            .expect_err("too deep");
+        let failure = crate::protocol::decode(
+            crate::protocol::Dialect::Gows,
+            &mut buf,
+            32,
+            &mut Buffers::default(),
+        )
+        .expect_err("too deep");
         assert_eq!(failure.reject, Reject::TooDeep);
     }
 

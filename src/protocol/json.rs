@@ -8,7 +8,7 @@
 use crate::error::Reject;
 use bytes::Bytes;
 use simd_json::borrowed::Object;
-use simd_json::{BorrowedValue, StaticNode};
+use simd_json::{BorrowedValue, Buffers, StaticNode};
 use std::borrow::Cow;
 use std::fmt;
 use std::io::Write as _;
@@ -180,11 +180,16 @@ pub fn object_has_key(object: &[u8], key: &str) -> bool {
 }
 
 /// Parses a client message in place (simd-json) and requires a JSON object.
+/// `buffers` are simd-json's working memory, reused across calls (a shard keeps one set)
+/// so parsing does not allocate them per message.
 ///
 /// # Errors
 /// `MalformedJson` or `NotAnObject`.
-pub fn parse_object(payload: &mut [u8]) -> Result<Object<'_>, Reject> {
-    match simd_json::to_borrowed_value(payload) {
+pub fn parse_object<'a>(
+    payload: &'a mut [u8],
+    buffers: &mut Buffers,
+) -> Result<Object<'a>, Reject> {
+    match simd_json::borrowed::to_value_with_buffers(payload, buffers) {
         Ok(BorrowedValue::Object(obj)) => Ok(*obj),
         Ok(_) => Err(Reject::NotAnObject),
         Err(_) => Err(Reject::MalformedJson),

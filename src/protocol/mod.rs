@@ -113,20 +113,22 @@ impl DecodeFailure {
 }
 
 /// Decodes one complete text message in `dialect`. `payload` is mutable because simd-json
-/// parses in place; `max_depth` bounds JSON nesting (checked before parsing).
+/// parses in place; `max_depth` bounds JSON nesting (checked before parsing); `buffers`
+/// is simd-json's reusable working memory (one per shard).
 ///
 /// # Errors
 /// A [`DecodeFailure`] naming the reason (malformed JSON, unknown type, missing field...).
-pub fn decode(
+pub fn decode<'a>(
     dialect: Dialect,
-    payload: &mut [u8],
+    payload: &'a mut [u8],
     max_depth: usize,
-) -> Result<Command<'_>, DecodeFailure> {
+    buffers: &mut simd_json::Buffers,
+) -> Result<Command<'a>, DecodeFailure> {
     if !json::depth_within(payload, max_depth) {
         return Err(DecodeFailure::new(Reject::TooDeep));
     }
     match dialect {
-        Dialect::Gows => gows::decode(payload),
-        Dialect::Vws => vws::decode(payload),
+        Dialect::Gows => gows::decode(payload, buffers),
+        Dialect::Vws => vws::decode(payload, buffers),
     }
 }

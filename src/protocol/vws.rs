@@ -13,6 +13,7 @@ use crate::publication::{Kind, Publication};
 use bytes::Bytes;
 use simd_json::borrowed::Object;
 use simd_json::BorrowedValue;
+use simd_json::Buffers;
 use std::fmt;
 
 /// Topic that vws clients see broadcasts (go-ws `SendEvent` / `SendError`) on.
@@ -29,8 +30,11 @@ pub const BROADCAST_TOPIC: &str = "$broadcast";
 /// `MalformedJson`/`NotAnObject` (no id), `BadField("i")` for an id that is neither a
 /// string nor a number (no id), then `BadField`/`MissingField` for `k`, `t`, `d`, `h` and
 /// `UnknownKind`, each carrying the request id when there was one.
-pub fn decode(payload: &mut [u8]) -> Result<Command<'_>, DecodeFailure> {
-    let obj = json::parse_object(payload).map_err(DecodeFailure::new)?;
+pub fn decode<'a>(
+    payload: &'a mut [u8],
+    buffers: &mut Buffers,
+) -> Result<Command<'a>, DecodeFailure> {
+    let obj = json::parse_object(payload, buffers).map_err(DecodeFailure::new)?;
     let id = match obj.get("i") {
         None => None,
         Some(i) => Some(request_id(i).ok_or(DecodeFailure::new(Reject::BadField("i")))?),
@@ -224,7 +228,7 @@ mod tests {
 
     fn dec(s: &str) -> Result<Command<'static>, DecodeFailure> {
         let buf: &'static mut [u8] = Box::leak(s.as_bytes().to_vec().into_boxed_slice());
-        decode(buf)
+        decode(buf, &mut Buffers::default())
     }
 
     fn fail(s: &str) -> (Reject, Option<String>) {
@@ -563,7 +567,7 @@ mod tests {
             }
             for dialect in crate::protocol::Dialect::ALL {
                 let mut copy = buf.clone();
-                let _ = crate::protocol::decode(dialect, &mut copy, 32);
+                let _ = crate::protocol::decode(dialect, &mut copy, 32, &mut Buffers::default());
             }
         }
     }

@@ -42,7 +42,13 @@ impl Shard {
 
     fn on_text(&self, conn: &mut Conn, key: usize, payload: &mut [u8]) -> Flow {
         let max_depth = self.broker.config.client.max_json_depth;
-        let command = match protocol::decode(conn.dialect, payload, max_depth) {
+        let decoded = protocol::decode(
+            conn.dialect,
+            payload,
+            max_depth,
+            &mut self.json_buffers.borrow_mut(),
+        );
+        let command = match decoded {
             Ok(c) => c,
             Err(failure) => return self.refuse(conn, failure.reject, failure.id.as_deref()),
         };
