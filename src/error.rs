@@ -61,11 +61,13 @@ pub enum Reject {
     BadHandshake,
     /// Over `server.max_connections` (HTTP 503).
     TooManyConnections,
+    /// `Origin` not in `server.allowed_origins` (HTTP 403).
+    OriginNotAllowed,
 }
 
 impl Reject {
     /// Every variant's metric label, in `index()` order (for per-shard counter arrays).
-    pub const LABELS: [&'static str; 25] = [
+    pub const LABELS: [&'static str; 26] = [
         "malformed_json",
         "not_an_object",
         "unknown_type",
@@ -91,6 +93,7 @@ impl Reject {
         "slow_consumer",
         "bad_handshake",
         "too_many_connections",
+        "origin_not_allowed",
     ];
 
     /// Position of this variant in [`Reject::LABELS`] and in counter arrays.
@@ -121,6 +124,7 @@ impl Reject {
             Reject::SlowConsumer => 22,
             Reject::BadHandshake => 23,
             Reject::TooManyConnections => 24,
+            Reject::OriginNotAllowed => 25,
         }
     }
 
@@ -168,7 +172,7 @@ impl Reject {
         match self {
             Reject::TooManyConnections | Reject::Overloaded => 503,
             Reject::RateLimited => 429,
-            Reject::PublishNotAllowed => 403,
+            Reject::PublishNotAllowed | Reject::OriginNotAllowed => 403,
             _ => 400,
         }
     }
@@ -193,6 +197,7 @@ impl fmt::Display for Reject {
             Reject::RateLimited => f.write_str("rate limited"),
             Reject::Overloaded => f.write_str("broker overloaded, publication not queued"),
             Reject::TooManyConnections => f.write_str("too many connections"),
+            Reject::OriginNotAllowed => f.write_str("origin not allowed (server.allowed_origins)"),
             Reject::BadHandshake => f.write_str("not a valid WebSocket upgrade request"),
             other => f.write_str(other.close_reason()),
         }
@@ -215,7 +220,7 @@ mod tests {
             assert_eq!(Reject::LABELS[r.index()], r.label());
         }
         assert_eq!(Reject::SlowConsumer.label(), "slow_consumer");
-        assert_eq!(Reject::TooManyConnections.index(), Reject::LABELS.len() - 1);
+        assert_eq!(Reject::OriginNotAllowed.index(), Reject::LABELS.len() - 1);
     }
 
     #[test]

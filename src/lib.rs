@@ -17,6 +17,7 @@
 
 pub mod api;
 pub mod api_client;
+pub mod auth;
 pub mod broker;
 pub mod cli;
 pub mod config;

@@ -18,7 +18,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// Most shards a broker runs (the width of [`ShardSet`]).
-pub const MAX_SHARDS: usize = 128;
+pub use crate::config::MAX_SHARDS;
+
+// A shard set is one bit per shard.
+const _: () = assert!(MAX_SHARDS <= ShardSet::BITS as usize);
 
 /// A set of shard ids as a bitmask.
 pub type ShardSet = u128;

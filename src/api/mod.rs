@@ -63,7 +63,13 @@ pub async fn handle(shard: &Rc<Shard>, peer: SocketAddr, req: Request<Incoming>)
     let method = req.method().clone();
     let result = match (method.clone(), path.as_str()) {
         (Method::GET, "/healthz") => Ok(health::healthz(broker)),
-        (Method::GET, "/metrics") => Ok(crate::metrics::render(broker)),
+        (Method::GET, "/metrics") if broker.config.metrics.enabled => {
+            Ok(crate::metrics::render(broker))
+        }
+        (Method::GET, "/metrics") => Err(ApiError {
+            status: 404,
+            reason: "metrics are disabled (metrics.enabled = false)".into(),
+        }),
         (Method::GET, "/api/stats") => Ok(stats::stats(broker)),
         (Method::GET, "/api/channels") => stats::channels(broker, None).await,
         (Method::GET, p) if p.starts_with("/api/channels/") => {

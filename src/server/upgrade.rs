@@ -81,6 +81,16 @@ pub fn upgrade(
             "expected a WebSocket upgrade (GET with Upgrade: websocket)",
         );
     }
+    let header =
+        |name: hyper::header::HeaderName| req.headers().get(name).and_then(|v| v.to_str().ok());
+    if !crate::auth::origin::allowed(
+        &broker.config.server.allowed_origins,
+        header(hyper::header::ORIGIN),
+        header(hyper::header::HOST),
+    ) {
+        broker.global.reject(Reject::OriginNotAllowed);
+        return api::error_response(403, &Reject::OriginNotAllowed.to_string());
+    }
     let offered = req
         .headers()
         .get(SEC_WEBSOCKET_PROTOCOL)
