@@ -77,7 +77,6 @@ impl Server {
                 .name("acceptor".into())
                 .spawn(move || accept_loop(listener, broker, stop))?
         };
-        tracing::info!(%addr, shards = shard_count, "shardcast listening");
         Ok(ServerHandle {
             addr,
             broker,
