@@ -81,6 +81,10 @@ pub struct ServerConfig {
     pub handshake_timeout: Duration,
     /// Bounded cross-shard queue length per shard.
     pub inbox_capacity: usize,
+    /// Longest a busy shard holds its next flush so each write carries more frames
+    /// (0 = always write at once).
+    #[serde(with = "duration")]
+    pub write_coalesce: Duration,
 }
 
 /// `[client]` section: limits that apply to each connection.

@@ -182,6 +182,12 @@ fn server(c: &Config) -> Result<(), Violation> {
         )?;
     }
     non_zero("server.handshake_timeout", s.handshake_timeout)?;
+    if s.write_coalesce > Duration::from_millis(100) {
+        fail(
+            "server.write_coalesce",
+            "at most 100ms: it is added to delivery latency under load",
+        )?;
+    }
     at_least("server.inbox_capacity", s.inbox_capacity, 1)
 }
 

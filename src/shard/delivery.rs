@@ -3,6 +3,10 @@
 //! (pings, idle timeout), and shut down gracefully.
 
 use super::{Shard, DRAIN_BATCH};
+
+/// A flush round that writes to at least this many connections makes the next round
+/// eligible for write coalescing (`server.write_coalesce`).
+const COALESCE_MIN_WRITES: usize = 256;
 use crate::conn::outbox::{Pushed, MAX_IOVECS};
 use crate::conn::{Conn, Phase};
 use crate::error::Reject;
@@ -20,68 +24,100 @@ impl Shard {
     /// Runs the shard until it has shut down: inbox drain loop plus the keepalive sweep.
     pub async fn run(self: Rc<Self>, inbox: InboxReceiver) {
         tokio::task::spawn_local(self.clone().sweep_loop());
+        let coalesce = self.broker.config.server.write_coalesce;
         let mut batch: Vec<(Arc<Publication>, u64)> = Vec::new();
         let mut shutdown_deadline: Option<tokio::time::Instant> = None;
+        // Set while a flush is being held back to let more frames gather (see below).
+        let mut hold_until: Option<tokio::time::Instant> = None;
+        // The last flush round wrote to many connections: writes are the cost to cut.
+        let mut heavy = false;
         loop {
-            match shutdown_deadline {
-                None => inbox.wait().await,
-                Some(deadline) => {
-                    if self.conns.borrow().is_empty() {
-                        return;
-                    }
-                    tokio::select! {
-                        _ = inbox.wait() => {}
-                        _ = self.drained.notified() => {}
-                        _ = tokio::time::sleep_until(deadline) => return,
-                    }
-                    if self.conns.borrow().is_empty() {
-                        return;
-                    }
+            if let Some(deadline) = shutdown_deadline {
+                if self.conns.borrow().is_empty() {
+                    return;
                 }
-            }
-            let mut handled = 0;
-            while handled < DRAIN_BATCH {
-                let Some(msg) = inbox.try_recv() else {
-                    break;
-                };
-                handled += 1;
-                match msg {
-                    ShardMsg::Deliver(p) => {
-                        let n = self.deliver(&p);
-                        if n > 0 {
-                            batch.push((p, n));
-                        }
-                    }
-                    ShardMsg::Accept {
-                        stream,
-                        peer,
-                        over_limit,
-                    } => crate::server::http::spawn(self.clone(), stream, peer, over_limit),
-                    ShardMsg::Channels(reply) => {
-                        let list = self
-                            .index
-                            .borrow()
-                            .patterns()
-                            .map(|(p, n)| (p.to_owned(), n))
-                            .collect();
-                        let _ = reply.send(list);
-                    }
-                    ShardMsg::Shutdown => {
-                        if shutdown_deadline.is_none() {
-                            let grace = self.broker.config.server.shutdown_grace;
-                            shutdown_deadline = Some(tokio::time::Instant::now() + grace);
-                            self.begin_shutdown(grace);
-                        }
-                    }
+                tokio::select! {
+                    _ = inbox.wait() => {}
+                    _ = self.drained.notified() => {}
+                    _ = tokio::time::sleep_until(deadline) => return,
                 }
+                if self.conns.borrow().is_empty() {
+                    return;
+                }
+            } else if let Some(until) = hold_until {
+                tokio::select! {
+                    _ = inbox.wait() => {}
+                    _ = tokio::time::sleep_until(until) => {}
+                }
+            } else {
+                inbox.wait().await;
             }
-            self.flush_dirty();
+            let handled = self.drain(&inbox, &mut batch, &mut shutdown_deadline);
+            // Write coalescing: when the last round cost many writes (a big fan-out,
+            // about one frame per subscriber per write), hold this flush for up to
+            // `server.write_coalesce` so each writev carries several frames. Light load
+            // and shutdown are never held; a full outbox is still flushed at once (deliver).
+            let now = tokio::time::Instant::now();
+            if hold_until.is_none() && heavy && !coalesce.is_zero() && shutdown_deadline.is_none() {
+                hold_until = Some(now + coalesce);
+            }
+            if hold_until.is_some_and(|until| now < until) && shutdown_deadline.is_none() {
+                continue;
+            }
+            hold_until = None;
+            heavy = self.flush_dirty() >= COALESCE_MIN_WRITES;
             self.record_latency(&mut batch);
             if handled == DRAIN_BATCH {
                 // More may be waiting: let connection tasks (acks, reads) run first.
                 tokio::task::yield_now().await;
             }
         }
+    }
+
+    /// Handles up to `DRAIN_BATCH` inbox messages; returns how many.
+    fn drain(
+        self: &Rc<Self>,
+        inbox: &InboxReceiver,
+        batch: &mut Vec<(Arc<Publication>, u64)>,
+        shutdown_deadline: &mut Option<tokio::time::Instant>,
+    ) -> usize {
+        let mut handled = 0;
+        while handled < DRAIN_BATCH {
+            let Some(msg) = inbox.try_recv() else {
+                break;
+            };
+            handled += 1;
+            match msg {
+                ShardMsg::Deliver(p) => {
+                    let n = self.deliver(&p);
+                    if n > 0 {
+                        batch.push((p, n));
+                    }
+                }
+                ShardMsg::Accept {
+                    stream,
+                    peer,
+                    over_limit,
+                } => crate::server::http::spawn(self.clone(), stream, peer, over_limit),
+                ShardMsg::Channels(reply) => {
+                    let list = self
+                        .index
+                        .borrow()
+                        .patterns()
+                        .map(|(p, n)| (p.to_owned(), n))
+                        .collect();
+                    let _ = reply.send(list);
+                }
+                ShardMsg::Shutdown => {
+                    if shutdown_deadline.is_none() {
+                        let grace = self.broker.config.server.shutdown_grace;
+                        *shutdown_deadline = Some(tokio::time::Instant::now() + grace);
+                        self.begin_shutdown(grace);
+                    }
+                }
+            }
+        }
+        handled
     }
 
     /// Queues `p`'s frame to every matching local connection; returns how many.
@@ -154,11 +190,13 @@ impl Shard {
     }
 
     /// Writes every connection touched since the last flush, once each; connections
-    /// whose socket is full get their task woken to wait for writability.
-    pub(super) fn flush_dirty(&self) {
+    /// whose socket is full get their task woken to wait for writability. Returns how
+    /// many connections were written.
+    pub(super) fn flush_dirty(&self) -> usize {
         let mut conns = self.conns.borrow_mut();
         let mut dirty = self.dirty.borrow_mut();
         let mut queued = 0u64;
+        let touched = dirty.len();
         for key in dirty.drain(..) {
             let Some(conn) = conns.get_mut(key) else {
                 continue;
@@ -175,6 +213,7 @@ impl Shard {
         self.stats
             .queue_frames
             .store(queued, std::sync::atomic::Ordering::Relaxed);
+        touched
     }
 
     /// Writes as much of `conn`'s outbox as the socket takes, many frames per `writev`.
@@ -274,7 +313,7 @@ impl Shard {
             }
         }
         drop((conns, dirty));
-        self.flush_dirty();
+        let _ = self.flush_dirty();
     }
 
     /// Graceful shutdown: every open connection gets close 1001 after what is already
