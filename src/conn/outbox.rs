@@ -3,7 +3,7 @@
 //! Bounded by frames and bytes (`client.queue_frames` / `client.queue_bytes`); what happens
 //! when it is full is `client.on_full`. The queue holds `Bytes` shared with every other
 //! subscriber of the same publication, so queuing costs a reference count, not a copy.
-//! An idle connection's outbox owns no heap memory: the deque is freed when it drains.
+//! An idle connection's outbox owns no heap memory: the deque is freed whenever it drains.
 //! Writing (vectored, many frames per syscall) is the caller's job: `slices` and `advance`.
 
 use crate::config::OnFull;
@@ -13,9 +13,6 @@ use std::io::IoSlice;
 
 /// Most frames handed to one `writev` (Linux `IOV_MAX` is 1024; 64 keeps the stack small).
 pub const MAX_IOVECS: usize = 64;
-
-/// Capacity above which a drained deque is freed rather than kept for reuse.
-const KEEP_CAPACITY: usize = 8;
 
 /// What `push` did with a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,8 +150,10 @@ impl Outbox {
                 written = 0;
             }
         }
-        if self.frames.is_empty() && self.frames.capacity() > KEEP_CAPACITY {
-            // Keep idle connections lean: a burst must not pin its queue memory forever.
+        if self.frames.is_empty() && self.frames.capacity() > 0 {
+            // An idle connection owns no queue memory (a reply or a burst must not pin
+            // it); re-allocating a small deque for the next batch costs far less than the
+            // write that empties it.
             self.frames = VecDeque::new();
         }
         completed

@@ -130,6 +130,10 @@ impl Shard {
         if conn.subs.len() >= self.broker.config.client.max_subscriptions {
             return Err(Reject::TooManySubscriptions);
         }
+        if conn.subs.len() < 4 {
+            // Most connections hold a few subscriptions: exact capacity, not Vec's 4 slots.
+            conn.subs.reserve_exact(1);
+        }
         conn.subs.push(pattern.into());
         ShardStats::add(&self.stats.subscriptions, 1);
         if self.index.borrow_mut().insert(pattern, key as u32) {
