@@ -1,7 +1,233 @@
-//! shardcast-loadtest: the load harness. This is a placeholder that builds; the scenarios
-//! (fanout, many-topics, fanin, idle, churn, slow, cluster) arrive with the harness issue.
+//! Command line of the load harness: `run SCENARIO …` and `plot …`.
 
-fn main() {
-    eprintln!("shardcast-loadtest: no scenarios yet (see the load-harness issue)");
-    std::process::exit(2);
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use shardcast_loadtest::plan::{Plan, Scenario};
+use shardcast_loadtest::plot;
+use shardcast_loadtest::progress::Progress;
+use shardcast_loadtest::run;
+use shardcast_loadtest::wire::{Dialect, Target};
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(
+    name = "shardcast-loadtest",
+    version,
+    about = "Load harness for vws/gows WebSocket brokers (loopback only)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run one scenario against a broker and print a summary table.
+    Run(Box<RunArgs>),
+    /// Draw the latency distributions of saved JSON reports in one SVG.
+    Plot(PlotArgs),
+    /// Print a markdown table of saved JSON reports: each run, then medians per target
+    /// (a run's target is its label up to " #").
+    Summarize {
+        #[arg(required = true)]
+        reports: Vec<String>,
+    },
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// fanout, many-topics, fanin, idle, churn, slow or cluster.
+    #[arg(value_enum)]
+    scenario: Scenario,
+    /// WebSocket URL the subscribers connect to, e.g. ws://127.0.0.1:8080/ws.
+    #[arg(long)]
+    url: String,
+    /// WebSocket URL for publishers (default: --url). The cluster scenario needs it.
+    #[arg(long)]
+    pub_url: Option<String>,
+    /// Dialect of the subscribers.
+    #[arg(long, value_enum, default_value = "vws")]
+    dialect: Dialect,
+    /// Dialect of the publishers (default: vws).
+    #[arg(long, value_enum, default_value = "vws")]
+    pub_dialect: Dialect,
+    /// Subscribers that read (scenario default if not given).
+    #[arg(long)]
+    subs: Option<usize>,
+    /// Topics the subscribers are spread over.
+    #[arg(long)]
+    topics: Option<usize>,
+    /// Publisher connections.
+    #[arg(long)]
+    pubs: Option<usize>,
+    /// Publishes per second over all publishers (deliveries/s = rate x subs / topics).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Size of each message's data object, in bytes.
+    #[arg(long, default_value_t = 256)]
+    payload: usize,
+    /// Extra subscribers that never read (slow consumers).
+    #[arg(long)]
+    slow: Option<usize>,
+    /// Connections opened and closed per second while publishing.
+    #[arg(long)]
+    churn: Option<f64>,
+    /// Seconds each churn connection stays open.
+    #[arg(long, default_value_t = 0.5)]
+    churn_hold: f64,
+    /// Seconds of publishing before the measured window.
+    #[arg(long, default_value_t = 2.0)]
+    warmup: f64,
+    /// Seconds of the measured window.
+    #[arg(long, default_value_t = 5.0)]
+    duration: f64,
+    /// Seconds late deliveries may still arrive after publishing stops.
+    #[arg(long, default_value_t = 5.0)]
+    drain: f64,
+    /// Seconds allowed for all subscribers to connect and subscribe.
+    #[arg(long, default_value_t = 60.0)]
+    setup_timeout: f64,
+    /// Subscriber threads.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Connection set-ups in flight per subscriber thread.
+    #[arg(long, default_value_t = 256)]
+    connect_concurrency: usize,
+    /// Broker process id: report its CPU seconds and RSS.
+    #[arg(long)]
+    pid: Option<u32>,
+    /// Name of this run in the table, JSON and plot (default: scenario name).
+    #[arg(long)]
+    label: Option<String>,
+    /// Prefix of the topic names.
+    #[arg(long, default_value = "bench")]
+    topic_prefix: String,
+    /// Write the report as JSON to this file.
+    #[arg(long)]
+    json: Option<String>,
+    /// Write this run's latency distribution as an SVG plot.
+    #[arg(long)]
+    plot: Option<String>,
+    /// No progress line.
+    #[arg(long)]
+    quiet: bool,
+    /// Exit with status 1 unless nothing was lost, nothing failed and latency was measured.
+    #[arg(long)]
+    check: bool,
+}
+
+#[derive(Args)]
+struct PlotArgs {
+    /// The SVG file to write.
+    #[arg(long)]
+    out: String,
+    /// Title above the plot.
+    #[arg(long, default_value = "delivery latency")]
+    title: String,
+    /// Report JSON files written with --json; one line each.
+    #[arg(required = true)]
+    reports: Vec<String>,
+}
+
+fn seconds(name: &str, v: f64) -> Result<Duration> {
+    Duration::try_from_secs_f64(v).with_context(|| format!("--{name} {v}: not a number of seconds"))
+}
+
+fn plan(a: &RunArgs) -> Result<Plan> {
+    let preset = a.scenario.preset();
+    let sub_target = Target::parse(&a.url)?;
+    let pub_target = match &a.pub_url {
+        Some(u) => Target::parse(u)?,
+        None if a.scenario == Scenario::Cluster => {
+            anyhow::bail!("the cluster scenario needs --pub-url (the node publishers use)")
+        }
+        None => sub_target.clone(),
+    };
+    let subs = a.subs.unwrap_or(preset.subs);
+    Ok(Plan {
+        scenario: a.scenario,
+        label: a
+            .label
+            .clone()
+            .unwrap_or_else(|| a.scenario.name().to_string()),
+        sub_target,
+        pub_target,
+        dialect: a.dialect,
+        pub_dialect: a.pub_dialect,
+        subs,
+        // Idle runs give every subscriber its own topic.
+        topics: a.topics.unwrap_or(if a.scenario == Scenario::Idle {
+            subs.max(1)
+        } else {
+            preset.topics
+        }),
+        pubs: a.pubs.unwrap_or(preset.pubs),
+        rate: a.rate.unwrap_or(preset.rate),
+        payload: a.payload,
+        slow: a.slow.unwrap_or(preset.slow),
+        churn: a.churn.unwrap_or(preset.churn),
+        churn_hold: seconds("churn-hold", a.churn_hold)?,
+        warmup: seconds("warmup", a.warmup)?,
+        duration: seconds("duration", a.duration)?,
+        drain: seconds("drain", a.drain)?,
+        setup_timeout: seconds("setup-timeout", a.setup_timeout)?,
+        threads: a.threads,
+        connect_concurrency: a.connect_concurrency,
+        pid: a.pid,
+        topic_prefix: a.topic_prefix.clone(),
+    })
+}
+
+fn run_cmd(a: RunArgs) -> Result<bool> {
+    let plan = plan(&a)?;
+    let progress = Progress::new(a.quiet);
+    let report = run::run(plan, &progress)?;
+    print!("{}", report.table());
+    if let Some(path) = &a.json {
+        let text = serde_json::to_string_pretty(&report).context("serialize report")?;
+        std::fs::write(path, text + "\n").with_context(|| format!("write {path}"))?;
+    }
+    if let Some(path) = &a.plot {
+        let series = plot::Series {
+            label: report.label.clone(),
+            points: report.latency_curve.clone(),
+        };
+        std::fs::write(path, plot::svg(&report.scenario, &[series]))
+            .with_context(|| format!("write {path}"))?;
+    }
+    Ok(!a.check || report.clean())
+}
+
+fn plot_cmd(a: PlotArgs) -> Result<bool> {
+    let series = a
+        .reports
+        .iter()
+        .map(|p| plot::series_from_json(p))
+        .collect::<Result<Vec<_>>>()?;
+    std::fs::write(&a.out, plot::svg(&a.title, &series))
+        .with_context(|| format!("write {}", a.out))?;
+    Ok(true)
+}
+
+fn main() -> ExitCode {
+    let result = match Cli::parse().cmd {
+        Cmd::Run(a) => run_cmd(*a),
+        Cmd::Plot(a) => plot_cmd(a),
+        Cmd::Summarize { reports } => shardcast_loadtest::summary::markdown(&reports).map(|md| {
+            print!("{md}");
+            true
+        }),
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!("shardcast-loadtest: check failed: loss, errors or no latency figures (see the table)");
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("shardcast-loadtest: {e:#}");
+            ExitCode::from(2)
+        }
+    }
 }

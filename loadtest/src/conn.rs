@@ -1,0 +1,212 @@
+//! One client connection: TCP connect (spreading source addresses over 127.0.0.x when
+//! a run needs more connections than one address pair has ports), the upgrade, and a
+//! read loop that pulls many frames per syscall through a per-thread scratch buffer.
+
+use crate::wire::{self, Dialect, Frame, Reply, Target};
+use anyhow::{bail, Context, Result};
+use std::cell::RefCell;
+use std::io::ErrorKind;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+/// Connections per source address before moving to the next 127.0.0.x (the ephemeral
+/// port range holds about 28k ports per address pair).
+const PER_SOURCE: usize = 20_000;
+
+/// Size of the per-thread read buffer: one read takes up to this many bytes of frames.
+pub const SCRATCH: usize = 256 * 1024;
+
+thread_local! {
+    static SCRATCH_BUF: RefCell<Vec<u8>> = RefCell::new(vec![0; SCRATCH]);
+}
+
+/// An upgraded connection. `pending` holds only an incomplete frame between reads.
+pub struct Conn {
+    pub stream: TcpStream,
+    pending: Vec<u8>,
+}
+
+/// Connects, upgrades and returns the connection. `index` picks the source address
+/// when `spread` is set.
+pub async fn open(target: &Target, dialect: Dialect, index: usize, spread: bool) -> Result<Conn> {
+    let stream = if spread && target.is_v4() {
+        let socket = TcpSocket::new_v4().context("socket")?;
+        let host = 1 + (index / PER_SOURCE) as u8;
+        socket
+            .bind(SocketAddr::new(
+                IpAddr::V4(Ipv4Addr::new(127, 0, 0, host)),
+                0,
+            ))
+            .with_context(|| format!("bind 127.0.0.{host}"))?;
+        socket.connect(target.addr).await
+    } else {
+        TcpStream::connect(target.addr).await
+    }
+    .with_context(|| format!("connect {}", target.addr))?;
+    stream.set_nodelay(true).context("nodelay")?;
+    let mut stream = stream;
+    stream
+        .write_all(&target.upgrade_request(dialect))
+        .await
+        .context("send upgrade")?;
+    let mut head = Vec::with_capacity(512);
+    let mut chunk = [0u8; 1024];
+    loop {
+        let n = stream
+            .read(&mut chunk)
+            .await
+            .context("read upgrade response")?;
+        if n == 0 {
+            bail!("connection closed during the upgrade");
+        }
+        head.extend_from_slice(&chunk[..n]);
+        if let Some((status, end)) = wire::response_head(&head) {
+            if status != 101 {
+                bail!("upgrade refused: HTTP {status}");
+            }
+            head.drain(..end);
+            return Ok(Conn {
+                stream,
+                pending: head,
+            });
+        }
+        if head.len() > 16 * 1024 {
+            bail!("upgrade response head too long");
+        }
+    }
+}
+
+/// What a read round ended with.
+pub enum ReadEnd {
+    /// The socket has no more data for now.
+    Drained,
+    /// The server closed (code and reason) or the socket ended.
+    Closed(u16, String),
+}
+
+impl Conn {
+    /// Sends bytes, waiting for the socket to take them all.
+    pub async fn send(&mut self, bytes: &[u8]) -> Result<()> {
+        self.stream.write_all(bytes).await.context("write")
+    }
+
+    /// Waits until readable, then reads until the socket would block, calling `on_text`
+    /// for every text frame. Pings are answered. Never allocates per frame.
+    pub async fn read_round(&mut self, on_text: impl FnMut(&[u8])) -> Result<ReadEnd> {
+        self.stream.readable().await.context("readable")?;
+        let mut pongs = Vec::new();
+        let end = self.read_available(on_text, &mut pongs)?;
+        if !pongs.is_empty() {
+            self.send(&pongs).await?;
+        }
+        Ok(end)
+    }
+
+    /// Reads whatever the socket has without waiting, calling `on_text` for every text
+    /// frame and appending pongs for pings to `pongs` (the caller sends them).
+    pub fn read_available(
+        &mut self,
+        mut on_text: impl FnMut(&[u8]),
+        pongs: &mut Vec<u8>,
+    ) -> Result<ReadEnd> {
+        SCRATCH_BUF.with(|cell| {
+            let mut scratch = cell.borrow_mut();
+            loop {
+                // A partial frame from the last read goes first; new bytes follow it.
+                let kept = self.pending.len();
+                if kept > 0 {
+                    if scratch.len() < kept + SCRATCH {
+                        scratch.resize(kept + SCRATCH, 0);
+                    }
+                    scratch[..kept].copy_from_slice(&self.pending);
+                    self.pending.clear();
+                }
+                let n = match self.stream.try_read(&mut scratch[kept..]) {
+                    Ok(0) => return Ok(ReadEnd::Closed(1006, "connection ended".into())),
+                    Ok(n) => n,
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                        self.pending.extend_from_slice(&scratch[..kept]);
+                        return Ok(ReadEnd::Drained);
+                    }
+                    Err(e) => return Ok(ReadEnd::Closed(1006, format!("read: {e}"))),
+                };
+                let filled = &scratch[..kept + n];
+                let mut at = 0;
+                while let Some((frame, used)) = wire::next_frame(&filled[at..])? {
+                    at += used;
+                    match frame {
+                        Frame::Text(p) => on_text(p),
+                        Frame::Ping(p) => wire::push_frame(wire::OP_PONG, p, pongs),
+                        Frame::Close(code, reason) => {
+                            return Ok(ReadEnd::Closed(
+                                code,
+                                String::from_utf8_lossy(reason).into(),
+                            ))
+                        }
+                        Frame::Other => {}
+                    }
+                }
+                self.pending.extend_from_slice(&filled[at..]);
+            }
+        })
+    }
+
+    /// Sends a close frame (best effort) and drops the connection.
+    pub async fn close(mut self) {
+        let mut out = Vec::new();
+        wire::push_frame(wire::OP_CLOSE, &1000u16.to_be_bytes(), &mut out);
+        let _ = self.send(&out).await;
+    }
+
+    /// Sends a close frame and waits (up to `limit`) for the server's close or EOF.
+    /// Brokers handle frames in order, so when this returns everything sent before was
+    /// taken; dropping the socket earlier could reset it and discard unread publishes.
+    pub async fn close_and_wait(mut self, limit: std::time::Duration) {
+        let mut out = Vec::new();
+        wire::push_frame(wire::OP_CLOSE, &1000u16.to_be_bytes(), &mut out);
+        if self.send(&out).await.is_err() {
+            return;
+        }
+        let _ = tokio::time::timeout(limit, async {
+            while let Ok(ReadEnd::Drained) = self.read_round(|_| {}).await {}
+        })
+        .await;
+    }
+
+    /// Subscribes to `topics` and waits until the broker has confirmed them all.
+    pub async fn subscribe(&mut self, dialect: Dialect, topics: &[String]) -> Result<()> {
+        let mut out = Vec::new();
+        for (i, t) in topics.iter().enumerate() {
+            wire::subscribe(dialect, t, i + 1, &mut out);
+        }
+        let mut waiting = match dialect {
+            Dialect::Vws => topics.len(),
+            Dialect::Gows => {
+                wire::gows_ping(&mut out);
+                1
+            }
+        };
+        self.send(&out).await?;
+        let mut refused: Option<String> = None;
+        while waiting > 0 {
+            let end = self
+                .read_round(|msg| match wire::reply(dialect, msg) {
+                    Reply::Done => waiting = waiting.saturating_sub(1),
+                    Reply::Refused(m) => {
+                        waiting = 0;
+                        refused = Some(String::from_utf8_lossy(m).into_owned());
+                    }
+                    Reply::Other => {}
+                })
+                .await?;
+            if let ReadEnd::Closed(code, reason) = end {
+                bail!("closed while subscribing: {code} {reason}");
+            }
+        }
+        match refused {
+            Some(m) => bail!("subscribe refused: {m}"),
+            None => Ok(()),
+        }
+    }
+}

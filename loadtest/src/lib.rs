@@ -1,0 +1,20 @@
+//! shardcast-loadtest: a load harness for any broker speaking the vws dialect (and gows
+//! where a scenario allows), so shardcast and its peers are measured by the same tool.
+//!
+//! A run connects subscribers (few threads, many connections each), publishes stamped
+//! messages at a fixed aggregate rate, and counts every delivery against what was
+//! published: loss, duplicates, latency from an HDR histogram, the broker's CPU and
+//! RSS from /proc, and the harness's own CPU so a reader can tell who was the limit.
+
+pub mod conn;
+pub mod plan;
+pub mod plot;
+pub mod procfs;
+pub mod progress;
+pub mod publishers;
+pub mod report;
+pub mod run;
+pub mod subscribers;
+pub mod summary;
+pub mod tally;
+pub mod wire;

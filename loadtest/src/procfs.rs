@@ -1,0 +1,95 @@
+//! Process figures from /proc: CPU seconds (utime + stime) and resident memory, for the
+//! broker under test (given its pid) and for the harness itself.
+
+use std::fs;
+
+/// A process to sample: the broker (`Pid(n)`) or this harness (`Slf`).
+#[derive(Clone, Copy, Debug)]
+pub enum Proc {
+    Pid(u32),
+    Slf,
+}
+
+impl Proc {
+    fn dir(self) -> String {
+        match self {
+            Proc::Pid(p) => format!("/proc/{p}"),
+            Proc::Slf => "/proc/self".to_string(),
+        }
+    }
+
+    /// utime + stime in seconds, or `None` when the process is gone.
+    pub fn cpu_seconds(self) -> Option<f64> {
+        let stat = fs::read_to_string(format!("{}/stat", self.dir())).ok()?;
+        // The command name may hold spaces and parentheses: fields start after the last ')'.
+        let fields: Vec<&str> = stat
+            .get(stat.rfind(')')? + 2..)?
+            .split_whitespace()
+            .collect();
+        let utime: u64 = fields.get(11)?.parse().ok()?;
+        let stime: u64 = fields.get(12)?.parse().ok()?;
+        Some((utime + stime) as f64 / clock_ticks())
+    }
+
+    /// Resident set size in KiB, or `None` when the process is gone.
+    pub fn rss_kib(self) -> Option<u64> {
+        let status = fs::read_to_string(format!("{}/status", self.dir())).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    }
+
+    /// Whether the process still exists.
+    pub fn alive(self) -> bool {
+        fs::metadata(self.dir()).is_ok()
+    }
+}
+
+fn clock_ticks() -> f64 {
+    // SAFETY-free: sysconf is a plain libc query.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks > 0 {
+        ticks as f64
+    } else {
+        100.0
+    }
+}
+
+/// Raises the soft open-file limit to the hard limit and returns the new soft limit.
+pub fn raise_fd_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 1024;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let wanted = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) == 0 {
+                lim.rlim_cur = lim.rlim_max;
+            }
+        }
+    }
+    lim.rlim_cur
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_figures_are_readable() {
+        assert!(Proc::Slf.cpu_seconds().is_some());
+        assert!(Proc::Slf.rss_kib().is_some_and(|kib| kib > 0));
+        assert!(Proc::Slf.alive());
+        assert!(!Proc::Pid(u32::MAX).alive());
+        assert!(raise_fd_limit() >= 256);
+    }
+}

@@ -1,0 +1,254 @@
+//! The publisher thread: opens the publisher connections, starts the clock, paces
+//! publishes at the plan's aggregate rate (one write per publisher per tick, however
+//! many messages are due), and runs the churn connections when the plan has churn.
+
+use crate::conn::{self, Conn, ReadEnd};
+use crate::plan::Plan;
+use crate::tally::{now_ns, Live, Tally};
+use crate::wire::{self, Stamp};
+use std::cell::Cell;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Delay between the publishers being connected and the first publish.
+const LEAD_IN: Duration = Duration::from_millis(50);
+/// Pacing tick: every tick writes all messages that have come due.
+const TICK: Duration = Duration::from_micros(500);
+/// A tick writes at most this much per publisher before writing it out.
+const MAX_BATCH_BYTES: usize = 1 << 20;
+/// At most this many churn connections open at once.
+const MAX_CHURN_OPEN: usize = 5_000;
+
+/// What the publishers did.
+pub struct Published {
+    /// Messages sent per publisher per topic: `counts[publisher][topic]`.
+    pub counts: Vec<Vec<u64>>,
+    pub tally: Tally,
+    /// Churn connections that opened, subscribed and closed as planned.
+    pub churned: u64,
+}
+
+impl Published {
+    pub fn total(&self) -> u64 {
+        self.counts.iter().flatten().sum()
+    }
+
+    /// Messages sent to one topic by all publishers.
+    pub fn to_topic(&self, topic: usize) -> u64 {
+        self.counts.iter().filter_map(|c| c.get(topic)).sum()
+    }
+}
+
+pub fn thread_main(plan: Arc<Plan>, live: Arc<Live>) -> Published {
+    let mut published = Published {
+        counts: vec![vec![0; plan.topics]; plan.pubs],
+        tally: Tally::default(),
+        churned: 0,
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            published.tally.error(format!("publisher runtime: {e}"));
+            return published;
+        }
+    };
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, run(&plan, &live, &mut published));
+    published
+}
+
+async fn run(plan: &Arc<Plan>, live: &Arc<Live>, out: &mut Published) {
+    let mut conns = Vec::with_capacity(plan.pubs);
+    for p in 0..plan.pubs {
+        match conn::open(
+            &plan.pub_target,
+            plan.pub_dialect,
+            plan.subs + plan.slow + p,
+            plan.spread_sources(),
+        )
+        .await
+        {
+            Ok(c) => conns.push(c),
+            Err(e) => {
+                out.tally.error(format!("publisher setup: {e:#}"));
+                // Without all publishers the sequences would not add up: start nothing.
+                live.window.set(1, 1);
+                return;
+            }
+        }
+    }
+    let t0 = now_ns() + LEAD_IN.as_nanos() as u64;
+    let start = t0 + plan.warmup.as_nanos() as u64;
+    let end = start + plan.duration.as_nanos() as u64;
+    live.window.set(start, end);
+
+    let churn_open = Rc::new(Cell::new(0usize));
+    let churned = Rc::new(Cell::new(0u64));
+    let churn_errors = Rc::new(std::cell::RefCell::new(Tally::default()));
+    if plan.churn > 0.0 {
+        tokio::task::spawn_local(churn(
+            plan.clone(),
+            t0,
+            end,
+            churn_open.clone(),
+            churned.clone(),
+            churn_errors.clone(),
+        ));
+    }
+
+    tokio::time::sleep(Duration::from_nanos(t0.saturating_sub(now_ns()))).await;
+    pace(plan, live, &mut conns, t0, end, out).await;
+
+    // Let the churn connections that are still open finish their hold.
+    while churn_open.get() > 0 && now_ns() < end + plan.churn_hold.as_nanos() as u64 * 2 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    out.churned = churned.get();
+    out.tally
+        .merge(std::mem::take(&mut *churn_errors.borrow_mut()));
+    for c in conns {
+        c.close_and_wait(plan.drain).await;
+    }
+}
+
+/// Sends every publish that has come due, tick by tick, until `end`.
+async fn pace(
+    plan: &Plan,
+    live: &Live,
+    conns: &mut [Conn],
+    t0: u64,
+    end: u64,
+    out: &mut Published,
+) {
+    let topics: Vec<String> = (0..plan.topics).map(|t| plan.topic_name(t)).collect();
+    let pubs = conns.len() as u64;
+    let mut batches: Vec<Vec<u8>> = vec![Vec::new(); conns.len()];
+    let (mut data, mut scratch) = (Vec::new(), Vec::new());
+    let mut sent = 0u64;
+    loop {
+        let now = now_ns();
+        if now >= end {
+            break;
+        }
+        let due = ((now - t0) as f64 * plan.rate / 1e9) as u64;
+        while sent < due {
+            let p = (sent % pubs) as usize;
+            let topic = ((sent / pubs) % plan.topics as u64) as usize;
+            let Some(seq) = out.counts.get_mut(p).and_then(|c| c.get_mut(topic)) else {
+                break;
+            };
+            let stamp = Stamp {
+                publisher: p as u32,
+                seq: *seq,
+                sent_ns: now,
+            };
+            *seq += 1;
+            sent += 1;
+            wire::stamped_data(stamp, plan.payload, &mut data);
+            if let Some(b) = batches.get_mut(p) {
+                wire::publish(plan.pub_dialect, &topics[topic], &data, &mut scratch, b);
+                if b.len() >= MAX_BATCH_BYTES {
+                    break;
+                }
+            }
+        }
+        for (c, b) in conns.iter_mut().zip(batches.iter_mut()) {
+            let mut pongs = Vec::new();
+            let replies = c.read_available(
+                |msg| {
+                    let shown: String = String::from_utf8_lossy(msg).chars().take(80).collect();
+                    out.tally.error(format!("publisher got: {shown}"));
+                },
+                &mut pongs,
+            );
+            match replies {
+                Ok(ReadEnd::Drained) => {}
+                Ok(ReadEnd::Closed(code, reason)) => {
+                    out.tally.close("publisher", code, &reason);
+                    return;
+                }
+                Err(e) => {
+                    out.tally.error(format!("publisher read: {e:#}"));
+                    return;
+                }
+            }
+            b.extend_from_slice(&pongs);
+            if !b.is_empty() {
+                if let Err(e) = c.send(b).await {
+                    out.tally.error(format!("publisher write: {e:#}"));
+                    return;
+                }
+                b.clear();
+            }
+        }
+        live.published.store(sent, Ordering::Relaxed);
+        tokio::time::sleep(TICK).await;
+    }
+    live.published.store(sent, Ordering::Relaxed);
+}
+
+/// Opens a connection every `1 / churn` seconds from `t0` to `end`; each subscribes,
+/// reads for `churn_hold`, then closes (cleanly or by dropping the socket, alternately).
+async fn churn(
+    plan: Arc<Plan>,
+    t0: u64,
+    end: u64,
+    open: Rc<Cell<usize>>,
+    churned: Rc<Cell<u64>>,
+    errors: Rc<std::cell::RefCell<Tally>>,
+) {
+    let every = Duration::from_secs_f64(1.0 / plan.churn);
+    tokio::time::sleep(Duration::from_nanos(t0.saturating_sub(now_ns()))).await;
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut k = 0usize;
+    while now_ns() < end {
+        tick.tick().await;
+        if open.get() >= MAX_CHURN_OPEN {
+            errors
+                .borrow_mut()
+                .error("churn connection skipped: too many still open");
+            continue;
+        }
+        open.set(open.get() + 1);
+        let (plan, open, churned, errors) =
+            (plan.clone(), open.clone(), churned.clone(), errors.clone());
+        tokio::task::spawn_local(async move {
+            let index = plan.subs + plan.slow + plan.pubs + k;
+            let topic = plan.topic_name(plan.topic_of(k));
+            let result = async {
+                let mut c =
+                    conn::open(&plan.sub_target, plan.dialect, index, plan.spread_sources())
+                        .await?;
+                c.subscribe(plan.dialect, std::slice::from_ref(&topic))
+                    .await?;
+                let hold = tokio::time::sleep(plan.churn_hold);
+                tokio::pin!(hold);
+                loop {
+                    tokio::select! {
+                        _ = &mut hold => break,
+                        r = c.read_round(|_| {}) => if let ReadEnd::Closed(code, reason) = r? {
+                            anyhow::bail!("closed during hold: {code} {reason}");
+                        },
+                    }
+                }
+                if k % 2 == 0 {
+                    c.close().await;
+                }
+                anyhow::Ok(())
+            }
+            .await;
+            match result {
+                Ok(()) => churned.set(churned.get() + 1),
+                Err(e) => errors.borrow_mut().error(format!("churn: {e:#}")),
+            }
+            open.set(open.get() - 1);
+        });
+        k += 1;
+    }
+}

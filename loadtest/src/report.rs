@@ -1,0 +1,301 @@
+//! The result of a run: a serializable [`Report`] and its summary table.
+
+use crate::wire::Dialect;
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+#[derive(Serialize, Debug)]
+pub struct Report {
+    pub label: String,
+    pub scenario: String,
+    pub url: String,
+    pub pub_url: String,
+    pub dialect: Dialect,
+    pub subs: usize,
+    pub slow: usize,
+    pub topics: usize,
+    pub pubs: usize,
+    /// Publishes per second offered, over all publishers.
+    pub rate: f64,
+    pub payload: usize,
+    pub churn: f64,
+    pub warmup_s: f64,
+    pub window_s: f64,
+    pub threads: usize,
+    pub connections: Connections,
+    pub published: u64,
+    /// Deliveries owed to the reading subscribers for what was published.
+    pub expected: u64,
+    pub received: u64,
+    pub lost: u64,
+    pub gaps: u64,
+    pub duplicates: u64,
+    pub offered_deliveries_per_s: f64,
+    /// Deliveries that arrived inside the measured window, per second.
+    pub deliveries_per_s: f64,
+    pub latency_ms: Latency,
+    /// (percentile, milliseconds) points of the latency distribution, for plots.
+    pub latency_curve: Vec<(f64, f64)>,
+    pub broker: Option<Broker>,
+    pub harness: Harness,
+    pub churned: u64,
+    pub errors: BTreeMap<String, u64>,
+    pub closes: BTreeMap<String, u64>,
+}
+
+#[derive(Serialize, Debug)]
+pub struct Connections {
+    pub ready: usize,
+    pub failed: usize,
+    /// From the first connect to the last subscription confirmed.
+    pub setup_s: f64,
+    pub per_s: f64,
+}
+
+#[derive(Serialize, Debug, Default)]
+pub struct Latency {
+    pub count: u64,
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub max: f64,
+}
+
+#[derive(Serialize, Debug)]
+pub struct Broker {
+    pub pid: u32,
+    /// utime + stime over the measured window.
+    pub cpu_s: Option<f64>,
+    pub deliveries_per_cpu_s: Option<f64>,
+    pub rss_kib_before: Option<u64>,
+    pub rss_kib_after_setup: Option<u64>,
+    pub rss_kib_end: Option<u64>,
+    pub rss_kib_peak: Option<u64>,
+    /// (RSS after setup - RSS before) / connections.
+    pub rss_bytes_per_connection: Option<f64>,
+}
+
+#[derive(Serialize, Debug)]
+pub struct Harness {
+    pub cpu_s: f64,
+    pub deliveries_per_cpu_s: Option<f64>,
+    pub threads: usize,
+}
+
+fn ms(ns: u64) -> f64 {
+    ns as f64 / 1e6
+}
+
+impl Latency {
+    pub fn from_histogram(h: &Histogram<u64>) -> Latency {
+        if h.is_empty() {
+            return Latency::default();
+        }
+        Latency {
+            count: h.len(),
+            p50: ms(h.value_at_quantile(0.50)),
+            p90: ms(h.value_at_quantile(0.90)),
+            p99: ms(h.value_at_quantile(0.99)),
+            p999: ms(h.value_at_quantile(0.999)),
+            max: ms(h.max()),
+        }
+    }
+
+    /// The percentile distribution, thinned to at most a few hundred points.
+    pub fn curve(h: &Histogram<u64>) -> Vec<(f64, f64)> {
+        if h.is_empty() {
+            return Vec::new();
+        }
+        let mut points: Vec<(f64, f64)> = h
+            .iter_quantiles(4)
+            .map(|v| (v.quantile_iterated_to() * 100.0, ms(v.value_iterated_to())))
+            .collect();
+        points.dedup_by(|a, b| a.0 == b.0);
+        points.push((100.0, ms(h.max())));
+        points
+    }
+}
+
+fn opt(v: Option<f64>, digits: usize) -> String {
+    v.map_or_else(|| "-".to_string(), |v| format!("{v:.digits$}"))
+}
+
+/// Counts with thousands separators, e.g. `1_234_567` -> `1,234,567`.
+pub fn grouped(v: f64) -> String {
+    let n = v.round().max(0.0) as u64;
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+impl Report {
+    /// The summary table printed at the end of a run.
+    pub fn table(&self) -> String {
+        let mut rows: Vec<(&str, String)> = vec![
+            ("scenario", format!("{} ({})", self.scenario, self.label)),
+            (
+                "target",
+                if self.url == self.pub_url {
+                    self.url.clone()
+                } else {
+                    format!("subs {} / pubs {}", self.url, self.pub_url)
+                },
+            ),
+            (
+                "shape",
+                format!(
+                    "{} subs (+{} stalled) on {} topics, {} pubs at {}/s, {} B, churn {}/s",
+                    self.subs,
+                    self.slow,
+                    self.topics,
+                    self.pubs,
+                    grouped(self.rate),
+                    self.payload,
+                    self.churn
+                ),
+            ),
+            (
+                "connections",
+                format!(
+                    "{} ready, {} failed, set up in {:.2} s = {}/s",
+                    self.connections.ready,
+                    self.connections.failed,
+                    self.connections.setup_s,
+                    grouped(self.connections.per_s)
+                ),
+            ),
+            (
+                "deliveries/s",
+                format!(
+                    "{} (offered {})",
+                    grouped(self.deliveries_per_s),
+                    grouped(self.offered_deliveries_per_s)
+                ),
+            ),
+            ("published", grouped(self.published as f64)),
+            (
+                "delivered",
+                format!(
+                    "{} of {} expected",
+                    grouped(self.received as f64),
+                    grouped(self.expected as f64)
+                ),
+            ),
+            (
+                "lost",
+                format!(
+                    "{} (gaps {}, duplicates {})",
+                    self.lost, self.gaps, self.duplicates
+                ),
+            ),
+            (
+                "latency ms",
+                format!(
+                    "p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}  (n={})",
+                    self.latency_ms.p50,
+                    self.latency_ms.p90,
+                    self.latency_ms.p99,
+                    self.latency_ms.p999,
+                    self.latency_ms.max,
+                    self.latency_ms.count
+                ),
+            ),
+        ];
+        if let Some(b) = &self.broker {
+            rows.push((
+                "broker cpu",
+                format!(
+                    "{} s over {:.1} s window = {} deliveries per CPU-second",
+                    opt(b.cpu_s, 2),
+                    self.window_s,
+                    b.deliveries_per_cpu_s.map_or("-".into(), grouped)
+                ),
+            ));
+            rows.push((
+                "broker rss",
+                format!(
+                    "{} KiB before, {} after setup, {} at end, peak {}; {} B per connection",
+                    b.rss_kib_before.map_or("-".into(), |v| v.to_string()),
+                    b.rss_kib_after_setup.map_or("-".into(), |v| v.to_string()),
+                    b.rss_kib_end.map_or("-".into(), |v| v.to_string()),
+                    b.rss_kib_peak.map_or("-".into(), |v| v.to_string()),
+                    opt(b.rss_bytes_per_connection, 0)
+                ),
+            ));
+        }
+        rows.push((
+            "harness cpu",
+            format!(
+                "{:.2} s ({} threads) = {} deliveries per CPU-second",
+                self.harness.cpu_s,
+                self.harness.threads,
+                self.harness
+                    .deliveries_per_cpu_s
+                    .map_or("-".into(), grouped)
+            ),
+        ));
+        if self.churn > 0.0 {
+            rows.push(("churned", grouped(self.churned as f64)));
+        }
+        for (what, n) in &self.closes {
+            rows.push(("closed", format!("{n} x {what}")));
+        }
+        for (what, n) in &self.errors {
+            rows.push(("error", format!("{n} x {what}")));
+        }
+        let mut out = String::new();
+        for (k, v) in rows {
+            let _ = writeln!(out, "{k:>13}  {v}");
+        }
+        out
+    }
+
+    /// Whether nothing was lost, nothing failed and figures were produced.
+    pub fn clean(&self) -> bool {
+        self.lost == 0
+            && self.duplicates == 0
+            && self.connections.failed == 0
+            && self.errors.is_empty()
+            && self.closes.is_empty()
+            && (self.rate == 0.0 || self.latency_ms.count > 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::tally::new_histogram;
+
+    #[test]
+    fn latency_figures_come_from_the_histogram() {
+        let mut h = new_histogram();
+        for v in 1..=1000u64 {
+            h.record(v * 1_000_000).unwrap();
+        }
+        let l = Latency::from_histogram(&h);
+        assert!((l.p50 - 500.0).abs() < 1.0, "{l:?}");
+        assert!((l.p99 - 990.0).abs() < 2.0, "{l:?}");
+        let curve = Latency::curve(&h);
+        assert!(curve
+            .windows(2)
+            .all(|w| w[0].0 <= w[1].0 && w[0].1 <= w[1].1));
+        assert_eq!(curve.last().map(|p| p.0), Some(100.0));
+    }
+
+    #[test]
+    fn numbers_are_grouped() {
+        assert_eq!(grouped(0.0), "0");
+        assert_eq!(grouped(1234567.4), "1,234,567");
+        assert_eq!(grouped(999.0), "999");
+    }
+}

@@ -1,0 +1,308 @@
+//! One run from start to end: connect the subscribers, measure the setup, start the
+//! publishers, sample the broker over the measured window, drain, and merge the counts
+//! into a [`Report`].
+
+use crate::plan::Plan;
+use crate::procfs::{self, Proc};
+use crate::progress::Progress;
+use crate::publishers::{self, Published};
+use crate::report::{Broker, Connections, Harness, Latency, Report};
+use crate::subscribers;
+use crate::tally::{now_ns, Live, Tally};
+use anyhow::{bail, Result};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+/// Time given to the broker after setup so its RSS reflects the new connections.
+const SETTLE: Duration = Duration::from_millis(500);
+const POLL: Duration = Duration::from_millis(50);
+
+/// Broker and harness figures at one instant.
+#[derive(Clone, Copy, Default)]
+struct Sample {
+    broker_cpu: Option<f64>,
+    broker_rss: Option<u64>,
+    own_cpu: f64,
+}
+
+fn sample(broker: Option<Proc>) -> Sample {
+    Sample {
+        broker_cpu: broker.and_then(Proc::cpu_seconds),
+        broker_rss: broker.and_then(Proc::rss_kib),
+        own_cpu: Proc::Slf.cpu_seconds().unwrap_or(0.0),
+    }
+}
+
+pub fn run(plan: Plan, progress: &Progress) -> Result<Report> {
+    let fd_limit = procfs::raise_fd_limit();
+    plan.check(fd_limit)?;
+    let broker = plan.pid.map(Proc::Pid);
+    if let Some(b) = broker {
+        if !b.alive() {
+            bail!("--pid {:?}: no such process", plan.pid);
+        }
+    }
+    let plan = Arc::new(plan);
+    let live = Arc::new(Live::default());
+    let rss_before = broker.and_then(Proc::rss_kib);
+    let mut peak_rss = rss_before.unwrap_or(0);
+
+    // Subscribers.
+    let (running_tx, running_rx) = tokio::sync::watch::channel(true);
+    let setup_start = now_ns();
+    let sub_threads: Vec<_> = (0..plan.threads)
+        .map(|t| {
+            let (plan, live, running) = (plan.clone(), live.clone(), running_rx.clone());
+            thread::spawn(move || subscribers::thread_main(plan, live, running, t))
+        })
+        .collect();
+    let wanted = plan.subs + plan.slow;
+    let mut tally = Tally::default();
+    loop {
+        let done = live.ready.load(Ordering::Relaxed) + live.failed.load(Ordering::Relaxed);
+        if done >= wanted {
+            break;
+        }
+        if now_ns() - setup_start > plan.setup_timeout.as_nanos() as u64 {
+            tally.error(format!(
+                "setup timed out: {done} of {wanted} subscribers done"
+            ));
+            break;
+        }
+        progress.show("connecting", &live, wanted);
+        thread::sleep(POLL);
+    }
+    let ready = live.ready.load(Ordering::Relaxed);
+    let setup_ns = live
+        .last_ready_ns
+        .load(Ordering::Relaxed)
+        .saturating_sub(setup_start);
+    thread::sleep(SETTLE);
+    let after_setup = sample(broker);
+
+    // Publishing (or, for idle runs, holding) over the measured window.
+    let published: Option<Published>;
+    let (at_start, at_end, window_s);
+    if plan.rate == 0.0 && plan.churn == 0.0 {
+        let start = now_ns();
+        let end = start + plan.duration.as_nanos() as u64;
+        live.window.set(start, end);
+        at_start = sample(broker);
+        wait_until(
+            end,
+            progress,
+            "holding",
+            &live,
+            wanted,
+            broker,
+            &mut peak_rss,
+        );
+        at_end = sample(broker);
+        window_s = plan.duration.as_secs_f64();
+        published = None;
+    } else {
+        let publisher = {
+            let (plan, live) = (plan.clone(), live.clone());
+            thread::spawn(move || publishers::thread_main(plan, live))
+        };
+        while live.window.get().0 == u64::MAX && !publisher.is_finished() {
+            thread::sleep(Duration::from_millis(5));
+        }
+        let (start, end) = live.window.get();
+        wait_until(
+            start,
+            progress,
+            "warm-up",
+            &live,
+            wanted,
+            broker,
+            &mut peak_rss,
+        );
+        at_start = sample(broker);
+        wait_until(
+            end,
+            progress,
+            "measuring",
+            &live,
+            wanted,
+            broker,
+            &mut peak_rss,
+        );
+        at_end = sample(broker);
+        window_s = end.saturating_sub(start) as f64 / 1e9;
+        let done = match publisher.join() {
+            Ok(p) => p,
+            Err(_) => bail!("the publisher thread panicked"),
+        };
+        // Stragglers: wait until every reader has everything, or the drain time is up.
+        let expected = expected_deliveries(&plan, &done);
+        let drain_end = now_ns() + plan.drain.as_nanos() as u64;
+        while live.received.load(Ordering::Relaxed) < expected && now_ns() < drain_end {
+            progress.show("draining", &live, wanted);
+            thread::sleep(Duration::from_millis(10));
+        }
+        published = Some(done);
+    }
+    let _ = running_tx.send(false);
+    for t in sub_threads {
+        match t.join() {
+            Ok(t) => tally.merge(t),
+            Err(_) => tally.error("a subscriber thread panicked"),
+        }
+    }
+    progress.finish();
+
+    let published_total = published.as_ref().map_or(0, Published::total);
+    let expected = published
+        .as_ref()
+        .map_or(0, |p| expected_deliveries(&plan, p));
+    let (churned, publisher_tally) = match published {
+        Some(p) => (p.churned, p.tally),
+        None => (0, Tally::default()),
+    };
+    tally.merge(publisher_tally);
+    peak_rss = peak_rss.max(at_end.broker_rss.unwrap_or(0));
+
+    let broker_cpu = match (at_start.broker_cpu, at_end.broker_cpu) {
+        (Some(a), Some(b)) => Some(b - a),
+        _ => None,
+    };
+    let own_cpu = at_end.own_cpu - at_start.own_cpu;
+    let delivered_per_s = tally.window_arrivals as f64 / window_s.max(1e-9);
+    let per_cpu = |cpu: f64| (cpu > 0.0).then(|| tally.window_arrivals as f64 / cpu);
+    let connections = (ready + plan.pubs).max(1);
+    Ok(Report {
+        label: plan.label.clone(),
+        scenario: plan.scenario.name().to_string(),
+        url: plan.sub_target.url.clone(),
+        pub_url: plan.pub_target.url.clone(),
+        dialect: plan.dialect,
+        subs: plan.subs,
+        slow: plan.slow,
+        topics: plan.topics,
+        pubs: plan.pubs,
+        rate: plan.rate,
+        payload: plan.payload,
+        churn: plan.churn,
+        warmup_s: plan.warmup.as_secs_f64(),
+        window_s,
+        threads: plan.threads,
+        connections: Connections {
+            ready,
+            failed: live.failed.load(Ordering::Relaxed),
+            setup_s: setup_ns as f64 / 1e9,
+            per_s: ready as f64 / (setup_ns as f64 / 1e9).max(1e-9),
+        },
+        published: published_total,
+        expected,
+        received: tally.received,
+        lost: expected.saturating_sub(tally.received),
+        gaps: tally.gaps,
+        duplicates: tally.duplicates,
+        offered_deliveries_per_s: plan.offered_deliveries(),
+        deliveries_per_s: delivered_per_s,
+        latency_ms: Latency::from_histogram(&tally.latency),
+        latency_curve: Latency::curve(&tally.latency),
+        broker: plan.pid.map(|pid| Broker {
+            pid,
+            cpu_s: broker_cpu,
+            deliveries_per_cpu_s: broker_cpu.and_then(per_cpu),
+            rss_kib_before: rss_before,
+            rss_kib_after_setup: after_setup.broker_rss,
+            rss_kib_end: at_end.broker_rss,
+            rss_kib_peak: Some(peak_rss),
+            rss_bytes_per_connection: match (rss_before, after_setup.broker_rss) {
+                (Some(a), Some(b)) => Some((b as f64 - a as f64) * 1024.0 / connections as f64),
+                _ => None,
+            },
+        }),
+        harness: Harness {
+            cpu_s: own_cpu,
+            deliveries_per_cpu_s: per_cpu(own_cpu),
+            threads: plan.threads + 2,
+        },
+        churned,
+        errors: tally.errors,
+        closes: tally.closes,
+    })
+}
+
+/// Every reader should get every message published to its topic.
+fn expected_deliveries(plan: &Plan, published: &Published) -> u64 {
+    (0..plan.topics)
+        .map(|t| {
+            let readers = plan.subs / plan.topics + usize::from(t < plan.subs % plan.topics);
+            readers as u64 * published.to_topic(t)
+        })
+        .sum()
+}
+
+/// Sleeps until `deadline` (in [`now_ns`] time), updating the progress line and the
+/// broker's peak RSS on the way.
+fn wait_until(
+    deadline: u64,
+    progress: &Progress,
+    phase: &str,
+    live: &Live,
+    wanted: usize,
+    broker: Option<Proc>,
+    peak_rss: &mut u64,
+) {
+    loop {
+        let now = now_ns();
+        if now >= deadline {
+            return;
+        }
+        progress.show(phase, live, wanted);
+        if let Some(rss) = broker.and_then(Proc::rss_kib) {
+            *peak_rss = (*peak_rss).max(rss);
+        }
+        thread::sleep(Duration::from_nanos(deadline - now).min(Duration::from_millis(200)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::plan::Scenario;
+    use crate::wire::{Dialect, Target};
+
+    #[test]
+    fn expected_counts_readers_per_topic() {
+        let target = Target::parse("ws://127.0.0.1:9/ws").unwrap();
+        let plan = Plan {
+            scenario: Scenario::ManyTopics,
+            label: String::new(),
+            sub_target: target.clone(),
+            pub_target: target,
+            dialect: Dialect::Vws,
+            pub_dialect: Dialect::Vws,
+            subs: 5,
+            topics: 2,
+            pubs: 1,
+            rate: 1.0,
+            payload: 64,
+            slow: 3,
+            churn: 0.0,
+            churn_hold: Duration::ZERO,
+            warmup: Duration::ZERO,
+            duration: Duration::ZERO,
+            drain: Duration::ZERO,
+            setup_timeout: Duration::ZERO,
+            threads: 1,
+            connect_concurrency: 1,
+            pid: None,
+            topic_prefix: "t".into(),
+        };
+        let published = Published {
+            counts: vec![vec![10, 7]],
+            tally: Tally::default(),
+            churned: 0,
+        };
+        // Topic 0 has readers 0, 2, 4; topic 1 has readers 1, 3. Stalled ones do not count.
+        assert_eq!(expected_deliveries(&plan, &published), 3 * 10 + 2 * 7);
+    }
+}

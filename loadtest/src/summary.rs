@@ -1,0 +1,145 @@
+//! Markdown tables from saved reports: one row per run and one median row per target,
+//! for BENCHMARKS.md. A run's target is its label up to " #" ("uws #2" -> "uws").
+
+use anyhow::{Context, Result};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+/// The columns: header, JSON pointer, digits (None = thousands-grouped integer).
+const COLUMNS: [(&str, &str, Option<usize>); 11] = [
+    ("deliveries/s", "/deliveries_per_s", None),
+    ("lost", "/lost", None),
+    ("p50 ms", "/latency_ms/p50", Some(2)),
+    ("p99 ms", "/latency_ms/p99", Some(2)),
+    ("p99.9 ms", "/latency_ms/p999", Some(2)),
+    ("max ms", "/latency_ms/max", Some(1)),
+    ("broker CPU s", "/broker/cpu_s", Some(2)),
+    (
+        "deliveries per broker CPU-s",
+        "/broker/deliveries_per_cpu_s",
+        None,
+    ),
+    ("harness CPU s", "/harness/cpu_s", Some(2)),
+    ("conns/s", "/connections/per_s", None),
+    ("broker B/conn", "/broker/rss_bytes_per_connection", None),
+];
+
+struct Run {
+    label: String,
+    target: String,
+    values: Vec<Option<f64>>,
+}
+
+fn load(path: &str) -> Result<Run> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("read {path}"))?;
+    let v: Value = serde_json::from_str(&text).with_context(|| format!("{path}: not JSON"))?;
+    let label = v
+        .pointer("/label")
+        .and_then(Value::as_str)
+        .unwrap_or(path)
+        .to_string();
+    let target = label.split(" #").next().unwrap_or(&label).to_string();
+    let values = COLUMNS
+        .iter()
+        .map(|(_, ptr, _)| v.pointer(ptr).and_then(Value::as_f64))
+        .collect();
+    Ok(Run {
+        label,
+        target,
+        values,
+    })
+}
+
+fn median(mut xs: Vec<f64>) -> Option<f64> {
+    if xs.is_empty() {
+        return None;
+    }
+    xs.sort_by(f64::total_cmp);
+    let n = xs.len();
+    Some(if n % 2 == 1 {
+        xs[n / 2]
+    } else {
+        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
+    })
+}
+
+fn cell(v: Option<f64>, digits: Option<usize>) -> String {
+    match (v, digits) {
+        (None, _) => "-".into(),
+        (Some(v), Some(d)) => format!("{v:.d$}"),
+        (Some(v), None) => crate::report::grouped(v),
+    }
+}
+
+/// The per-run table followed by the medians per target.
+pub fn markdown(paths: &[String]) -> Result<String> {
+    let runs = paths.iter().map(|p| load(p)).collect::<Result<Vec<_>>>()?;
+    let mut out = String::new();
+    let header: Vec<&str> = COLUMNS.iter().map(|c| c.0).collect();
+    let _ = writeln!(out, "| run | {} |", header.join(" | "));
+    let _ = writeln!(out, "|---|{}", "---:|".repeat(COLUMNS.len()));
+    let mut by_target: BTreeMap<&str, Vec<&Run>> = BTreeMap::new();
+    for r in &runs {
+        let cells: Vec<String> = r
+            .values
+            .iter()
+            .zip(COLUMNS)
+            .map(|(v, c)| cell(*v, c.2))
+            .collect();
+        let _ = writeln!(out, "| {} | {} |", r.label, cells.join(" | "));
+        by_target.entry(&r.target).or_default().push(r);
+    }
+    for (target, rs) in &by_target {
+        let cells: Vec<String> = (0..COLUMNS.len())
+            .map(|i| {
+                cell(
+                    median(rs.iter().filter_map(|r| r.values[i]).collect()),
+                    COLUMNS[i].2,
+                )
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "| **{target} median of {}** | {} |",
+            rs.len(),
+            cells.join(" | ")
+        );
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn medians_per_target() {
+        let dir = std::env::temp_dir().join(format!("lt-summary-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut paths = Vec::new();
+        for (i, (label, rate)) in [
+            ("a #1", 10.0),
+            ("a #2", 30.0),
+            ("a #3", 20.0),
+            ("b #1", 5.0),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let p = dir.join(format!("{i}.json"));
+            std::fs::write(
+                &p,
+                format!(r#"{{"label":"{label}","deliveries_per_s":{rate},"lost":0}}"#),
+            )
+            .unwrap();
+            paths.push(p.to_string_lossy().into_owned());
+        }
+        let md = markdown(&paths).unwrap();
+        assert!(md.contains("| **a median of 3** | 20 | 0 |"), "{md}");
+        assert!(md.contains("| **b median of 1** | 5 |"), "{md}");
+        assert_eq!(median(vec![1.0, 4.0]), Some(2.5));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

@@ -1,0 +1,407 @@
+//! The bytes on the wire: target URLs, the upgrade request, masked client frames, the
+//! messages of both dialects, and a frame reader that borrows from a read buffer.
+//!
+//! Everything here works on caller-owned buffers so the receive path allocates nothing
+//! per message.
+
+use anyhow::{bail, Context, Result};
+use memchr::memmem::Finder;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::sync::OnceLock;
+
+/// The wire dialect a connection speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dialect {
+    /// Vinculum `vws`: `{"k":"s","t":..,"i":..}`, acks, events `{"t":..,"d":..}`.
+    Vws,
+    /// go-ws envelope: `{"type":"subscribe","data":..}`, events `{"type":"event",..}`.
+    Gows,
+}
+
+/// Where the harness connects: a loopback `ws://host:port/path` URL.
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub url: String,
+    pub addr: SocketAddr,
+    host: String,
+    path: String,
+}
+
+impl Target {
+    /// Parses `ws://HOST:PORT/PATH`. Anything that does not resolve to a loopback
+    /// address is refused: load tests never leave the machine.
+    pub fn parse(url: &str) -> Result<Target> {
+        let rest = url
+            .strip_prefix("ws://")
+            .with_context(|| format!("{url}: only ws:// URLs are supported"))?;
+        let (host, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        if host.is_empty() {
+            bail!("{url}: no host");
+        }
+        let addr = host
+            .to_socket_addrs()
+            .with_context(|| format!("{url}: cannot resolve {host} (give host:port)"))?
+            .find(|a| a.ip().is_loopback())
+            .with_context(|| {
+                format!("{url}: not a loopback address; load tests target 127.0.0.0/8 or ::1 only")
+            })?;
+        Ok(Target {
+            url: url.to_string(),
+            addr,
+            host: host.to_string(),
+            path: path.to_string(),
+        })
+    }
+
+    /// The HTTP/1.1 upgrade request for this target and dialect.
+    pub fn upgrade_request(&self, dialect: Dialect) -> Vec<u8> {
+        let protocol = match dialect {
+            Dialect::Vws => "Sec-WebSocket-Protocol: vws\r\n",
+            Dialect::Gows => "",
+        };
+        format!(
+            "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{}\r\n",
+            self.path, self.host, protocol
+        )
+        .into_bytes()
+    }
+
+    /// Whether the target is on IPv4 loopback, where source addresses can be spread
+    /// over 127.0.0.x to get past the ephemeral-port limit of one address pair.
+    pub fn is_v4(&self) -> bool {
+        matches!(self.addr.ip(), IpAddr::V4(_))
+    }
+}
+
+/// Client frames must be masked; the key is fixed because the harness is not a browser
+/// and brokers do not care which key is used.
+const MASK: [u8; 4] = [0x5a, 0x3c, 0x96, 0x0f];
+
+pub const OP_TEXT: u8 = 0x1;
+pub const OP_CLOSE: u8 = 0x8;
+pub const OP_PING: u8 = 0x9;
+pub const OP_PONG: u8 = 0xA;
+
+/// Appends one masked, final frame to `out`.
+pub fn push_frame(opcode: u8, payload: &[u8], out: &mut Vec<u8>) {
+    out.push(0x80 | opcode);
+    let n = payload.len();
+    if n < 126 {
+        out.push(0x80 | n as u8);
+    } else if n <= u16::MAX as usize {
+        out.push(0x80 | 126);
+        out.extend_from_slice(&(n as u16).to_be_bytes());
+    } else {
+        out.push(0x80 | 127);
+        out.extend_from_slice(&(n as u64).to_be_bytes());
+    }
+    out.extend_from_slice(&MASK);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ MASK[i & 3]));
+}
+
+/// A subscribe request. vws carries `i` so the broker acks it; gows has no ack, so the
+/// caller follows it with [`gows_ping`] and waits for the pong (replies keep order).
+pub fn subscribe(dialect: Dialect, topic: &str, id: usize, out: &mut Vec<u8>) {
+    let msg = match dialect {
+        Dialect::Vws => format!(r#"{{"k":"s","t":"{topic}","i":{id}}}"#),
+        Dialect::Gows => format!(r#"{{"type":"subscribe","data":"{topic}"}}"#),
+    };
+    push_frame(OP_TEXT, msg.as_bytes(), out);
+}
+
+/// The gows application ping, used as a barrier after a subscribe.
+pub fn gows_ping(out: &mut Vec<u8>) {
+    push_frame(OP_TEXT, br#"{"type":"ping"}"#, out);
+}
+
+/// Appends a publish of `data` (a JSON value) to `topic` as one masked frame, reusing
+/// `scratch` for the unmasked message.
+pub fn publish(
+    dialect: Dialect,
+    topic: &str,
+    data: &[u8],
+    scratch: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+) {
+    scratch.clear();
+    match dialect {
+        Dialect::Vws => {
+            scratch.extend_from_slice(br#"{"t":""#);
+            scratch.extend_from_slice(topic.as_bytes());
+            scratch.extend_from_slice(br#"","d":"#);
+        }
+        Dialect::Gows => {
+            scratch.extend_from_slice(br#"{"type":"publish","channel":""#);
+            scratch.extend_from_slice(topic.as_bytes());
+            scratch.extend_from_slice(br#"","data":"#);
+        }
+    }
+    scratch.extend_from_slice(data);
+    scratch.push(b'}');
+    push_frame(OP_TEXT, scratch, out);
+}
+
+/// The stamp every published message carries, so receivers can measure latency and
+/// detect loss per publisher and topic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stamp {
+    pub publisher: u32,
+    pub seq: u64,
+    pub sent_ns: u64,
+}
+
+/// Writes the data object `{"_p":P,"_s":S,"_ts":T,"x":"xxx…"}`, padded so the whole
+/// object is `size` bytes (or as small as the stamp allows).
+pub fn stamped_data(stamp: Stamp, size: usize, out: &mut Vec<u8>) {
+    use std::io::Write;
+    out.clear();
+    // Writing into a Vec cannot fail.
+    let _ = write!(
+        out,
+        r#"{{"_p":{},"_s":{},"_ts":{},"x":""#,
+        stamp.publisher, stamp.seq, stamp.sent_ns
+    );
+    let pad = size.saturating_sub(out.len() + 2);
+    out.resize(out.len() + pad, b'x');
+    out.extend_from_slice(b"\"}");
+}
+
+fn stamp_finder() -> &'static Finder<'static> {
+    static FINDER: OnceLock<Finder<'static>> = OnceLock::new();
+    FINDER.get_or_init(|| Finder::new(br#"{"_p":"#))
+}
+
+/// Finds the stamp in a received event, in either dialect (it sits at the start of the
+/// data object). `None` for anything else: acks, pongs, other traffic.
+pub fn find_stamp(msg: &[u8]) -> Option<Stamp> {
+    let at = stamp_finder().find(msg)? + 6;
+    let (publisher, rest) = number(msg.get(at..)?)?;
+    let (seq, rest) = number(rest.strip_prefix(br#","_s":"#)?)?;
+    let (sent_ns, _) = number(rest.strip_prefix(br#","_ts":"#)?)?;
+    Some(Stamp {
+        publisher: u32::try_from(publisher).ok()?,
+        seq,
+        sent_ns,
+    })
+}
+
+fn number(b: &[u8]) -> Option<(u64, &[u8])> {
+    let digits = b.iter().take_while(|c| c.is_ascii_digit()).count();
+    if digits == 0 || digits > 19 {
+        return None;
+    }
+    let value = b[..digits]
+        .iter()
+        .fold(0u64, |v, &c| v * 10 + u64::from(c - b'0'));
+    Some((value, &b[digits..]))
+}
+
+/// What a reply to a request says.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Reply<'a> {
+    /// vws `{"k":"a",..}` or a gows pong: the requests before it are done.
+    Done,
+    /// vws nack or gows error, with the whole message for the report.
+    Refused(&'a [u8]),
+    /// Anything else.
+    Other,
+}
+
+/// Classifies a message received while waiting for a subscribe to complete.
+pub fn reply(dialect: Dialect, msg: &[u8]) -> Reply<'_> {
+    let starts = |p: &[u8]| msg.starts_with(p);
+    match dialect {
+        Dialect::Vws if starts(br#"{"k":"a""#) => Reply::Done,
+        Dialect::Vws if starts(br#"{"k":"n""#) => Reply::Refused(msg),
+        Dialect::Gows if starts(br#"{"type":"pong""#) => Reply::Done,
+        Dialect::Gows if starts(br#"{"type":"error""#) => Reply::Refused(msg),
+        _ => Reply::Other,
+    }
+}
+
+/// One server frame, borrowed from the read buffer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Frame<'a> {
+    Text(&'a [u8]),
+    Ping(&'a [u8]),
+    Close(u16, &'a [u8]),
+    /// Binary, pong or continuation frames: counted, otherwise ignored.
+    Other,
+}
+
+/// Server frames are unmasked; a masked one or a length past this is a protocol error.
+const MAX_FRAME: u64 = 64 << 20;
+
+/// Reads one frame from the front of `buf`: `Ok(None)` when it is not complete yet,
+/// otherwise the frame and how many bytes it used.
+pub fn next_frame(buf: &[u8]) -> Result<Option<(Frame<'_>, usize)>> {
+    let (Some(&b0), Some(&b1)) = (buf.first(), buf.get(1)) else {
+        return Ok(None);
+    };
+    if b1 & 0x80 != 0 {
+        bail!("server sent a masked frame");
+    }
+    let (len, head) = match b1 & 0x7f {
+        126 => match buf.get(2..4) {
+            Some(b) => (u64::from(u16::from_be_bytes([b[0], b[1]])), 4),
+            None => return Ok(None),
+        },
+        127 => match buf.get(2..10) {
+            Some(b) => {
+                let mut a = [0u8; 8];
+                a.copy_from_slice(b);
+                (u64::from_be_bytes(a), 10)
+            }
+            None => return Ok(None),
+        },
+        n => (u64::from(n), 2),
+    };
+    if len > MAX_FRAME {
+        bail!("server frame of {len} bytes");
+    }
+    let end = head + len as usize;
+    let Some(payload) = buf.get(head..end) else {
+        return Ok(None);
+    };
+    let frame = match b0 & 0x0f {
+        OP_TEXT => Frame::Text(payload),
+        OP_PING => Frame::Ping(payload),
+        OP_CLOSE => match payload {
+            [a, b, reason @ ..] => Frame::Close(u16::from_be_bytes([*a, *b]), reason),
+            _ => Frame::Close(1005, &[]),
+        },
+        _ => Frame::Other,
+    };
+    Ok(Some((frame, end)))
+}
+
+/// Finds the end of the HTTP response head; returns the status code and head length.
+pub fn response_head(buf: &[u8]) -> Option<(u16, usize)> {
+    let end = memchr::memmem::find(buf, b"\r\n\r\n")? + 4;
+    let status = buf
+        .get(9..12)
+        .and_then(|s| std::str::from_utf8(s).ok())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    Some((status, end))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn unmask(frame: &[u8]) -> Vec<u8> {
+        let len = (frame[1] & 0x7f) as usize;
+        assert!(len < 126);
+        let key = &frame[2..6];
+        frame[6..6 + len]
+            .iter()
+            .enumerate()
+            .map(|(i, b)| b ^ key[i & 3])
+            .collect()
+    }
+
+    #[test]
+    fn stamp_round_trips_through_both_dialect_envelopes() {
+        let stamp = Stamp {
+            publisher: 7,
+            seq: 123_456,
+            sent_ns: 9_876_543_210,
+        };
+        let mut data = Vec::new();
+        stamped_data(stamp, 256, &mut data);
+        assert_eq!(data.len(), 256);
+        assert!(serde_json::from_slice::<serde_json::Value>(&data).is_ok());
+        let vws = [br#"{"t":"bench/0","d":"#.as_slice(), &data, b"}"].concat();
+        let gows = [
+            br#"{"type":"event","channel":"bench/0","data":"#.as_slice(),
+            &data,
+            br#","timestamp":"x"}"#,
+        ]
+        .concat();
+        assert_eq!(find_stamp(&vws), Some(stamp));
+        assert_eq!(find_stamp(&gows), Some(stamp));
+        assert_eq!(find_stamp(br#"{"k":"a","i":1}"#), None);
+    }
+
+    #[test]
+    fn small_sizes_still_carry_the_whole_stamp() {
+        let mut data = Vec::new();
+        stamped_data(
+            Stamp {
+                publisher: 1,
+                seq: 2,
+                sent_ns: 3,
+            },
+            8,
+            &mut data,
+        );
+        assert_eq!(data, br#"{"_p":1,"_s":2,"_ts":3,"x":""}"#);
+    }
+
+    #[test]
+    fn publish_frames_are_masked_and_well_formed() {
+        let (mut scratch, mut out) = (Vec::new(), Vec::new());
+        publish(Dialect::Vws, "a/b", b"1", &mut scratch, &mut out);
+        assert_eq!(out[0], 0x81);
+        assert_eq!(unmask(&out), br#"{"t":"a/b","d":1}"#);
+        out.clear();
+        publish(Dialect::Gows, "a/b", b"1", &mut scratch, &mut out);
+        assert_eq!(
+            unmask(&out),
+            br#"{"type":"publish","channel":"a/b","data":1}"#
+        );
+    }
+
+    #[test]
+    fn frame_reader_handles_partial_and_extended_lengths() {
+        assert_eq!(next_frame(&[0x81]).unwrap(), None);
+        let mut long = vec![0x81, 126, 0x01, 0x00];
+        long.extend(std::iter::repeat(b'a').take(256));
+        assert_eq!(next_frame(&long[..100]).unwrap(), None);
+        let (frame, used) = next_frame(&long).unwrap().unwrap();
+        assert_eq!(used, 260);
+        assert!(matches!(frame, Frame::Text(p) if p.len() == 256));
+        let close = [0x88, 4, 0x03, 0xF0, b'o', b'k'];
+        assert_eq!(
+            next_frame(&close).unwrap().unwrap().0,
+            Frame::Close(1008, b"ok")
+        );
+        assert!(next_frame(&[0x81, 0x81, 0, 0, 0, 0, 0]).is_err());
+    }
+
+    #[test]
+    fn only_loopback_targets_are_accepted() {
+        assert!(Target::parse("ws://127.0.0.1:9/ws").is_ok());
+        assert!(Target::parse("ws://127.0.0.2:9").is_ok());
+        assert!(Target::parse("ws://10.0.0.1:9/ws").is_err());
+        assert!(Target::parse("http://127.0.0.1:9/ws").is_err());
+        let t = Target::parse("ws://127.0.0.1:9/x?dialect=vws").unwrap();
+        let req = String::from_utf8(t.upgrade_request(Dialect::Vws)).unwrap();
+        assert!(req.starts_with("GET /x?dialect=vws HTTP/1.1\r\nHost: 127.0.0.1:9\r\n"));
+    }
+
+    #[test]
+    fn replies_are_classified_per_dialect() {
+        assert_eq!(reply(Dialect::Vws, br#"{"k":"a","i":1}"#), Reply::Done);
+        assert!(matches!(
+            reply(Dialect::Vws, br#"{"k":"n","e":"x"}"#),
+            Reply::Refused(_)
+        ));
+        assert_eq!(
+            reply(Dialect::Gows, br#"{"type":"pong","timestamp":"t"}"#),
+            Reply::Done
+        );
+        assert_eq!(reply(Dialect::Gows, br#"{"type":"event"}"#), Reply::Other);
+        assert_eq!(
+            response_head(b"HTTP/1.1 101 Switching\r\nA: b\r\n\r\nrest"),
+            Some((101, 33))
+        );
+    }
+}
