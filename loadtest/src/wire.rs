@@ -401,7 +401,7 @@ mod tests {
         assert_eq!(reply(Dialect::Gows, br#"{"type":"event"}"#), Reply::Other);
         assert_eq!(
             response_head(b"HTTP/1.1 101 Switching\r\nA: b\r\n\r\nrest"),
-            Some((101, 33))
+            Some((101, 32))
         );
     }
 }
