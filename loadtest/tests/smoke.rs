@@ -1,0 +1,251 @@
+//! Smoke runs of the harness binary against a real shardcast binary: a few seconds each,
+//! asserting zero loss and that every figure was produced. The full comparison with the
+//! uWebSockets.js peer is loadtest/compare.sh, not CI.
+#![allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const HARNESS: &str = env!("CARGO_BIN_EXE_shardcast-loadtest");
+
+/// The broker binary sits next to the harness in the same target directory; `cargo test
+/// --workspace` builds both. When only this package was built, build the broker too.
+fn broker_binary() -> PathBuf {
+    let dir = Path::new(HARNESS).parent().unwrap();
+    let bin = dir.join("shardcast");
+    if !bin.exists() {
+        let mut cargo = Command::new(env!("CARGO"));
+        cargo.args(["build", "-p", "shardcast", "--bin", "shardcast"]);
+        if dir.ends_with("release") {
+            cargo.arg("--release");
+        }
+        assert!(
+            cargo.status().unwrap().success(),
+            "building the shardcast binary failed"
+        );
+    }
+    bin
+}
+
+struct Broker {
+    child: Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_broker() -> Broker {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bench.toml");
+    std::fs::write(
+        &config,
+        "[client]\nallow_publish = true\npublish_rate = 0.0\n",
+    )
+    .unwrap();
+    let mut child = Command::new(broker_binary())
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--shards",
+            "2",
+            "--config",
+        ])
+        .arg(&config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("shardcast listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+    Broker {
+        child,
+        url: format!("ws://{addr}/ws"),
+        _dir: dir,
+    }
+}
+
+/// Runs the harness with `--check --json` and returns its exit status and the report.
+fn harness(broker: &Broker, args: &[&str]) -> (bool, Value, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("report.json");
+    let started = Instant::now();
+    let out = Command::new(HARNESS)
+        .arg("run")
+        .args(args)
+        .args([
+            "--url",
+            &broker.url,
+            "--pid",
+            &broker.child.id().to_string(),
+            "--quiet",
+            "--check",
+        ])
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "the harness ran too long"
+    );
+    let table = String::from_utf8_lossy(&out.stdout).into_owned();
+    let report = serde_json::from_str(&std::fs::read_to_string(&json).unwrap_or_default())
+        .unwrap_or(Value::Null);
+    (out.status.success(), report, table)
+}
+
+fn f(report: &Value, pointer: &str) -> f64 {
+    report
+        .pointer(pointer)
+        .and_then(Value::as_f64)
+        .unwrap_or_else(|| panic!("{pointer} missing in {report}"))
+}
+
+#[test]
+fn fanout_smoke_run_loses_nothing_and_reports_every_figure() {
+    let broker = start_broker();
+    let (ok, r, table) = harness(
+        &broker,
+        &[
+            "fanout",
+            "--subs",
+            "100",
+            "--rate",
+            "500",
+            "--warmup",
+            "0.5",
+            "--duration",
+            "2",
+        ],
+    );
+    assert!(ok, "check failed:\n{table}");
+    let expected = f(&r, "/expected");
+    // 500 publishes/s for 2.5 s to 100 subscribers, give or take the pacing edges.
+    assert!(expected > 100.0 * 1000.0, "{table}");
+    assert_eq!(f(&r, "/received"), expected, "{table}");
+    assert_eq!(f(&r, "/lost"), 0.0);
+    assert!(f(&r, "/deliveries_per_s") > 20_000.0, "{table}");
+    assert!(f(&r, "/latency_ms/count") > 10_000.0);
+    assert!(f(&r, "/latency_ms/p99") >= f(&r, "/latency_ms/p50"));
+    assert!(
+        f(&r, "/broker/cpu_s") > 0.0,
+        "broker CPU not measured: {table}"
+    );
+    assert!(f(&r, "/broker/rss_kib_end") > 0.0);
+    assert!(f(&r, "/harness/cpu_s") > 0.0);
+    assert!(r["latency_curve"].as_array().unwrap().len() > 5);
+    assert!(table.contains("deliveries/s") && table.contains("latency ms"));
+}
+
+#[test]
+fn gows_subscribers_and_a_stalled_one_lose_nothing() {
+    let broker = start_broker();
+    let (ok, r, table) = harness(
+        &broker,
+        &[
+            "slow",
+            "--dialect",
+            "gows",
+            "--subs",
+            "50",
+            "--slow",
+            "1",
+            "--rate",
+            "200",
+            "--warmup",
+            "0.5",
+            "--duration",
+            "1.5",
+        ],
+    );
+    assert!(ok, "check failed:\n{table}");
+    assert_eq!(f(&r, "/connections/ready"), 51.0);
+    assert!(f(&r, "/received") > 50.0 * 300.0);
+    assert_eq!(f(&r, "/lost"), 0.0);
+}
+
+#[test]
+fn idle_run_reports_setup_rate_and_memory_per_connection() {
+    let broker = start_broker();
+    let (ok, r, table) = harness(&broker, &["idle", "--subs", "500", "--duration", "0.5"]);
+    assert!(ok, "check failed:\n{table}");
+    assert_eq!(f(&r, "/connections/ready"), 500.0);
+    assert!(f(&r, "/connections/per_s") > 0.0);
+    assert!(f(&r, "/broker/rss_bytes_per_connection").is_finite());
+    assert_eq!(f(&r, "/topics"), 500.0);
+}
+
+#[test]
+fn churn_and_fanin_runs_complete() {
+    let broker = start_broker();
+    let (ok, r, table) = harness(
+        &broker,
+        &[
+            "churn",
+            "--subs",
+            "20",
+            "--rate",
+            "100",
+            "--churn",
+            "50",
+            "--churn-hold",
+            "0.2",
+            "--warmup",
+            "0.5",
+            "--duration",
+            "1",
+        ],
+    );
+    assert!(ok, "check failed:\n{table}");
+    assert!(f(&r, "/churned") >= 40.0, "{table}");
+    let (ok, r, table) = harness(
+        &broker,
+        &[
+            "fanin",
+            "--subs",
+            "2",
+            "--pubs",
+            "20",
+            "--rate",
+            "1000",
+            "--warmup",
+            "0.5",
+            "--duration",
+            "1",
+        ],
+    );
+    assert!(ok, "check failed:\n{table}");
+    assert_eq!(f(&r, "/lost"), 0.0);
+}
+
+#[test]
+fn refusals_are_clear() {
+    let out = Command::new(HARNESS)
+        .args(["run", "fanout", "--url", "ws://10.1.2.3:80/ws"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("loopback"));
+    let out = Command::new(HARNESS)
+        .args(["run", "cluster", "--url", "ws://127.0.0.1:9/ws"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--pub-url"));
+}
