@@ -99,7 +99,11 @@ run_case() {
     for t in $order; do
       start "$t"
       echo "compare.sh: $name $t #$r ($URL)" >&2
-      "$LT" run "$@" --url "$URL" --pid "$BPID" --label "$t #$r" --quiet \
+      # shardcast also reports frames per write from its /api/stats.
+      local hostport=${URL#ws://}
+      local stats=()
+      case "$t" in shardcast*) stats=(--broker-stats "${hostport%%/*}") ;; esac
+      "$LT" run "$@" --url "$URL" --pid "$BPID" --label "$t #$r" --quiet ${stats[@]+"${stats[@]}"} \
         --json "$RESULTS/$name-$t-$r.json" | tee -a "$RESULTS/$name.log" >&2 || true
       stop
     done

@@ -97,6 +97,10 @@ struct RunArgs {
     /// Broker process id: report its CPU seconds and RSS.
     #[arg(long)]
     pid: Option<u32>,
+    /// shardcast only: read its write counters from http://ADDR/api/stats (host:port)
+    /// and report frames per write in the window.
+    #[arg(long)]
+    broker_stats: Option<std::net::SocketAddr>,
     /// Name of this run in the table, JSON and plot (default: scenario name).
     #[arg(long)]
     label: Option<String>,
@@ -175,6 +179,7 @@ fn plan(a: &RunArgs) -> Result<Plan> {
         threads: a.threads,
         connect_concurrency: a.connect_concurrency,
         pid: a.pid,
+        broker_stats: a.broker_stats,
         topic_prefix: a.topic_prefix.clone(),
     })
 }

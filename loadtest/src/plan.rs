@@ -54,6 +54,8 @@ pub struct Plan {
     pub threads: usize,
     pub connect_concurrency: usize,
     pub pid: Option<u32>,
+    /// shardcast's HTTP address, to read its write counters from /api/stats.
+    pub broker_stats: Option<std::net::SocketAddr>,
     pub topic_prefix: String,
 }
 

@@ -76,6 +76,8 @@ pub struct Broker {
     pub rss_kib_peak: Option<u64>,
     /// (RSS after setup - RSS before) / connections.
     pub rss_bytes_per_connection: Option<f64>,
+    /// Frames per write in the window, from shardcast's /api/stats (`--broker-stats`).
+    pub frames_per_write: Option<f64>,
 }
 
 #[derive(Serialize, Debug)]
@@ -231,6 +233,9 @@ impl Report {
                     opt(b.rss_bytes_per_connection, 0)
                 ),
             ));
+            if let Some(f) = b.frames_per_write {
+                rows.push(("broker writes", format!("{f:.1} frames per write")));
+            }
         }
         rows.push((
             "harness cpu",

@@ -2,6 +2,7 @@
 //! publishers, sample the broker over the measured window, drain, and merge the counts
 //! into a [`Report`].
 
+use crate::brokerstats;
 use crate::plan::Plan;
 use crate::procfs::{self, Proc};
 use crate::progress::Progress;
@@ -24,13 +25,15 @@ const POLL: Duration = Duration::from_millis(50);
 struct Sample {
     broker_cpu: Option<f64>,
     broker_rss: Option<u64>,
+    broker_writes: Option<brokerstats::Writes>,
     own_cpu: f64,
 }
 
-fn sample(broker: Option<Proc>) -> Sample {
+fn sample(plan: &Plan, broker: Option<Proc>) -> Sample {
     Sample {
         broker_cpu: broker.and_then(Proc::cpu_seconds),
         broker_rss: broker.and_then(Proc::rss_kib),
+        broker_writes: plan.broker_stats.and_then(brokerstats::fetch),
         own_cpu: Proc::Slf.cpu_seconds().unwrap_or(0.0),
     }
 }
@@ -80,7 +83,7 @@ pub fn run(plan: Plan, progress: &Progress) -> Result<Report> {
         .load(Ordering::Relaxed)
         .saturating_sub(setup_start);
     thread::sleep(SETTLE);
-    let after_setup = sample(broker);
+    let after_setup = sample(&plan, broker);
 
     // Publishing (or, for idle runs, holding) over the measured window.
     let published: Option<Published>;
@@ -89,7 +92,7 @@ pub fn run(plan: Plan, progress: &Progress) -> Result<Report> {
         let start = now_ns();
         let end = start + plan.duration.as_nanos() as u64;
         live.window.set(start, end);
-        at_start = sample(broker);
+        at_start = sample(&plan, broker);
         wait_until(
             end,
             progress,
@@ -99,7 +102,7 @@ pub fn run(plan: Plan, progress: &Progress) -> Result<Report> {
             broker,
             &mut peak_rss,
         );
-        at_end = sample(broker);
+        at_end = sample(&plan, broker);
         window_s = plan.duration.as_secs_f64();
         published = None;
     } else {
@@ -120,7 +123,7 @@ pub fn run(plan: Plan, progress: &Progress) -> Result<Report> {
             broker,
             &mut peak_rss,
         );
-        at_start = sample(broker);
+        at_start = sample(&plan, broker);
         wait_until(
             end,
             progress,
@@ -130,7 +133,7 @@ pub fn run(plan: Plan, progress: &Progress) -> Result<Report> {
             broker,
             &mut peak_rss,
         );
-        at_end = sample(broker);
+        at_end = sample(&plan, broker);
         window_s = end.saturating_sub(start) as f64 / 1e9;
         let done = match publisher.join() {
             Ok(p) => p,
@@ -213,6 +216,10 @@ pub fn run(plan: Plan, progress: &Progress) -> Result<Report> {
             rss_kib_after_setup: after_setup.broker_rss,
             rss_kib_end: at_end.broker_rss,
             rss_kib_peak: Some(peak_rss),
+            frames_per_write: brokerstats::frames_per_write(
+                at_start.broker_writes,
+                at_end.broker_writes,
+            ),
             rss_bytes_per_connection: match (rss_before, after_setup.broker_rss) {
                 (Some(a), Some(b)) => Some((b as f64 - a as f64) * 1024.0 / connections as f64),
                 _ => None,
@@ -295,6 +302,7 @@ mod tests {
             threads: 1,
             connect_concurrency: 1,
             pid: None,
+            broker_stats: None,
             topic_prefix: "t".into(),
         };
         let published = Published {

@@ -1,0 +1,73 @@
+//! shardcast's own write counters, read from its `/api/stats` over plain HTTP/1.1, so a
+//! run can report how many frames each write carried (the batching under load). Other
+//! brokers have no such endpoint; the figure is then absent.
+
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+/// Frames written and writes made, summed over the shards.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Writes {
+    pub frames: u64,
+    pub writes: u64,
+}
+
+/// Fetches `/api/stats` from `addr`; `None` when it cannot be read or has no shard figures.
+pub fn fetch(addr: SocketAddr) -> Option<Writes> {
+    let timeout = Duration::from_secs(2);
+    let mut s = TcpStream::connect_timeout(&addr, timeout).ok()?;
+    s.set_read_timeout(Some(timeout)).ok()?;
+    s.write_all(
+        format!("GET /api/stats HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .ok()?;
+    let mut response = Vec::new();
+    s.read_to_end(&mut response).ok()?;
+    let body = response.get(memchr::memmem::find(&response, b"\r\n\r\n")? + 4..)?;
+    parse(body)
+}
+
+fn parse(body: &[u8]) -> Option<Writes> {
+    let v: Value = serde_json::from_slice(body).ok()?;
+    let shards = v.get("shards")?.as_array()?;
+    let sum = |key: &str| shards.iter().filter_map(|s| s.get(key)?.as_u64()).sum();
+    Some(Writes {
+        frames: sum("frames_written"),
+        writes: sum("writes"),
+    })
+}
+
+/// Frames per write between two readings.
+pub fn frames_per_write(before: Option<Writes>, after: Option<Writes>) -> Option<f64> {
+    let (b, a) = (before?, after?);
+    let writes = a.writes.checked_sub(b.writes)?;
+    (writes > 0).then(|| a.frames.saturating_sub(b.frames) as f64 / writes as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sums_shards_and_divides_deltas() {
+        let body =
+            br#"{"shards":[{"frames_written":10,"writes":2},{"frames_written":30,"writes":3}]}"#;
+        let w = parse(body);
+        assert_eq!(
+            w,
+            Some(Writes {
+                frames: 40,
+                writes: 5
+            })
+        );
+        let later = Some(Writes {
+            frames: 140,
+            writes: 30,
+        });
+        assert_eq!(frames_per_write(w, later), Some(4.0));
+        assert_eq!(frames_per_write(w, w), None);
+        assert_eq!(parse(b"not json"), None);
+    }
+}
