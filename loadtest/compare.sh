@@ -15,7 +15,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PEER=${PEER:-$ROOT/../shared/peers/uws}
 RUNS=${RUNS:-3}
-CASES=${CASES:-"fanout-1m fanout-4m many-topics idle fanin slow churn shards"}
+CASES=${CASES:-"fanout-1m fanout-4m many-topics idle fanin slow slow-baseline churn shards"}
 OUT=${OUT:-$ROOT/BENCHMARKS.md}
 PLOTS=${PLOTS:-$ROOT/docs/bench}
 RESULTS=${RESULTS:-$ROOT/target/bench-results/$(date -u +%Y%m%dT%H%M%SZ)}
@@ -56,7 +56,7 @@ start() {
     shardcast | shardcast-1shard)
       local shards=0
       [ "$1" = shardcast-1shard ] && shards=1
-      "$SC" serve --listen 127.0.0.1:0 --config "$CONFIG" --shards "$shards" \
+      env ${BROKER_ENV:-} "$SC" serve --listen 127.0.0.1:0 --config "$CONFIG" --shards "$shards" \
         >"$RESULTS/broker.out" 2>"$RESULTS/broker.err" &
       BPID=$!
       wait_for "$RESULTS/broker.out" "listening on"
@@ -86,6 +86,7 @@ run_case() {
   local name=$1 targets=$2
   shift 2
   local cmd="shardcast-loadtest run $*"
+  [ -n "${BROKER_ENV:-}" ] && cmd="$cmd  (shardcast with $BROKER_ENV)"
   {
     echo
     echo "### $name"
@@ -121,8 +122,12 @@ for c in $CASES; do
     idle) run_case "$c" "shardcast uws" idle --subs 19000 --duration 2 --connect-concurrency 512 ;;
     fanin) run_case "$c" "shardcast uws" fanin --subs 10 --pubs 500 --rate 20000 ;;
     slow) run_case "$c" "shardcast uws" slow --subs 500 --slow 1 --rate 1000 --payload 1024 ;;
+    slow-baseline) run_case "$c" "shardcast uws" slow --subs 500 --slow 0 --rate 1000 --payload 1024 ;;
     churn) run_case "$c" "shardcast uws" churn --subs 500 --rate 200 --churn 200 ;;
-    shards) run_case "$c" "shardcast-1shard shardcast" fanout --subs 1000 --rate 2000 ;;
+    # Write coalescing off makes every delivery its own write, so the broker's cost per
+    # delivery is several times the harness's: the case where shards, not the generator,
+    # are the limit.
+    shards) BROKER_ENV=SHARDCAST_SERVER__WRITE_COALESCE=0ms run_case "$c" "shardcast-1shard shardcast" fanout --subs 1000 --rate 3000 ;;
     *) echo "compare.sh: unknown case $c" >&2; exit 2 ;;
   esac
 done
