@@ -53,6 +53,11 @@ pub struct Routed {
 }
 
 impl Router {
+    /// Whether any shard's inbox is congested (see [`InboxSender::congested`]).
+    pub fn congested(&self) -> bool {
+        self.shards.iter().any(InboxSender::congested)
+    }
+
     /// A router over these shard inboxes (index = shard id).
     pub fn new(shards: Vec<InboxSender>) -> Self {
         Router {

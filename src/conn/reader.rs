@@ -29,6 +29,9 @@ pub enum Flow {
     Continue,
     /// Stop reading this connection (it is closing).
     Stop,
+    /// Stop parsing for now and keep the rest of the buffer for later (the shard
+    /// inboxes are congested; see `Shard::poll_conn`).
+    Pause,
 }
 
 /// A text message arriving in several frames.
@@ -46,6 +49,8 @@ pub struct Parsed {
     pub need: Option<usize>,
     /// The handler asked to stop.
     pub stopped: bool,
+    /// The handler asked to pause: the bytes after `consumed` hold unparsed messages.
+    pub paused: bool,
 }
 
 /// Parses every complete frame in `buf`, handing each message to `on_message`.
@@ -66,6 +71,7 @@ pub fn parse(
                 consumed: pos,
                 need: None,
                 stopped: false,
+                paused: false,
             });
         };
         let so_far = fragments.as_ref().map_or(0, |f| f.data.len());
@@ -80,6 +86,7 @@ pub fn parse(
                 consumed: pos,
                 need: Some(total),
                 stopped: false,
+                paused: false,
             });
         }
         let payload = rest
@@ -126,11 +133,12 @@ pub fn parse(
             OpCode::Pong => on_message(Incoming::Pong),
             OpCode::Close => on_message(Incoming::Close(frame::close_code_of(payload))),
         };
-        if flow == Flow::Stop {
+        if flow != Flow::Continue {
             return Ok(Parsed {
                 consumed: pos,
                 need: None,
-                stopped: true,
+                stopped: flow == Flow::Stop,
+                paused: flow == Flow::Pause,
             });
         }
     }

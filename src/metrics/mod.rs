@@ -58,7 +58,7 @@ type ShardMetric = (
 /// `GET /metrics`.
 pub fn render(broker: &Broker) -> HttpResponse {
     let mut out = String::with_capacity(4096);
-    let counters: [ShardMetric; 10] = [
+    let counters: [ShardMetric; 11] = [
         (
             "connections_active",
             "gauge",
@@ -115,6 +115,12 @@ pub fn render(broker: &Broker) -> HttpResponse {
             "counter",
             "Frames completed by socket writes.",
             |s| &s.frames_written,
+        ),
+        (
+            "read_pauses_total",
+            "counter",
+            "Times a client's input was left unread because shard inboxes were over half full.",
+            |s| &s.read_pauses,
         ),
     ];
     for (name, kind, help, pick) in counters {

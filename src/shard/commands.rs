@@ -76,7 +76,12 @@ impl Shard {
                     self.close_for(conn, Reject::RateLimitAbuse);
                     return Flow::Stop;
                 }
-                self.answer(conn, result, id.as_deref())
+                let flow = self.answer(conn, result, id.as_deref());
+                if flow == Flow::Continue && self.broker.router.congested() {
+                    // Leave the client's next messages unparsed until inboxes drain.
+                    return Flow::Pause;
+                }
+                flow
             }
             Command::Ping => self.reply(conn, gows::render_pong()),
         }

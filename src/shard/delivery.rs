@@ -7,6 +7,9 @@ use super::{Shard, DRAIN_BATCH};
 /// A flush round that writes to at least this many connections makes the next round
 /// eligible for write coalescing (`server.write_coalesce`).
 const COALESCE_MIN_WRITES: usize = 256;
+
+/// How often a shard with paused readers checks whether the inboxes have room again.
+const PAUSED_RECHECK: Duration = Duration::from_millis(1);
 use crate::conn::outbox::{Pushed, MAX_IOVECS};
 use crate::conn::{Conn, Phase};
 use crate::error::Reject;
@@ -49,6 +52,12 @@ impl Shard {
                     _ = inbox.wait() => {}
                     _ = tokio::time::sleep_until(until) => {}
                 }
+            } else if self.has_paused() {
+                // Paused readers may be waiting on another shard's inbox: look again soon.
+                tokio::select! {
+                    _ = inbox.wait() => {}
+                    _ = tokio::time::sleep(PAUSED_RECHECK) => {}
+                }
             } else {
                 inbox.wait().await;
             }
@@ -67,6 +76,7 @@ impl Shard {
             hold_until = None;
             heavy = self.flush_dirty() >= COALESCE_MIN_WRITES;
             self.record_latency(&mut batch);
+            self.resume_paused();
             if handled == DRAIN_BATCH {
                 // More may be waiting: let connection tasks (acks, reads) run first.
                 tokio::task::yield_now().await;

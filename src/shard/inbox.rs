@@ -67,6 +67,14 @@ pub fn channel(capacity: usize) -> (InboxSender, InboxReceiver) {
 }
 
 impl InboxSender {
+    /// Whether the inbox is more than half full: readers of client input hold off then,
+    /// so publishes wait in TCP buffers instead of meeting a full inbox.
+    pub fn congested(&self) -> bool {
+        self.tx
+            .capacity()
+            .is_some_and(|cap| self.tx.len() > cap / 2)
+    }
+
     /// Queues `msg` and wakes the shard if needed.
     ///
     /// # Errors
@@ -105,6 +113,19 @@ impl InboxReceiver {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn congested_past_half_full() {
+        let (tx, rx) = channel(4);
+        for _ in 0..2 {
+            assert!(tx.try_send(ShardMsg::Shutdown).is_ok());
+        }
+        assert!(!tx.congested());
+        assert!(tx.try_send(ShardMsg::Shutdown).is_ok());
+        assert!(tx.congested());
+        assert!(rx.try_recv().is_some());
+        assert!(!tx.congested());
+    }
 
     #[test]
     fn full_queue_hands_the_message_back() {

@@ -64,6 +64,8 @@ pub struct Shard {
     scratch: RefCell<Vec<u8>>,
     json_buffers: RefCell<simd_json::Buffers>,
     dirty: RefCell<Vec<usize>>,
+    /// Connections whose reading waits for the inboxes to drain (see `poll_conn`).
+    paused: RefCell<Vec<usize>>,
     cache: RefCell<MatchCache>,
     delivery_seq: Cell<u64>,
     epoch: Instant,
@@ -95,6 +97,7 @@ impl Shard {
             scratch: RefCell::new(Vec::new()),
             json_buffers: RefCell::new(simd_json::Buffers::default()),
             dirty: RefCell::new(Vec::new()),
+            paused: RefCell::new(Vec::new()),
             cache: RefCell::new(MatchCache::default()),
             delivery_seq: Cell::new(0),
             epoch: Instant::now(),
@@ -127,6 +130,25 @@ impl Shard {
         self.broker
             .router
             .publish(publication, &mut self.cache.borrow_mut())
+    }
+
+    /// Whether some connections wait for the inboxes to drain.
+    pub fn has_paused(&self) -> bool {
+        !self.paused.borrow().is_empty()
+    }
+
+    /// Wakes the connections paused by inbox congestion once it has cleared.
+    pub fn resume_paused(&self) {
+        if !self.has_paused() || self.broker.router.congested() {
+            return;
+        }
+        let keys = std::mem::take(&mut *self.paused.borrow_mut());
+        let conns = self.conns.borrow();
+        for key in keys {
+            if let Some(waker) = conns.get(key).and_then(|c| c.waker.as_ref()) {
+                waker.wake_by_ref();
+            }
+        }
     }
 
     /// Adopts an upgraded socket as a WebSocket connection and starts its task.
@@ -266,6 +288,16 @@ impl Shard {
 
             // Read side. Bytes the client sent right behind its handshake are parsed
             // before waiting for more.
+            if self.broker.router.congested() {
+                // Publications arrive faster than shards deliver them: leave this
+                // client's input unread (in its socket, so TCP slows the sender down, or
+                // unparsed in `partial`) until the run loop sees room again
+                // (`resume_paused`). Otherwise the shard would spend its time refusing
+                // publishes it cannot queue.
+                self.paused.borrow_mut().push(key);
+                ShardStats::add(&self.stats.read_pauses, 1);
+                return Poll::Pending;
+            }
             let carried = conn.partial.len();
             let unparsed = std::mem::take(&mut conn.unparsed);
             if !unparsed {
@@ -333,6 +365,8 @@ impl Shard {
                         .get(p.consumed..filled)
                         .map(<[u8]>::to_vec)
                         .unwrap_or_default();
+                    // Paused with whole messages left: parse them before reading more.
+                    conn.unparsed = p.paused && !conn.partial.is_empty();
                     if let Some(need) = p.need {
                         if scratch.len() < need + READ_CHUNK {
                             scratch.resize(need + READ_CHUNK, 0);

@@ -37,6 +37,8 @@ pub struct ShardStats {
     pub writes: AtomicU64,
     /// Frames completed by those writes (frames / writes = batching factor).
     pub frames_written: AtomicU64,
+    /// Times a connection's input was left unread because shard inboxes were congested.
+    pub read_pauses: AtomicU64,
     /// Rejections by reason (`Reject::index`).
     pub rejections: [AtomicU64; Reject::LABELS.len()],
     /// Delivery latency, publish accepted -> frame written, in microseconds.
@@ -58,6 +60,7 @@ impl Default for ShardStats {
             bytes_out: AtomicU64::new(0),
             writes: AtomicU64::new(0),
             frames_written: AtomicU64::new(0),
+            read_pauses: AtomicU64::new(0),
             rejections: std::array::from_fn(|_| AtomicU64::new(0)),
             latency_us: Mutex::new(new_histogram()),
         }

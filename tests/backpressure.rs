@@ -1,0 +1,63 @@
+//! Publishing faster than shards can deliver: the broker stops reading the publisher
+//! (TCP pushes back) instead of refusing publishes, so nothing is lost or nacked and the
+//! pauses are counted.
+#![allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
+
+mod common;
+use common::*;
+use std::time::Duration;
+
+const MESSAGES: usize = 20_000;
+
+fn counter(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{name} missing from metrics"))
+}
+
+#[tokio::test]
+async fn a_publish_burst_larger_than_the_inbox_is_delivered_whole_without_nacks() {
+    // An inbox of 512 publications and one burst of 20,000 in a single write.
+    let broker = Broker::start_with(
+        "[server]\ninbox_capacity = 512\n[client]\nallow_publish = true\npublish_rate = 0.0\n",
+        &["--shards", "2"],
+        &[],
+    );
+    let mut subs = Vec::new();
+    for _ in 0..4 {
+        subs.push(broker.vws_subscriber("burst").await);
+    }
+    let mut publisher = RawWs::connect(broker.addr, "vws").await;
+    let mut burst = Vec::new();
+    for n in 0..MESSAGES {
+        let msg = format!(r#"{{"t":"burst","d":{n}}}"#);
+        burst.extend(encode_frame(true, 0x1, msg.as_bytes(), true));
+    }
+    publisher.send_raw(&burst).await;
+    for (i, sub) in subs.iter_mut().enumerate() {
+        for n in 0..MESSAGES {
+            let v = sub.recv_json(RECV).await;
+            assert_eq!(v["d"], n, "subscriber {i} lost or reordered a publication");
+        }
+    }
+    // No reply at all: publishes without "i" are only answered when refused.
+    match publisher.read_frame(Duration::from_millis(300)).await {
+        Ok(None) | Err(()) => {}
+        Ok(Some((_, _, payload))) => {
+            panic!("publisher got {:?}", String::from_utf8_lossy(&payload))
+        }
+    }
+    let metrics = broker.get("/metrics").await.text;
+    assert!(
+        counter(&metrics, "shardcast_read_pauses_total") > 0.0,
+        "no read was paused"
+    );
+    assert_eq!(
+        counter(
+            &metrics,
+            "shardcast_rejections_total{reason=\"overloaded\"}"
+        ),
+        0.0
+    );
+}
