@@ -1,23 +1,24 @@
 //! The gows dialect: the go-ws hub envelope `{"type","channel"?,"processId"?,"data"?,
-//! "timestamp"}`, decoded from clients with simd-json and rendered into complete frames.
+//! "timestamp"}`, decoded from clients (see [`json::parse_members`]) and rendered into
+//! complete frames.
 //!
 //! Client messages: `subscribe`/`unsubscribe` (channel in `data`), `ping`, and the
 //! shardcast extension `publish` (`channel` + `data`). Everything the server sends carries
 //! an RFC 3339 `timestamp`. Validation of channel names and policy is the shard's job.
 
 use crate::error::Reject;
-use crate::protocol::{frame, json, timestamp, Command, DecodeFailure};
+use crate::protocol::{
+    compact_bytes, frame, json, timestamp, topic_span, Buffers, Command, DecodeFailure, Parsed,
+};
 use crate::publication::{Kind, Publication};
 use bytes::Bytes;
-use simd_json::borrowed::Object;
-use simd_json::Buffers;
 use std::fmt;
 use std::time::SystemTime;
 
 /// Prefix of the channels go-ws uses for process streaming; the rest is the `processId`.
 pub const PROCESS_PREFIX: &str = "process:";
 
-/// Decodes one gows client message (parsed in place; the result borrows from `payload`).
+/// Decodes one gows client message (the result borrows its channel from `payload`).
 ///
 /// Unknown extra fields are ignored. The nesting depth must already have been checked
 /// (see [`crate::protocol::decode`]).
@@ -29,29 +30,28 @@ pub fn decode<'a>(
     payload: &'a mut [u8],
     buffers: &mut Buffers,
 ) -> Result<Command<'a>, DecodeFailure> {
-    let obj = json::parse_object(payload, buffers).map_err(DecodeFailure::new)?;
-    decode_object(&obj).map_err(DecodeFailure::new)
+    let parsed = parse(payload, &mut buffers.scratch).map_err(DecodeFailure::new)?;
+    parsed.into_command(payload, &mut buffers.scratch, None)
 }
 
-fn decode_object<'a>(obj: &Object<'a>) -> Result<Command<'a>, Reject> {
-    match json::required_str(obj, "type")? {
-        "subscribe" => Ok(Command::Subscribe {
-            topic: json::required_str(obj, "data")?,
-            id: None,
-        }),
-        "unsubscribe" => Ok(Command::Unsubscribe {
-            topic: json::required_str(obj, "data")?,
-            id: None,
-        }),
-        "ping" => Ok(Command::Ping),
+/// The request in `payload`, its channel still a span of it.
+fn parse(payload: &[u8], scratch: &mut Vec<u8>) -> Result<Parsed, Reject> {
+    let [kind, channel, data] = json::parse_members(payload, &["type", "channel", "data"])?;
+    let kind = kind.ok_or(Reject::MissingField("type"))?;
+    match json::str_value(kind)?
+        .ok_or(Reject::BadField("type"))?
+        .as_ref()
+    {
+        "subscribe" => Ok(Parsed::Subscribe(topic_span(payload, data, "data")?)),
+        "unsubscribe" => Ok(Parsed::Unsubscribe(topic_span(payload, data, "data")?)),
+        "ping" => Ok(Parsed::Ping),
         "publish" => {
-            let topic = json::required_str(obj, "channel")?;
-            let data = obj.get("data").ok_or(Reject::MissingField("data"))?;
-            Ok(Command::Publish {
+            let topic = topic_span(payload, channel, "channel")?;
+            let data = data.ok_or(Reject::MissingField("data"))?;
+            Ok(Parsed::Publish {
                 topic,
-                data: json::to_compact(data),
+                data: compact_bytes(data, scratch)?,
                 headers: None,
-                id: None,
             })
         }
         _ => Err(Reject::UnknownType),

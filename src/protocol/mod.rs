@@ -84,7 +84,7 @@ pub enum Command<'a> {
     Publish {
         /// Topic as sent; validated by the shard.
         topic: &'a str,
-        /// `d`, re-serialized as compact JSON.
+        /// `d` as sent, compacted (see [`json::compact`]).
         data: Bytes,
         /// `h` as a compact JSON object of string values, when given.
         headers: Option<Bytes>,
@@ -110,11 +110,99 @@ impl DecodeFailure {
     pub fn new(reject: Reject) -> Self {
         DecodeFailure { reject, id: None }
     }
+
+    /// A failure carrying the request id, except for malformed JSON: a message whose JSON
+    /// is broken anywhere has no readable id (SPEC §3), even when the break was only
+    /// found after the id was read.
+    fn with_id(reject: Reject, id: Option<RequestId>) -> Self {
+        let id = id.filter(|_| reject != Reject::MalformedJson);
+        DecodeFailure { reject, id }
+    }
 }
 
-/// Decodes one complete text message in `dialect`. `payload` is mutable because simd-json
-/// parses in place; `max_depth` bounds JSON nesting (checked before parsing); `buffers`
-/// is simd-json's reusable working memory (one per shard).
+/// The decoder's working memory, reused across messages (a shard keeps one): the scratch
+/// that a value with whitespace is compacted into, or an escaped topic unescaped into,
+/// before the result is copied once to where it lives. Decoding then allocates only what
+/// the [`Command`] keeps.
+#[derive(Debug, Default)]
+pub struct Buffers {
+    scratch: Vec<u8>,
+}
+
+/// A decoded request whose topic is still a span of the payload: parsing borrows the
+/// payload, so the topic is only borrowed from it (and unescaped in place) afterwards.
+enum Parsed {
+    Subscribe(json::StrSpan),
+    Unsubscribe(json::StrSpan),
+    UnsubscribeAll,
+    Publish {
+        topic: json::StrSpan,
+        data: Bytes,
+        headers: Option<Bytes>,
+    },
+    Ping,
+}
+
+impl Parsed {
+    /// The command, with its topic borrowed from `payload` and the request id `id`.
+    fn into_command<'a>(
+        self,
+        payload: &'a mut [u8],
+        scratch: &mut Vec<u8>,
+        id: Option<RequestId>,
+    ) -> Result<Command<'a>, DecodeFailure> {
+        let span = match &self {
+            Parsed::Subscribe(span) | Parsed::Unsubscribe(span) => Some(*span),
+            Parsed::Publish { topic, .. } => Some(*topic),
+            Parsed::UnsubscribeAll | Parsed::Ping => None,
+        };
+        let topic = match span {
+            Some(span) => json::str_in_place(payload, span, scratch)
+                .map_err(|r| DecodeFailure::with_id(r, None))?,
+            None => "",
+        };
+        Ok(match self {
+            Parsed::Subscribe(_) => Command::Subscribe { topic, id },
+            Parsed::Unsubscribe(_) => Command::Unsubscribe { topic, id },
+            Parsed::UnsubscribeAll => Command::UnsubscribeAll { id },
+            Parsed::Publish { data, headers, .. } => Command::Publish {
+                topic,
+                data,
+                headers,
+                id,
+            },
+            Parsed::Ping => Command::Ping,
+        })
+    }
+}
+
+/// The span of the required string member `name` (a topic or pattern).
+///
+/// # Errors
+/// `MissingField(name)` when absent, `BadField(name)` when not a string.
+fn topic_span(
+    payload: &[u8],
+    raw: Option<&serde_json::value::RawValue>,
+    name: &'static str,
+) -> Result<json::StrSpan, Reject> {
+    let raw = raw.ok_or(Reject::MissingField(name))?;
+    json::str_span(payload, raw).ok_or(Reject::BadField(name))
+}
+
+/// `raw` compacted (see [`json::compact`]) into its own `Bytes`: one copy, one allocation.
+///
+/// # Errors
+/// `MalformedJson` for a string escape that is no character.
+fn compact_bytes(
+    raw: &serde_json::value::RawValue,
+    scratch: &mut Vec<u8>,
+) -> Result<Bytes, Reject> {
+    json::compact(raw.get(), scratch).map(Bytes::copy_from_slice)
+}
+
+/// Decodes one complete text message in `dialect`. `payload` is mutable because an
+/// escaped topic is unescaped in place (the command borrows it); `max_depth` bounds JSON
+/// nesting (checked before parsing); `buffers` is reusable working memory (one per shard).
 ///
 /// # Errors
 /// A [`DecodeFailure`] naming the reason (malformed JSON, unknown type, missing field...).
@@ -122,7 +210,7 @@ pub fn decode<'a>(
     dialect: Dialect,
     payload: &'a mut [u8],
     max_depth: usize,
-    buffers: &mut simd_json::Buffers,
+    buffers: &mut Buffers,
 ) -> Result<Command<'a>, DecodeFailure> {
     if !json::depth_within(payload, max_depth) {
         return Err(DecodeFailure::new(Reject::TooDeep));

@@ -1,25 +1,24 @@
 //! The vws dialect (Vinculum WebSocket protocol): short keys `k` kind, `t` topic, `d` data,
-//! `i` id, `e` error, `h` headers. Client requests are decoded with simd-json; events,
-//! acks and nacks are rendered into complete frames.
+//! `i` id, `e` error, `h` headers. Client requests are decoded (see
+//! [`json::parse_members`]); events, acks and nacks are rendered into complete frames.
 //!
 //! Every request that carries `i` must get exactly one ack or nack (SPEC §3), so decode
 //! failures keep the id whenever it could be read. Topic/pattern validation and policy
 //! are the shard's job, not the decoder's.
 
 use crate::error::Reject;
-use crate::protocol::json::{borrowed_str, required_str};
-use crate::protocol::{frame, json, Command, DecodeFailure, RequestId};
+use crate::protocol::{
+    compact_bytes, frame, json, topic_span, Buffers, Command, DecodeFailure, Parsed, RequestId,
+};
 use crate::publication::{Kind, Publication};
 use bytes::Bytes;
-use simd_json::borrowed::Object;
-use simd_json::BorrowedValue;
-use simd_json::Buffers;
+use serde_json::value::RawValue;
 use std::fmt;
 
 /// Topic that vws clients see broadcasts (go-ws `SendEvent` / `SendError`) on.
 pub const BROADCAST_TOPIC: &str = "$broadcast";
 
-/// Decodes one vws client message (parsed in place; the result borrows from `payload`).
+/// Decodes one vws client message (the result borrows its topic from `payload`).
 ///
 /// `{"k":"s"|"u","t":P,"i"?}` (un)subscribe, `{"k":"U","i"?}` unsubscribe all, and with no
 /// `k` (or an empty one, as Vinculum's `omitempty` writes it) an event publish
@@ -34,101 +33,76 @@ pub fn decode<'a>(
     payload: &'a mut [u8],
     buffers: &mut Buffers,
 ) -> Result<Command<'a>, DecodeFailure> {
-    let obj = json::parse_object(payload, buffers).map_err(DecodeFailure::new)?;
-    let id = match obj.get("i") {
+    let (parsed, id) = parse(payload, &mut buffers.scratch)?;
+    parsed.into_command(payload, &mut buffers.scratch, id)
+}
+
+/// The request in `payload` (its topic still a span of it) and its id.
+fn parse(
+    payload: &[u8],
+    scratch: &mut Vec<u8>,
+) -> Result<(Parsed, Option<RequestId>), DecodeFailure> {
+    let [k, t, d, i, h] =
+        json::parse_members(payload, &["k", "t", "d", "i", "h"]).map_err(DecodeFailure::new)?;
+    let id = match i {
         None => None,
-        Some(i) => Some(request_id(i).ok_or(DecodeFailure::new(Reject::BadField("i")))?),
+        Some(i) => Some(request_id(i, scratch).map_err(DecodeFailure::new)?),
     };
-    match decode_object(&obj) {
-        Ok(command) => Ok(with_id(command, id)),
-        Err(reject) => Err(DecodeFailure { reject, id }),
+    match parse_request(payload, [k, t, d, h], scratch) {
+        Ok(parsed) => Ok((parsed, id)),
+        Err(reject) => Err(DecodeFailure::with_id(reject, id)),
     }
 }
 
-/// The command for `obj`, with `id: None` (set afterwards so an error can still own it).
-fn decode_object<'a>(obj: &Object<'a>) -> Result<Command<'a>, Reject> {
-    let kind = match obj.get("k") {
-        None => "",
-        Some(k) => borrowed_str(k).ok_or(Reject::BadField("k"))?,
+/// The request given its members `k`, `t`, `d` and `h`.
+fn parse_request(
+    payload: &[u8],
+    [k, t, d, h]: [Option<&RawValue>; 4],
+    scratch: &mut Vec<u8>,
+) -> Result<Parsed, Reject> {
+    let kind = match k {
+        None => None,
+        Some(k) => Some(json::str_value(k)?.ok_or(Reject::BadField("k"))?),
     };
-    match kind {
-        "s" => Ok(Command::Subscribe {
-            topic: required_str(obj, "t")?,
-            id: None,
-        }),
-        "u" => Ok(Command::Unsubscribe {
-            topic: required_str(obj, "t")?,
-            id: None,
-        }),
-        "U" => Ok(Command::UnsubscribeAll { id: None }),
+    match kind.as_deref().unwrap_or("") {
+        "s" => Ok(Parsed::Subscribe(topic_span(payload, t, "t")?)),
+        "u" => Ok(Parsed::Unsubscribe(topic_span(payload, t, "t")?)),
+        "U" => Ok(Parsed::UnsubscribeAll),
         "" => {
-            let topic = required_str(obj, "t")?;
-            let data = obj.get("d").ok_or(Reject::MissingField("d"))?;
-            let headers = match obj.get("h") {
+            let topic = topic_span(payload, t, "t")?;
+            let data = d.ok_or(Reject::MissingField("d"))?;
+            let headers = match h {
                 None => None,
-                Some(h) => Some(headers_of(h).ok_or(Reject::BadField("h"))?),
+                Some(h) if json::is_object_of_strings(h.get()) => Some(h),
+                Some(_) => return Err(Reject::BadField("h")),
             };
-            Ok(Command::Publish {
+            Ok(Parsed::Publish {
                 topic,
-                data: json::to_compact(data),
-                headers,
-                id: None,
+                data: compact_bytes(data, scratch)?,
+                headers: headers.map(|h| compact_bytes(h, scratch)).transpose()?,
             })
         }
         _ => Err(Reject::UnknownKind),
     }
 }
 
-/// Puts the request id into a decoded command.
-fn with_id(command: Command<'_>, id: Option<RequestId>) -> Command<'_> {
-    match command {
-        Command::Subscribe { topic, .. } => Command::Subscribe { topic, id },
-        Command::Unsubscribe { topic, .. } => Command::Unsubscribe { topic, id },
-        Command::UnsubscribeAll { .. } => Command::UnsubscribeAll { id },
-        Command::Publish {
-            topic,
-            data,
-            headers,
-            ..
-        } => Command::Publish {
-            topic,
-            data,
-            headers,
-            id,
-        },
-        Command::Ping => Command::Ping,
+/// The text a reply echoes for the request id `raw`: a number exactly as sent (`42`,
+/// `-1.5`), a string as a JSON literal in [`json::write_str`]'s escaping (quotes kept).
+///
+/// # Errors
+/// `BadField("i")` for any other JSON type; `MalformedJson` for an escape that is no
+/// character.
+fn request_id(raw: &RawValue, scratch: &mut Vec<u8>) -> Result<RequestId, Reject> {
+    if json::is_number(raw) {
+        return Ok(raw.get().into());
     }
-}
-
-/// The compact JSON text of an `i` that is a string (`"abc"`, quotes kept) or a number
-/// (`42`), so replies echo it verbatim; `None` for any other JSON type.
-fn request_id(value: &BorrowedValue<'_>) -> Option<RequestId> {
-    let is_number = matches!(
-        value,
-        BorrowedValue::Static(node) if !matches!(
-            node,
-            simd_json::StaticNode::Bool(_) | simd_json::StaticNode::Null
-        )
-    );
-    if !is_number && !matches!(value, BorrowedValue::String(_)) {
-        return None;
+    if !json::is_string(raw) {
+        return Err(Reject::BadField("i"));
     }
-    let mut out = Vec::new();
-    json::write_value(&mut out, value);
-    // write_value only emits UTF-8 (escaped strings and ASCII numbers).
-    String::from_utf8(out).ok().map(String::into_boxed_str)
-}
-
-/// `h` re-serialized as a compact JSON object, or `None` unless it is an object whose
-/// values are all strings.
-fn headers_of(value: &BorrowedValue<'_>) -> Option<Bytes> {
-    let BorrowedValue::Object(map) = value else {
-        return None;
-    };
-    if !map.values().all(|v| matches!(v, BorrowedValue::String(_))) {
-        return None;
-    }
-    Some(json::to_compact(value))
+    let text = json::compact(raw.get(), scratch)?;
+    std::str::from_utf8(text)
+        .map(Into::into)
+        .map_err(|_| Reject::MalformedJson)
 }
 
 /// Appends the vws `h` for a channel publication: its headers, plus `"type":T` when the
@@ -300,6 +274,60 @@ mod tests {
                 topic: "x",
                 id: id("\"a\\\"bé\"")
             })
+        );
+    }
+
+    #[test]
+    fn ids_and_topics_are_read_as_sent() {
+        // Numbers are echoed exactly as sent (SPEC §3), not re-printed.
+        assert_eq!(
+            dec(r#"{"k":"U","i":1e2}"#),
+            Ok(Command::UnsubscribeAll { id: id("1e2") })
+        );
+        // An escaped topic is unescaped in place; member names may be escaped too.
+        assert_eq!(
+            dec(r#"{"k":"\u0073","\u0074":"a\/b\u00e9","i":"x"}"#),
+            Ok(Command::Subscribe {
+                topic: "a/bé",
+                id: id("\"x\"")
+            })
+        );
+        assert_eq!(
+            dec(r#"{ "t" : "s" , "d" : [ "a b" , 4e3 ] , "h" : { "a" : "b c" } }"#),
+            Ok(Command::Publish {
+                topic: "s",
+                data: Bytes::from_static(br#"["a b",4e3]"#),
+                headers: Some(Bytes::from_static(br#"{"a":"b c"}"#)),
+                id: None
+            })
+        );
+        // A repeated member: the first one counts.
+        assert_eq!(
+            dec(r#"{"k":"s","t":"first","t":"second"}"#),
+            Ok(Command::Subscribe {
+                topic: "first",
+                id: None
+            })
+        );
+    }
+
+    #[test]
+    fn broken_escapes_are_malformed_without_id() {
+        assert_eq!(
+            fail(r#"{"t":"x","d":"\ud800","i":4}"#),
+            (Reject::MalformedJson, None)
+        );
+        assert_eq!(
+            fail(r#"{"k":"s","t":"\udc00","i":4}"#),
+            (Reject::MalformedJson, None)
+        );
+        assert_eq!(
+            fail(r#"{"k":"s","t":"x","i":"\ud800"}"#),
+            (Reject::MalformedJson, None)
+        );
+        assert_eq!(
+            fail(r#"{"k":"s","t":"x","i":4,"z":[1,}"#),
+            (Reject::MalformedJson, None)
         );
     }
 

@@ -62,7 +62,7 @@ pub struct Shard {
     conns: RefCell<Slab<Conn>>,
     index: RefCell<Index<u32>>,
     scratch: RefCell<Vec<u8>>,
-    json_buffers: RefCell<simd_json::Buffers>,
+    json_buffers: RefCell<crate::protocol::Buffers>,
     dirty: RefCell<Vec<usize>>,
     /// Connections whose reading waits for the inboxes to drain (see `poll_conn`).
     paused: RefCell<Vec<usize>>,
@@ -95,7 +95,7 @@ impl Shard {
             conns: RefCell::new(Slab::new()),
             index: RefCell::new(Index::new()),
             scratch: RefCell::new(Vec::new()),
-            json_buffers: RefCell::new(simd_json::Buffers::default()),
+            json_buffers: RefCell::new(crate::protocol::Buffers::default()),
             dirty: RefCell::new(Vec::new()),
             paused: RefCell::new(Vec::new()),
             cache: RefCell::new(MatchCache::default()),
