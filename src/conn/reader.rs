@@ -12,7 +12,7 @@ use crate::protocol::frame::{self, OpCode};
 
 /// One complete client message or control frame.
 pub enum Incoming<'a> {
-    /// A complete, UTF-8-checked text message (mutable: simd-json parses in place).
+    /// A complete, UTF-8-checked text message (mutable: topics are unescaped in place).
     Text(&'a mut [u8]),
     /// Ping with its payload (answer with a pong carrying the same bytes).
     Ping(&'a [u8]),
