@@ -34,6 +34,9 @@ impl Shard {
         let mut hold_until: Option<tokio::time::Instant> = None;
         // The last flush round wrote to many connections: writes are the cost to cut.
         let mut heavy = false;
+        // When the last flush round began: frames gathered while it ran count toward
+        // the hold, so a slow round is not followed by a full extra wait.
+        let mut last_flush = tokio::time::Instant::now();
         loop {
             if let Some(deadline) = shutdown_deadline {
                 if self.conns.borrow().is_empty() {
@@ -68,12 +71,13 @@ impl Shard {
             // and shutdown are never held; a full outbox is still flushed at once (deliver).
             let now = tokio::time::Instant::now();
             if hold_until.is_none() && heavy && !coalesce.is_zero() && shutdown_deadline.is_none() {
-                hold_until = Some(now + coalesce);
+                hold_until = Some(last_flush + coalesce);
             }
             if hold_until.is_some_and(|until| now < until) && shutdown_deadline.is_none() {
                 continue;
             }
             hold_until = None;
+            last_flush = now;
             heavy = self.flush_dirty() >= COALESCE_MIN_WRITES;
             self.record_latency(&mut batch);
             self.resume_paused();
