@@ -52,6 +52,10 @@ pub struct Connections {
     /// From the first connect to the last subscription confirmed.
     pub setup_s: f64,
     pub per_s: f64,
+    /// Broker CPU seconds spent during the setup (to the end of the setup wait).
+    pub broker_cpu_s: Option<f64>,
+    /// The harness's own CPU seconds during the setup.
+    pub harness_cpu_s: f64,
 }
 
 #[derive(Serialize, Debug, Default)]
@@ -168,11 +172,13 @@ impl Report {
             (
                 "connections",
                 format!(
-                    "{} ready, {} failed, set up in {:.2} s = {}/s",
+                    "{} ready, {} failed, set up in {:.2} s = {}/s (CPU: broker {} s, harness {:.2} s)",
                     self.connections.ready,
                     self.connections.failed,
                     self.connections.setup_s,
-                    grouped(self.connections.per_s)
+                    grouped(self.connections.per_s),
+                    opt(self.connections.broker_cpu_s, 2),
+                    self.connections.harness_cpu_s
                 ),
             ),
             (

@@ -54,6 +54,7 @@ pub fn run(plan: Plan, progress: &Progress) -> Result<Report> {
 
     // Subscribers.
     let (running_tx, running_rx) = tokio::sync::watch::channel(true);
+    let before_setup = sample(&plan, broker);
     let setup_start = now_ns();
     let sub_threads: Vec<_> = (0..plan.threads)
         .map(|t| {
@@ -78,6 +79,7 @@ pub fn run(plan: Plan, progress: &Progress) -> Result<Report> {
         thread::sleep(POLL);
     }
     let ready = live.ready.load(Ordering::Relaxed);
+    let after_connect = sample(&plan, broker);
     let setup_ns = live
         .last_ready_ns
         .load(Ordering::Relaxed)
@@ -197,6 +199,11 @@ pub fn run(plan: Plan, progress: &Progress) -> Result<Report> {
             failed: live.failed.load(Ordering::Relaxed),
             setup_s: setup_ns as f64 / 1e9,
             per_s: ready as f64 / (setup_ns as f64 / 1e9).max(1e-9),
+            broker_cpu_s: match (before_setup.broker_cpu, after_connect.broker_cpu) {
+                (Some(a), Some(b)) => Some(b - a),
+                _ => None,
+            },
+            harness_cpu_s: after_connect.own_cpu - before_setup.own_cpu,
         },
         published: published_total,
         expected,

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 
 /// The columns: header, JSON pointer, digits (None = thousands-grouped integer).
-const COLUMNS: [(&str, &str, Option<usize>); 12] = [
+const COLUMNS: [(&str, &str, Option<usize>); 14] = [
     ("deliveries/s", "/deliveries_per_s", None),
     ("lost", "/lost", None),
     ("p50 ms", "/latency_ms/p50", Some(2)),
@@ -22,6 +22,8 @@ const COLUMNS: [(&str, &str, Option<usize>); 12] = [
     ),
     ("harness CPU s", "/harness/cpu_s", Some(2)),
     ("conns/s", "/connections/per_s", None),
+    ("setup CPU s broker", "/connections/broker_cpu_s", Some(2)),
+    ("setup CPU s harness", "/connections/harness_cpu_s", Some(2)),
     ("broker B/conn", "/broker/rss_bytes_per_connection", None),
     ("frames/write", "/broker/frames_per_write", Some(1)),
 ];
