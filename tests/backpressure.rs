@@ -9,13 +9,6 @@ use std::time::Duration;
 
 const MESSAGES: usize = 20_000;
 
-fn counter(metrics: &str, name: &str) -> f64 {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("{name} missing from metrics"))
-}
-
 #[tokio::test]
 async fn a_publish_burst_larger_than_the_inbox_is_delivered_whole_without_nacks() {
     // An inbox of 512 publications and one burst of 20,000 in a single write.

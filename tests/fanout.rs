@@ -10,14 +10,6 @@ use serde_json::json;
 const SUBSCRIBERS: usize = 300; // over the 256-writes threshold that arms coalescing
 const MESSAGES: u64 = 50;
 
-/// Reads a counter from `/metrics` text.
-fn counter(metrics: &str, name: &str) -> f64 {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("{name} missing from metrics"))
-}
-
 #[tokio::test]
 async fn coalesced_fanout_delivers_everything_in_order_with_fewer_writes() {
     let broker = Broker::start_with(

@@ -124,3 +124,11 @@ pub fn find_count(v: &Value) -> Option<u64> {
         _ => None,
     }
 }
+
+/// Reads a counter or gauge (`name` with its labels, exactly) from `/metrics` text.
+pub fn counter(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{name} missing from metrics"))
+}
