@@ -76,7 +76,8 @@ pub fn svg(title: &str, series: &[Series]) -> String {
             r#"<text x="{}" y="{:.1}" text-anchor="end">{}</text>"#,
             LEFT - 6.0,
             yy + 4.0,
-            10f64.powf(d)
+            // 0.01, 0.1, 1, 10 … without float noise.
+            format!("{:.*}", (-d).max(0.0) as usize, 10f64.powf(d))
         );
         d += 1.0;
     }
@@ -175,10 +176,18 @@ mod tests {
             label: label.into(),
             points: vec![(0.0, 0.5), (99.0, 3.0), (100.0, 20.0)],
         };
-        let doc = svg("fanout <1000>", &[s("a&b"), s("c")]);
-        assert_eq!(doc.matches("<polyline").count(), 2);
+        let wide = Series {
+            label: "d".into(),
+            points: vec![(0.0, 0.2), (100.0, 80.0)],
+        };
+        let doc = svg("fanout <1000>", &[s("a&b"), s("c"), wide]);
+        assert_eq!(doc.matches("<polyline").count(), 3);
         assert!(doc.contains("a&amp;b") && doc.contains("fanout &lt;1000&gt;"));
         assert!(doc.starts_with("<svg") && doc.trim_end().ends_with("</svg>"));
+        // Decade labels from 0.1 ms to 100 ms, written plainly.
+        for label in [">0.1<", ">1<", ">10<", ">100<"] {
+            assert!(doc.contains(label), "{label} missing");
+        }
     }
 
     #[test]
