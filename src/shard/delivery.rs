@@ -8,6 +8,10 @@ use super::{Shard, DRAIN_BATCH};
 /// eligible for write coalescing (`server.write_coalesce`).
 const COALESCE_MIN_WRITES: usize = 256;
 
+/// A heavy flush round that took D is followed by the next one no sooner than this
+/// many D after it began (capped by `server.write_coalesce`).
+const HOLD_PER_COST: u32 = 4;
+
 /// How often a shard with paused readers checks whether the inboxes have room again.
 const PAUSED_RECHECK: Duration = Duration::from_millis(1);
 use crate::conn::outbox::{Pushed, MAX_IOVECS};
@@ -34,9 +38,10 @@ impl Shard {
         let mut hold_until: Option<tokio::time::Instant> = None;
         // The last flush round wrote to many connections: writes are the cost to cut.
         let mut heavy = false;
-        // When the last flush round began: frames gathered while it ran count toward
-        // the hold, so a slow round is not followed by a full extra wait.
+        // When the last flush round began, and how long it took: frames gathered while
+        // it ran count toward the hold, and the hold scales with its cost.
         let mut last_flush = tokio::time::Instant::now();
+        let mut last_cost = Duration::ZERO;
         loop {
             if let Some(deadline) = shutdown_deadline {
                 if self.conns.borrow().is_empty() {
@@ -65,13 +70,16 @@ impl Shard {
                 inbox.wait().await;
             }
             let handled = self.drain(&inbox, &mut batch, &mut shutdown_deadline);
-            // Write coalescing: when the last round cost many writes (a big fan-out,
-            // about one frame per subscriber per write), hold this flush for up to
-            // `server.write_coalesce` so each writev carries several frames. Light load
-            // and shutdown are never held; a full outbox is still flushed at once (deliver).
+            // Write coalescing: when the last round cost many writes (a big fan-out), start
+            // the next one no sooner than HOLD_PER_COST times that round's duration after
+            // it began (at most `server.write_coalesce`), so flushing takes at most about
+            // a fifth of the shard's time and each writev carries the frames that gathered
+            // meanwhile. Cheap rounds are barely held; light load (a round every now and
+            // then) is not held at all, since the hold has passed by the next publication.
+            // Shutdown is never held; a full outbox is still flushed at once (deliver).
             let now = tokio::time::Instant::now();
             if hold_until.is_none() && heavy && !coalesce.is_zero() && shutdown_deadline.is_none() {
-                hold_until = Some(last_flush + coalesce);
+                hold_until = Some(last_flush + coalesce.min(last_cost * HOLD_PER_COST));
             }
             if hold_until.is_some_and(|until| now < until) && shutdown_deadline.is_none() {
                 continue;
@@ -79,6 +87,7 @@ impl Shard {
             hold_until = None;
             last_flush = now;
             heavy = self.flush_dirty() >= COALESCE_MIN_WRITES;
+            last_cost = last_flush.elapsed();
             self.record_latency(&mut batch);
             self.resume_paused();
             if handled == DRAIN_BATCH {
