@@ -5,8 +5,10 @@
 //! accept sequence) and sends the socket through that shard's inbox; from then on the
 //! shard owns it: HTTP parsing, the upgrade, and the WebSocket connection.
 
+pub mod handshake;
 pub mod http;
 pub mod os;
+mod prefixed;
 pub mod upgrade;
 
 use crate::broker::{Broker, GlobalStats, HTTP_HEADROOM};

@@ -98,7 +98,7 @@ impl Shard {
                     stream,
                     peer,
                     over_limit,
-                } => crate::server::http::spawn(self.clone(), stream, peer, over_limit),
+                } => crate::server::handshake::spawn(self.clone(), stream, peer, over_limit),
                 ShardMsg::Channels(reply) => {
                     let list = self
                         .index

@@ -26,7 +26,6 @@ use crate::protocol::{frame, Dialect};
 use crate::publication::Publication;
 use crate::router::MatchCache;
 use crate::topic::{self, Index};
-use bytes::Bytes;
 use slab::Slab;
 use stats::ShardStats;
 use std::cell::{Cell, RefCell};
@@ -131,7 +130,7 @@ impl Shard {
 
     /// Adopts an upgraded socket as a WebSocket connection and starts its task.
     /// `leftover` are bytes the client sent right after its handshake.
-    pub fn add_conn(self: &Rc<Self>, stream: TcpStream, dialect: Dialect, leftover: Bytes) {
+    pub fn add_conn(self: &Rc<Self>, stream: TcpStream, dialect: Dialect, leftover: &[u8]) {
         if self.draining.get() {
             self.broker.socket_closed();
             self.broker.ws_closed();
@@ -162,6 +161,16 @@ impl Shard {
             key,
             finished: false,
         });
+    }
+
+    /// Runs `f` on the first `len` bytes of the shard's scratch buffer (shared by every
+    /// connection of the shard, so reads and handshakes need no buffer of their own).
+    pub fn with_scratch<R>(&self, len: usize, f: impl FnOnce(&mut [u8]) -> R) -> R {
+        let mut scratch = self.scratch.borrow_mut();
+        if scratch.len() < len.max(READ_CHUNK) {
+            scratch.resize(len.max(READ_CHUNK), 0);
+        }
+        f(scratch.get_mut(..len).unwrap_or_default())
     }
 
     /// Frees a connection: its subscriptions (and the shard's interest where it was the
