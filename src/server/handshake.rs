@@ -58,14 +58,7 @@ pub struct Rules<'a> {
 
 /// Serves one accepted socket on this shard: the lean upgrade when it applies, hyper
 /// otherwise.
-pub fn spawn(shard: Rc<Shard>, stream: std::net::TcpStream, peer: SocketAddr, over_limit: bool) {
-    let stream = match TcpStream::from_std(stream) {
-        Ok(s) => s,
-        Err(_) => {
-            shard.broker.socket_closed();
-            return;
-        }
-    };
+pub fn spawn(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr, over_limit: bool) {
     if over_limit {
         // hyper answers 503 to whatever arrives.
         tokio::task::spawn_local(http::serve(

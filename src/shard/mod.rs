@@ -68,6 +68,7 @@ pub struct Shard {
     epoch: Instant,
     draining: Cell<bool>,
     drained: Notify,
+    stop_accepting: Notify,
     outbox_limits: outbox::Limits,
     topic_limits: topic::Limits,
 }
@@ -99,6 +100,7 @@ impl Shard {
             epoch: Instant::now(),
             draining: Cell::new(false),
             drained: Notify::new(),
+            stop_accepting: Notify::new(),
             outbox_limits,
             topic_limits,
         }
@@ -112,6 +114,11 @@ impl Shard {
     /// Topic limits from config.
     pub fn topic_limits(&self) -> &topic::Limits {
         &self.topic_limits
+    }
+
+    /// Completes once this shard began shutting down (its listener should close).
+    pub async fn accept_stopped(&self) {
+        self.stop_accepting.notified().await;
     }
 
     /// True once this shard began shutting down.
