@@ -22,8 +22,10 @@ use base64::Engine as _;
 use sha1::{Digest, Sha1};
 use std::io::Write as _;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::rc::Rc;
-use tokio::io::AsyncWriteExt as _;
+use std::task::Poll;
+use tokio::io::{AsyncRead, AsyncWriteExt as _, ReadBuf};
 use tokio::net::TcpStream;
 
 /// Headers a request may carry and still take the lean path (more: hyper decides).
@@ -74,7 +76,7 @@ pub fn spawn(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr, over_limit: 
 
 async fn accept(shard: Rc<Shard>, mut stream: TcpStream, peer: SocketAddr) {
     let timeout = shard.broker.config.server.handshake_timeout;
-    let first = tokio::time::timeout(timeout, read_head(&shard, &stream)).await;
+    let first = tokio::time::timeout(timeout, read_head(&shard, &mut stream)).await;
     let (upgrade, leftover) = match first {
         Err(_) | Ok(Read::Closed) => {
             // Slowloris or a client that left: nothing to answer.
@@ -114,39 +116,40 @@ enum Read {
 }
 
 /// Waits for the first bytes and parses them in the shard's scratch buffer.
-async fn read_head(shard: &Shard, stream: &TcpStream) -> Read {
-    loop {
-        if stream.readable().await.is_err() {
-            return Read::Closed;
-        }
-        let read = shard.with_scratch(HEAD_READ, |buf| {
-            let n = match stream.try_read(buf) {
-                Ok(0) => return Some(Read::Closed),
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return None,
-                Err(_) => return Some(Read::Closed),
-            };
-            let got = buf.get(..n).unwrap_or_default();
-            let server = &shard.broker.config.server;
-            let rules = Rules {
-                ws_path: &server.ws_path,
-                allowed_origins: &server.allowed_origins,
-                default_dialect: server.default_dialect,
-            };
-            // Over the WebSocket limit or shutting down: hyper gives the 503.
-            let upgrade = parse_upgrade(got, &rules)
-                .filter(|_| !shard.is_draining() && shard.broker.reserve_ws());
-            Some(match upgrade {
-                Some(upgrade) => Read::Upgrade {
-                    leftover: got.get(upgrade.head_len..).unwrap_or_default().to_vec(),
-                    upgrade,
-                },
-                None => Read::Fallback(got.to_vec()),
-            })
-        });
-        if let Some(read) = read {
-            return read;
-        }
+async fn read_head(shard: &Shard, stream: &mut TcpStream) -> Read {
+    std::future::poll_fn(|cx| {
+        shard.with_scratch(HEAD_READ, |buf| {
+            // poll_read forgets readiness after a short read, so the connection's first
+            // poll does not pay an empty read.
+            let mut read = ReadBuf::new(buf);
+            match Pin::new(&mut *stream).poll_read(cx, &mut read) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(Err(_)) => Poll::Ready(Read::Closed),
+                Poll::Ready(Ok(())) if read.filled().is_empty() => Poll::Ready(Read::Closed),
+                Poll::Ready(Ok(())) => Poll::Ready(classify(shard, read.filled())),
+            }
+        })
+    })
+    .await
+}
+
+/// Decides what to do with the first bytes a client sent.
+fn classify(shard: &Shard, got: &[u8]) -> Read {
+    let server = &shard.broker.config.server;
+    let rules = Rules {
+        ws_path: &server.ws_path,
+        allowed_origins: &server.allowed_origins,
+        default_dialect: server.default_dialect,
+    };
+    // Over the WebSocket limit or shutting down: hyper gives the 503.
+    let upgrade =
+        parse_upgrade(got, &rules).filter(|_| !shard.is_draining() && shard.broker.reserve_ws());
+    match upgrade {
+        Some(upgrade) => Read::Upgrade {
+            leftover: got.get(upgrade.head_len..).unwrap_or_default().to_vec(),
+            upgrade,
+        },
+        None => Read::Fallback(got.to_vec()),
     }
 }
 

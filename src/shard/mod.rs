@@ -29,14 +29,13 @@ use crate::topic::{self, Index};
 use slab::Slab;
 use stats::ShardStats;
 use std::cell::{Cell, RefCell};
-use std::io;
 use std::pin::Pin;
 use std::rc::Rc;
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use tokio::io::AsyncWrite;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
@@ -284,16 +283,6 @@ impl Shard {
             // before waiting for more.
             let carried = conn.partial.len();
             let unparsed = std::mem::take(&mut conn.unparsed);
-            if !unparsed {
-                match conn.stream.poll_read_ready(cx) {
-                    Poll::Pending => return Poll::Pending,
-                    Poll::Ready(Err(_)) => {
-                        conn.phase = Phase::Done;
-                        continue;
-                    }
-                    Poll::Ready(Ok(())) => {}
-                }
-            }
             let mut scratch = self.scratch.borrow_mut();
             if scratch.len() < carried + READ_CHUNK {
                 scratch.resize(carried + READ_CHUNK, 0);
@@ -306,18 +295,17 @@ impl Shard {
             let filled = if unparsed {
                 carried
             } else {
-                let read = match scratch.get_mut(carried..) {
-                    Some(free) => conn.stream.try_read(free),
-                    None => Ok(0),
-                };
-                match read {
-                    Ok(0) => {
+                // poll_read (not try_read) forgets readiness after a short read, so a
+                // connection woken for one request does not pay a second, empty read.
+                let mut free = ReadBuf::new(scratch.get_mut(carried..).unwrap_or_default());
+                match Pin::new(&mut conn.stream).poll_read(cx, &mut free) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Ok(())) if free.filled().is_empty() => {
                         conn.phase = Phase::Done;
                         continue;
                     }
-                    Ok(n) => carried + n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                    Err(_) => {
+                    Poll::Ready(Ok(())) => carried + free.filled().len(),
+                    Poll::Ready(Err(_)) => {
                         conn.phase = Phase::Done;
                         continue;
                     }
