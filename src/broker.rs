@@ -1,4 +1,4 @@
-//! `Broker`: the state every shard and the acceptor share, immutable or atomic.
+//! `Broker`: the state every shard shares, immutable or atomic.
 //!
 //! Holds the validated config, the router (interest table + shard inboxes), each shard's
 //! stats block, and the few broker-wide counters of cold paths (accept, HTTP API).

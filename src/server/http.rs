@@ -1,7 +1,9 @@
-//! HTTP on a shard: every accepted socket starts here. hyper parses requests (with a
-//! header-read timeout against slowloris); the WebSocket path goes to `upgrade`, the
-//! rest to `api`. Over the connection limit, every request gets 503 and the socket closes.
+//! HTTP on a shard for every socket the lean handshake (`handshake`) passes on. hyper
+//! parses requests (with a header-read timeout against slowloris); the WebSocket path
+//! goes to `upgrade`, the rest to `api`. Over the connection limit, every request gets
+//! 503 and the socket closes.
 
+use super::prefixed::Prefixed;
 use super::upgrade;
 use crate::api;
 use crate::error::Reject;
@@ -19,24 +21,8 @@ use std::rc::Rc;
 /// Response type used everywhere.
 pub type HttpResponse = Response<Full<Bytes>>;
 
-/// Serves one accepted socket on this shard.
-pub fn spawn(shard: Rc<Shard>, stream: std::net::TcpStream, peer: SocketAddr, over_limit: bool) {
-    let stream = match tokio::net::TcpStream::from_std(stream) {
-        Ok(s) => s,
-        Err(_) => {
-            shard.broker.socket_closed();
-            return;
-        }
-    };
-    tokio::task::spawn_local(serve(shard, stream, peer, over_limit));
-}
-
-async fn serve(
-    shard: Rc<Shard>,
-    stream: tokio::net::TcpStream,
-    peer: SocketAddr,
-    over_limit: bool,
-) {
+/// Serves one socket with hyper; `stream` replays what the lean handshake already read.
+pub async fn serve(shard: Rc<Shard>, stream: Prefixed, peer: SocketAddr, over_limit: bool) {
     let upgraded = Rc::new(Cell::new(false));
     let service = {
         let shard = shard.clone();

@@ -1,7 +1,5 @@
-//! Operating-system tuning at start: open-file limit and listen backlog.
+//! Operating-system tuning at start: the open-file limit.
 #![allow(unsafe_code)]
-
-use std::os::fd::AsRawFd;
 
 /// Raises the open-file soft limit to the hard limit; warns when `max_connections`
 /// (plus room for the listener and friends) cannot fit. Returns the soft limit now in force.
@@ -35,14 +33,4 @@ pub fn raise_fd_limit(max_connections: usize) -> u64 {
         );
     }
     lim.rlim_cur
-}
-
-/// Re-issues `listen` with a larger backlog (std uses 128, too small for connection
-/// bursts); Linux applies the new backlog to a socket that is already listening.
-pub fn set_backlog(listener: &std::net::TcpListener, backlog: i32) {
-    // SAFETY: the fd is a valid listening socket owned by `listener` for this call.
-    let rc = unsafe { libc::listen(listener.as_raw_fd(), backlog) };
-    if rc != 0 {
-        tracing::debug!("could not raise the listen backlog");
-    }
 }

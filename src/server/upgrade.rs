@@ -8,6 +8,7 @@
 //! live on the shard's lean read/write path with no per-connection buffers.
 
 use super::http::HttpResponse;
+use super::prefixed::Prefixed;
 use crate::api;
 use crate::error::Reject;
 use crate::protocol::Dialect;
@@ -19,7 +20,6 @@ use hyper::{Method, Request};
 use hyper_util::rt::TokioIo;
 use std::cell::Cell;
 use std::rc::Rc;
-use tokio::net::TcpStream;
 
 /// How the dialect was chosen.
 #[derive(Debug, PartialEq, Eq)]
@@ -122,10 +122,7 @@ pub fn upgrade(
     let dialect = choice.dialect;
     tokio::task::spawn_local(async move {
         let socket = match pending.await {
-            Ok(ws) => ws
-                .into_inner()
-                .into_inner()
-                .downcast::<TokioIo<TcpStream>>(),
+            Ok(ws) => ws.into_inner().into_inner().downcast::<TokioIo<Prefixed>>(),
             Err(e) => {
                 tracing::debug!(error = %e, "upgrade did not complete");
                 shard.broker.socket_closed();
@@ -134,7 +131,14 @@ pub fn upgrade(
             }
         };
         match socket {
-            Ok(parts) => shard.add_conn(parts.io.into_inner(), dialect, parts.read_buf),
+            Ok(parts) => {
+                // hyper read `read_buf` from the replay bytes or the socket before any
+                // replay bytes it never asked for, so those go last.
+                let (stream, unread) = parts.io.into_inner().into_parts();
+                let mut leftover = parts.read_buf.to_vec();
+                leftover.extend_from_slice(&unread);
+                shard.add_conn(stream, dialect, &leftover);
+            }
             Err(_) => {
                 shard.broker.socket_closed();
                 shard.broker.ws_closed();

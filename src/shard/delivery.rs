@@ -117,11 +117,6 @@ impl Shard {
                         batch.push((p, n));
                     }
                 }
-                ShardMsg::Accept {
-                    stream,
-                    peer,
-                    over_limit,
-                } => crate::server::http::spawn(self.clone(), stream, peer, over_limit),
                 ShardMsg::Channels(reply) => {
                     let list = self
                         .index
@@ -343,6 +338,7 @@ impl Shard {
     /// queued for it (queued frames are flushed first, SPEC §6).
     fn begin_shutdown(&self, grace: Duration) {
         self.draining.set(true);
+        self.stop_accepting.notify_one();
         let deadline_ms = self.now_ms() + grace.as_millis() as u64;
         let mut conns = self.conns.borrow_mut();
         let mut dirty = self.dirty.borrow_mut();

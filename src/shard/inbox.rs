@@ -7,23 +7,12 @@
 
 use crate::publication::Publication;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tokio::sync::{oneshot, Notify};
 
 /// What travels to a shard.
 pub enum ShardMsg {
-    /// A freshly accepted TCP connection for this shard to own. `over_limit` means the
-    /// broker is over `server.max_connections`: answer 503 and close.
-    Accept {
-        /// The socket (std, so it can cross threads before joining the shard's reactor).
-        stream: std::net::TcpStream,
-        /// Peer address.
-        peer: SocketAddr,
-        /// Over the connection limit.
-        over_limit: bool,
-    },
     /// A publication to deliver to this shard's matching subscribers.
     Deliver(Arc<Publication>),
     /// Report this shard's channels and subscriber counts.

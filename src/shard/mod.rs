@@ -26,18 +26,16 @@ use crate::protocol::{frame, Dialect};
 use crate::publication::Publication;
 use crate::router::MatchCache;
 use crate::topic::{self, Index};
-use bytes::Bytes;
 use slab::Slab;
 use stats::ShardStats;
 use std::cell::{Cell, RefCell};
-use std::io;
 use std::pin::Pin;
 use std::rc::Rc;
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use tokio::io::AsyncWrite;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
@@ -71,6 +69,7 @@ pub struct Shard {
     epoch: Instant,
     draining: Cell<bool>,
     drained: Notify,
+    stop_accepting: Notify,
     outbox_limits: outbox::Limits,
     topic_limits: topic::Limits,
 }
@@ -103,6 +102,7 @@ impl Shard {
             epoch: Instant::now(),
             draining: Cell::new(false),
             drained: Notify::new(),
+            stop_accepting: Notify::new(),
             outbox_limits,
             topic_limits,
         }
@@ -116,6 +116,11 @@ impl Shard {
     /// Topic limits from config.
     pub fn topic_limits(&self) -> &topic::Limits {
         &self.topic_limits
+    }
+
+    /// Completes once this shard began shutting down (its listener should close).
+    pub async fn accept_stopped(&self) {
+        self.stop_accepting.notified().await;
     }
 
     /// True once this shard began shutting down.
@@ -153,7 +158,7 @@ impl Shard {
 
     /// Adopts an upgraded socket as a WebSocket connection and starts its task.
     /// `leftover` are bytes the client sent right after its handshake.
-    pub fn add_conn(self: &Rc<Self>, stream: TcpStream, dialect: Dialect, leftover: Bytes) {
+    pub fn add_conn(self: &Rc<Self>, stream: TcpStream, dialect: Dialect, leftover: &[u8]) {
         if self.draining.get() {
             self.broker.socket_closed();
             self.broker.ws_closed();
@@ -184,6 +189,16 @@ impl Shard {
             key,
             finished: false,
         });
+    }
+
+    /// Runs `f` on the first `len` bytes of the shard's scratch buffer (shared by every
+    /// connection of the shard, so reads and handshakes need no buffer of their own).
+    pub fn with_scratch<R>(&self, len: usize, f: impl FnOnce(&mut [u8]) -> R) -> R {
+        let mut scratch = self.scratch.borrow_mut();
+        if scratch.len() < len.max(READ_CHUNK) {
+            scratch.resize(len.max(READ_CHUNK), 0);
+        }
+        f(scratch.get_mut(..len).unwrap_or_default())
     }
 
     /// Frees a connection: its subscriptions (and the shard's interest where it was the
@@ -300,16 +315,6 @@ impl Shard {
             }
             let carried = conn.partial.len();
             let unparsed = std::mem::take(&mut conn.unparsed);
-            if !unparsed {
-                match conn.stream.poll_read_ready(cx) {
-                    Poll::Pending => return Poll::Pending,
-                    Poll::Ready(Err(_)) => {
-                        conn.phase = Phase::Done;
-                        continue;
-                    }
-                    Poll::Ready(Ok(())) => {}
-                }
-            }
             let mut scratch = self.scratch.borrow_mut();
             if scratch.len() < carried + READ_CHUNK {
                 scratch.resize(carried + READ_CHUNK, 0);
@@ -322,18 +327,17 @@ impl Shard {
             let filled = if unparsed {
                 carried
             } else {
-                let read = match scratch.get_mut(carried..) {
-                    Some(free) => conn.stream.try_read(free),
-                    None => Ok(0),
-                };
-                match read {
-                    Ok(0) => {
+                // poll_read (not try_read) forgets readiness after a short read, so a
+                // connection woken for one request does not pay a second, empty read.
+                let mut free = ReadBuf::new(scratch.get_mut(carried..).unwrap_or_default());
+                match Pin::new(&mut conn.stream).poll_read(cx, &mut free) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Ok(())) if free.filled().is_empty() => {
                         conn.phase = Phase::Done;
                         continue;
                     }
-                    Ok(n) => carried + n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                    Err(_) => {
+                    Poll::Ready(Ok(())) => carried + free.filled().len(),
+                    Poll::Ready(Err(_)) => {
                         conn.phase = Phase::Done;
                         continue;
                     }

@@ -1,0 +1,87 @@
+//! Accepting on the shard: each shard has its own listening socket on the shared port
+//! (`SO_REUSEPORT`; the kernel spreads new connections over them by a hash of the
+//! addresses) and accepts on its own thread.
+//!
+//! There is no acceptor thread handing sockets over: an accepted socket joins the
+//! shard's reactor once, in the thread that serves it for its whole life. The hop cost
+//! an epoll registration and removal in the acceptor, a queue push, a wake-up of the
+//! shard and a second registration there, which was about a quarter of the broker's
+//! CPU time for setting up a connection.
+//!
+//! `SO_REUSEPORT` also means another process of the same user could bind this port too
+//! and take a share of the connections; binding is otherwise as before.
+
+use crate::broker::HTTP_HEADROOM;
+use crate::shard::Shard;
+use std::io;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpSocket};
+
+/// Listen backlog per shard (the std default of 128 is too small for connection bursts).
+const BACKLOG: u32 = 4096;
+
+/// Binds `count` sockets to `addr` with `SO_REUSEPORT`, one per shard. With port 0 the
+/// first socket picks the port and the others join it. Returns the sockets (not yet
+/// listening: each shard does that on its own runtime, see [`listen`]) and the bound
+/// address.
+///
+/// # Errors
+/// Creating or binding a socket failed.
+pub fn bind(addr: SocketAddr, count: usize) -> io::Result<(Vec<TcpSocket>, SocketAddr)> {
+    let first = reuseport_socket(addr)?;
+    let bound = first.local_addr()?;
+    let mut sockets = vec![first];
+    for _ in 1..count.max(1) {
+        sockets.push(reuseport_socket(bound)?);
+    }
+    Ok((sockets, bound))
+}
+
+fn reuseport_socket(addr: SocketAddr) -> io::Result<TcpSocket> {
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    // Accepted sockets inherit TCP_NODELAY from the listener on Linux: one setsockopt
+    // per connection saved.
+    socket.set_nodelay(true)?;
+    socket.bind(addr)?;
+    Ok(socket)
+}
+
+/// Starts listening on a socket from [`bind`]; call inside the shard's runtime.
+///
+/// # Errors
+/// `listen` failed.
+pub fn listen(socket: TcpSocket) -> io::Result<TcpListener> {
+    socket.listen(BACKLOG)
+}
+
+/// Serves every connection accepted on `listener` on `shard` until the shard begins
+/// shutting down (dropping the listener closes it).
+pub async fn run(shard: Rc<Shard>, listener: TcpListener) {
+    let broker = shard.broker.clone();
+    let max = broker.config.server.max_connections + HTTP_HEADROOM;
+    loop {
+        let accepted = tokio::select! {
+            () = shard.accept_stopped() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(s) => s,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning on the error.
+                tracing::warn!(shard = shard.id, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        let over_limit = broker.open_sockets.fetch_add(1, Ordering::AcqRel) >= max;
+        super::handshake::spawn(shard.clone(), stream, peer, over_limit);
+    }
+}
