@@ -71,13 +71,14 @@ pub fn svg(title: &str, series: &[Series]) -> String {
             r##"<line x1="{LEFT}" x2="{}" y1="{yy:.1}" y2="{yy:.1}" stroke="#ddd"/>"##,
             LEFT + pw
         );
+        // 0.01, 0.1, 1, 10 … without float noise.
+        let label = format!("{:.*}", (-d).max(0.0) as usize, 10f64.powf(d));
         let _ = writeln!(
             out,
             r#"<text x="{}" y="{:.1}" text-anchor="end">{}</text>"#,
             LEFT - 6.0,
             yy + 4.0,
-            // 0.01, 0.1, 1, 10 … without float noise.
-            format!("{:.*}", (-d).max(0.0) as usize, 10f64.powf(d))
+            label
         );
         d += 1.0;
     }
