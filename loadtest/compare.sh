@@ -15,7 +15,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PEER=${PEER:-$ROOT/../shared/peers/uws}
 RUNS=${RUNS:-3}
-CASES=${CASES:-"fanout-1m fanout-4m many-topics idle fanin slow slow-baseline churn shards"}
+CASES=${CASES:-"fanout-1m fanout-4m many-topics idle fanin slow slow-baseline churn shards shards-fanin"}
 OUT=${OUT:-$ROOT/BENCHMARKS.md}
 PLOTS=${PLOTS:-$ROOT/docs/bench}
 RESULTS=${RESULTS:-$ROOT/target/bench-results/$(date -u +%Y%m%dT%H%M%SZ)}
@@ -129,6 +129,9 @@ for c in $CASES; do
     # delivery is several times the harness's: the case where shards, not the generator,
     # are the limit.
     shards) BROKER_ENV=SHARDCAST_SERVER__WRITE_COALESCE=0ms run_case "$c" "shardcast-1shard shardcast" fanout --subs 1000 --rate 3000 ;;
+    # Publishes decoded and routed per message, few subscribers: per-message broker work
+    # the harness does not share (it writes and reads in big batches).
+    shards-fanin) run_case "$c" "shardcast-1shard shardcast" fanin --subs 2 --pubs 4 --rate 500000 --payload 64 ;;
     *) echo "compare.sh: unknown case $c" >&2; exit 2 ;;
   esac
 done
