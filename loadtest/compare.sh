@@ -42,10 +42,13 @@ wait_for() { # file pattern
   return 1
 }
 
+# A port below the ephemeral range (so no client socket of the harness holds it) that
+# nothing listens on.
 free_port() {
-  local p
+  local p low
+  low=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
   while :; do
-    p=$((20000 + RANDOM % 20000))
+    p=$((10000 + RANDOM % (low - 10000)))
     (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return; }
   done
 }
@@ -63,11 +66,15 @@ start() {
       URL="ws://$(grep -o '127\.0\.0\.1:[0-9]*' "$RESULTS/broker.out" | head -1)/ws"
       ;;
     uws)
-      local port
-      port=$(free_port)
-      (cd "$PEER" && PORT=$port exec node server.js) >"$RESULTS/broker.out" 2>"$RESULTS/broker.err" &
-      BPID=$!
-      wait_for "$RESULTS/broker.err" "listening on"
+      local port attempt
+      for attempt in 1 2 3; do
+        port=$(free_port)
+        (cd "$PEER" && PORT=$port exec node server.js) >"$RESULTS/broker.out" 2>"$RESULTS/broker.err" &
+        BPID=$!
+        if wait_for "$RESULTS/broker.err" "listening on"; then break; fi
+        stop
+        [ "$attempt" = 3 ] && return 1
+      done
       URL="ws://127.0.0.1:$port/ws"
       ;;
     *) echo "compare.sh: unknown target $1" >&2; return 1 ;;
