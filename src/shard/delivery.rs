@@ -67,7 +67,10 @@ impl Shard {
                     _ = tokio::time::sleep(PAUSED_RECHECK) => {}
                 }
             } else {
-                inbox.wait().await;
+                tokio::select! {
+                    _ = inbox.wait() => {}
+                    _ = self.first_pause() => {}
+                }
             }
             let handled = self.drain(&inbox, &mut batch, &mut shutdown_deadline);
             // Write coalescing: when the last round cost many writes (a big fan-out), start

@@ -64,6 +64,8 @@ pub struct Shard {
     dirty: RefCell<Vec<usize>>,
     /// Connections whose reading waits for the inboxes to drain (see `poll_conn`).
     paused: RefCell<Vec<usize>>,
+    /// Rung when the first connection pauses, so an idle run loop starts rechecking.
+    pause_bell: Notify,
     cache: RefCell<MatchCache>,
     delivery_seq: Cell<u64>,
     epoch: Instant,
@@ -97,6 +99,7 @@ impl Shard {
             json_buffers: RefCell::new(crate::protocol::Buffers::default()),
             dirty: RefCell::new(Vec::new()),
             paused: RefCell::new(Vec::new()),
+            pause_bell: Notify::new(),
             cache: RefCell::new(MatchCache::default()),
             delivery_seq: Cell::new(0),
             epoch: Instant::now(),
@@ -140,6 +143,11 @@ impl Shard {
     /// Whether some connections wait for the inboxes to drain.
     pub fn has_paused(&self) -> bool {
         !self.paused.borrow().is_empty()
+    }
+
+    /// Completes when a connection has paused (see `poll_conn`).
+    pub async fn first_pause(&self) {
+        self.pause_bell.notified().await;
     }
 
     /// Wakes the connections paused by inbox congestion once it has cleared.
@@ -309,7 +317,13 @@ impl Shard {
                 // unparsed in `partial`) until the run loop sees room again
                 // (`resume_paused`). Otherwise the shard would spend its time refusing
                 // publishes it cannot queue.
-                self.paused.borrow_mut().push(key);
+                let mut paused = self.paused.borrow_mut();
+                if paused.is_empty() {
+                    // The congested inbox may be another shard's, and this shard's run
+                    // loop may be asleep on its own empty inbox: wake it to recheck.
+                    self.pause_bell.notify_one();
+                }
+                paused.push(key);
                 ShardStats::add(&self.stats.read_pauses, 1);
                 return Poll::Pending;
             }
