@@ -186,6 +186,15 @@ fn plan(a: &RunArgs) -> Result<Plan> {
 
 fn run_cmd(a: RunArgs) -> Result<bool> {
     let plan = plan(&a)?;
+    // The hard bound on a run, whatever the broker does: every phase has its own limit,
+    // and this catches anything that still hangs.
+    let limit =
+        plan.setup_timeout + plan.warmup + plan.duration + plan.drain * 3 + Duration::from_secs(30);
+    std::thread::spawn(move || {
+        std::thread::sleep(limit);
+        eprintln!("shardcast-loadtest: the run exceeded its bound of {limit:?}; stopping");
+        std::process::exit(3);
+    });
     let progress = Progress::new(a.quiet);
     let report = run::run(plan, &progress)?;
     print!("{}", report.table());

@@ -179,9 +179,23 @@ async fn pace(
             }
             b.extend_from_slice(&pongs);
             if !b.is_empty() {
-                if let Err(e) = c.send(b).await {
-                    out.tally.error(format!("publisher write: {e:#}"));
-                    return;
+                // A broker that stops reading would block this write forever: give up
+                // once the drain time after the window has passed too.
+                let give_up = Duration::from_nanos(
+                    (end + plan.drain.as_nanos() as u64).saturating_sub(now_ns()),
+                );
+                match tokio::time::timeout(give_up, c.send(b)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        out.tally.error(format!("publisher write: {e:#}"));
+                        return;
+                    }
+                    Err(_) => {
+                        out.tally.error(
+                            "publisher write blocked past the window and the drain time (the broker stopped reading); the last batch counts as sent",
+                        );
+                        return;
+                    }
                 }
                 b.clear();
             }
