@@ -168,3 +168,19 @@ async fn run_command_reports_a_command_that_cannot_start() {
     let last = last.unwrap_or_else(|| panic!("no process_status for a command that cannot start"));
     assert_eq!(last["data"]["status"], "failed", "{last}");
 }
+
+#[tokio::test]
+async fn a_second_broker_on_the_same_port_fails_instead_of_sharing_it() {
+    // Shards listen with SO_REUSEPORT; a second process must still get "address in use".
+    let first = Broker::start("");
+    let addr = first.addr.to_string();
+    let out = run_cli(&["serve", "--listen", &addr], &[], Duration::from_secs(10)).await;
+    assert_eq!(out.code, Some(1), "stdout: {} stderr: {}", out.stdout, out.stderr);
+    assert!(
+        out.stderr.to_lowercase().contains("in use"),
+        "stderr should say the address is in use: {}",
+        out.stderr
+    );
+    // The first broker still answers.
+    assert_eq!(first.get("/healthz").await.status, 200);
+}

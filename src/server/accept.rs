@@ -8,8 +8,9 @@
 //! shard and a second registration there, which was about a quarter of the broker's
 //! CPU time for setting up a connection.
 //!
-//! `SO_REUSEPORT` also means another process of the same user could bind this port too
-//! and take a share of the connections; binding is otherwise as before.
+//! Before binding with `SO_REUSEPORT`, a plain bind checks that no other process listens
+//! on the port, so a second broker started on the same port fails with "address in use"
+//! instead of quietly taking a share of the connections.
 
 use crate::broker::HTTP_HEADROOM;
 use crate::shard::Shard;
@@ -31,6 +32,9 @@ const BACKLOG: u32 = 4096;
 /// # Errors
 /// Creating or binding a socket failed.
 pub fn bind(addr: SocketAddr, count: usize) -> io::Result<(Vec<TcpSocket>, SocketAddr)> {
+    if addr.port() != 0 {
+        ensure_free(addr)?;
+    }
     let first = reuseport_socket(addr)?;
     let bound = first.local_addr()?;
     let mut sockets = vec![first];
@@ -38,6 +42,19 @@ pub fn bind(addr: SocketAddr, count: usize) -> io::Result<(Vec<TcpSocket>, Socke
         sockets.push(reuseport_socket(bound)?);
     }
     Ok((sockets, bound))
+}
+
+/// `SO_REUSEPORT` would let this broker join another process's listener on the same
+/// port (of the same user) and silently split its connections. A plain bind first gets
+/// the usual "address in use" instead.
+fn ensure_free(addr: SocketAddr) -> io::Result<()> {
+    let probe = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    // SO_REUSEADDR only so that old TIME_WAIT connections do not count as "in use".
+    probe.set_reuseaddr(true)?;
+    probe.bind(addr)
 }
 
 fn reuseport_socket(addr: SocketAddr) -> io::Result<TcpSocket> {
