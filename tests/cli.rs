@@ -175,7 +175,13 @@ async fn a_second_broker_on_the_same_port_fails_instead_of_sharing_it() {
     let first = Broker::start("");
     let addr = first.addr.to_string();
     let out = run_cli(&["serve", "--listen", &addr], &[], Duration::from_secs(10)).await;
-    assert_eq!(out.code, Some(1), "stdout: {} stderr: {}", out.stdout, out.stderr);
+    assert_eq!(
+        out.code,
+        Some(1),
+        "stdout: {} stderr: {}",
+        out.stdout,
+        out.stderr
+    );
     assert!(
         out.stderr.to_lowercase().contains("in use"),
         "stderr should say the address is in use: {}",
