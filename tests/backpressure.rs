@@ -9,14 +9,19 @@ use std::time::Duration;
 
 const MESSAGES: usize = 20_000;
 
-#[tokio::test]
-async fn a_publish_burst_larger_than_the_inbox_is_delivered_whole_without_nacks() {
-    // An inbox of 512 publications and one burst of 20,000 in a single write.
-    let broker = Broker::start_with(
+/// Two shards with inboxes of 512 publications, clients allowed to publish at any rate.
+fn small_inbox_broker() -> Broker {
+    Broker::start_with(
         "[server]\ninbox_capacity = 512\n[client]\nallow_publish = true\npublish_rate = 0.0\n",
         &["--shards", "2"],
         &[],
-    );
+    )
+}
+
+#[tokio::test]
+async fn a_publish_burst_larger_than_the_inbox_is_delivered_whole_without_nacks() {
+    // An inbox of 512 publications and one burst of 20,000 in a single write.
+    let broker = small_inbox_broker();
     let mut subs = Vec::new();
     for _ in 0..4 {
         subs.push(broker.vws_subscriber("burst").await);
@@ -61,11 +66,7 @@ async fn bursts_from_many_publishers_resume_on_every_shard() {
     // shard must notice when it drains even though its own inbox stays empty.
     const PUBLISHERS: usize = 6;
     const EACH: usize = 5_000;
-    let broker = Broker::start_with(
-        "[server]\ninbox_capacity = 512\n[client]\nallow_publish = true\npublish_rate = 0.0\n",
-        &["--shards", "2"],
-        &[],
-    );
+    let broker = small_inbox_broker();
     let mut sub = broker.vws_subscriber("many").await;
     let mut publishers = Vec::new();
     for p in 0..PUBLISHERS {

@@ -47,7 +47,7 @@ impl Proc {
 }
 
 fn clock_ticks() -> f64 {
-    // SAFETY-free: sysconf is a plain libc query.
+    // SAFETY: sysconf only reads a system setting.
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     if ticks > 0 {
         ticks as f64

@@ -6,7 +6,7 @@ use crate::conn::{self, Conn, ReadEnd};
 use crate::plan::Plan;
 use crate::tally::{now_ns, Live, Tally};
 use crate::wire::{self, Stamp};
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -87,30 +87,20 @@ async fn run(plan: &Arc<Plan>, live: &Arc<Live>, out: &mut Published) {
     let end = start + plan.duration.as_nanos() as u64;
     live.window.set(start, end);
 
-    let churn_open = Rc::new(Cell::new(0usize));
-    let churned = Rc::new(Cell::new(0u64));
-    let churn_errors = Rc::new(std::cell::RefCell::new(Tally::default()));
+    let churn_state = Rc::new(ChurnState::default());
     if plan.churn > 0.0 {
-        tokio::task::spawn_local(churn(
-            plan.clone(),
-            t0,
-            end,
-            churn_open.clone(),
-            churned.clone(),
-            churn_errors.clone(),
-        ));
+        tokio::task::spawn_local(churn(plan.clone(), t0, end, churn_state.clone()));
     }
 
     tokio::time::sleep(Duration::from_nanos(t0.saturating_sub(now_ns()))).await;
     pace(plan, live, &mut conns, t0, end, out).await;
 
     // Let the churn connections that are still open finish their hold.
-    while churn_open.get() > 0 && now_ns() < end + plan.churn_hold.as_nanos() as u64 * 2 {
+    while churn_state.open.get() > 0 && now_ns() < end + plan.churn_hold.as_nanos() as u64 * 2 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    out.churned = churned.get();
-    out.tally
-        .merge(std::mem::take(&mut *churn_errors.borrow_mut()));
+    out.churned = churn_state.done.get();
+    out.tally.merge(churn_state.tally.take());
     for c in conns {
         c.close_and_wait(plan.drain).await;
     }
@@ -206,16 +196,20 @@ async fn pace(
     live.published.store(sent, Ordering::Relaxed);
 }
 
+/// What the churn connections share on the publisher thread.
+#[derive(Default)]
+struct ChurnState {
+    /// Churn connections open right now.
+    open: Cell<usize>,
+    /// Churn connections that opened, subscribed and closed as planned.
+    done: Cell<u64>,
+    /// Their errors.
+    tally: RefCell<Tally>,
+}
+
 /// Opens a connection every `1 / churn` seconds from `t0` to `end`; each subscribes,
 /// reads for `churn_hold`, then closes (cleanly or by dropping the socket, alternately).
-async fn churn(
-    plan: Arc<Plan>,
-    t0: u64,
-    end: u64,
-    open: Rc<Cell<usize>>,
-    churned: Rc<Cell<u64>>,
-    errors: Rc<std::cell::RefCell<Tally>>,
-) {
+async fn churn(plan: Arc<Plan>, t0: u64, end: u64, state: Rc<ChurnState>) {
     let every = Duration::from_secs_f64(1.0 / plan.churn);
     tokio::time::sleep(Duration::from_nanos(t0.saturating_sub(now_ns()))).await;
     let mut tick = tokio::time::interval(every);
@@ -223,15 +217,15 @@ async fn churn(
     let mut k = 0usize;
     while now_ns() < end {
         tick.tick().await;
-        if open.get() >= MAX_CHURN_OPEN {
-            errors
+        if state.open.get() >= MAX_CHURN_OPEN {
+            state
+                .tally
                 .borrow_mut()
                 .error("churn connection skipped: too many still open");
             continue;
         }
-        open.set(open.get() + 1);
-        let (plan, open, churned, errors) =
-            (plan.clone(), open.clone(), churned.clone(), errors.clone());
+        state.open.set(state.open.get() + 1);
+        let (plan, state) = (plan.clone(), state.clone());
         tokio::task::spawn_local(async move {
             let index = plan.subs + plan.slow + plan.pubs + k;
             let topic = plan.topic_name(plan.topic_of(k));
@@ -258,10 +252,10 @@ async fn churn(
             }
             .await;
             match result {
-                Ok(()) => churned.set(churned.get() + 1),
-                Err(e) => errors.borrow_mut().error(format!("churn: {e:#}")),
+                Ok(()) => state.done.set(state.done.get() + 1),
+                Err(e) => state.tally.borrow_mut().error(format!("churn: {e:#}")),
             }
-            open.set(open.get() - 1);
+            state.open.set(state.open.get() - 1);
         });
         k += 1;
     }

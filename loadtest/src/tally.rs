@@ -141,7 +141,6 @@ pub struct Live {
     pub last_ready_ns: AtomicU64,
     pub received: AtomicU64,
     pub published: AtomicU64,
-    pub churned: AtomicU64,
     pub window: Window,
 }
 
