@@ -4,6 +4,7 @@
 //! stats block, and the few broker-wide counters of cold paths (accept, HTTP API).
 //! Nothing here is touched per delivery except through the router's generation counter.
 
+use crate::auth::{Authenticator, IpLimits, Policies};
 use crate::config::Config;
 use crate::error::Reject;
 use crate::router::Router;
@@ -55,6 +56,12 @@ pub struct Broker {
     pub draining: AtomicBool,
     /// The HTTP API key, read from the variable `api.key_env` names (None = loopback only).
     pub api_key: Option<String>,
+    /// Checks WebSocket clients' credentials (`[auth]`).
+    pub auth: Authenticator,
+    /// Who may subscribe and publish where (`[[policy]]`).
+    pub policies: Policies,
+    /// Per-IP connection counts and rates.
+    pub ip_limits: Arc<IpLimits>,
     /// When the broker started.
     pub started: Instant,
 }

@@ -63,11 +63,21 @@ pub enum Reject {
     TooManyConnections,
     /// `Origin` not in `server.allowed_origins` (HTTP 403).
     OriginNotAllowed,
+    /// No credentials on an upgrade that needs them (HTTP 401).
+    MissingCredentials,
+    /// Wrong, malformed or expired credentials (HTTP 401).
+    BadCredentials,
+    /// A `[[policy]]` rule or JWT grant does not let this client subscribe here.
+    SubscribeNotAllowed,
+    /// The client's IP address holds `server.max_connections_per_ip` (HTTP 503).
+    IpConnectionLimit,
+    /// The client's IP address connects faster than `server.connection_rate_per_ip` (HTTP 503).
+    ConnectRateLimited,
 }
 
 impl Reject {
     /// Every variant's metric label, in `index()` order (for per-shard counter arrays).
-    pub const LABELS: [&'static str; 26] = [
+    pub const LABELS: [&'static str; 31] = [
         "malformed_json",
         "not_an_object",
         "unknown_type",
@@ -94,6 +104,11 @@ impl Reject {
         "bad_handshake",
         "too_many_connections",
         "origin_not_allowed",
+        "missing_credentials",
+        "bad_credentials",
+        "subscribe_not_allowed",
+        "ip_connection_limit",
+        "connect_rate_limited",
     ];
 
     /// Position of this variant in [`Reject::LABELS`] and in counter arrays.
@@ -125,6 +140,11 @@ impl Reject {
             Reject::BadHandshake => 23,
             Reject::TooManyConnections => 24,
             Reject::OriginNotAllowed => 25,
+            Reject::MissingCredentials => 26,
+            Reject::BadCredentials => 27,
+            Reject::SubscribeNotAllowed => 28,
+            Reject::IpConnectionLimit => 29,
+            Reject::ConnectRateLimited => 30,
         }
     }
 
@@ -170,9 +190,15 @@ impl Reject {
     /// HTTP status for rejections answered before an upgrade.
     pub fn http_status(&self) -> u16 {
         match self {
-            Reject::TooManyConnections | Reject::Overloaded => 503,
+            Reject::TooManyConnections
+            | Reject::Overloaded
+            | Reject::IpConnectionLimit
+            | Reject::ConnectRateLimited => 503,
             Reject::RateLimited => 429,
-            Reject::PublishNotAllowed | Reject::OriginNotAllowed => 403,
+            Reject::MissingCredentials | Reject::BadCredentials => 401,
+            Reject::PublishNotAllowed | Reject::SubscribeNotAllowed | Reject::OriginNotAllowed => {
+                403
+            }
             _ => 400,
         }
     }
@@ -193,7 +219,16 @@ impl fmt::Display for Reject {
             Reject::TooManySubscriptions => {
                 f.write_str("subscription limit reached (client.max_subscriptions)")
             }
-            Reject::PublishNotAllowed => f.write_str("publishing is not allowed for clients"),
+            Reject::PublishNotAllowed => f.write_str("not allowed to publish to this topic"),
+            Reject::SubscribeNotAllowed => f.write_str("not allowed to subscribe to this pattern"),
+            Reject::MissingCredentials => f.write_str("credentials required"),
+            Reject::BadCredentials => f.write_str("invalid credentials"),
+            Reject::IpConnectionLimit => f.write_str(
+                "too many connections from this address (server.max_connections_per_ip)",
+            ),
+            Reject::ConnectRateLimited => {
+                f.write_str("connecting too fast from this address (server.connection_rate_per_ip)")
+            }
             Reject::RateLimited => f.write_str("rate limited"),
             Reject::Overloaded => f.write_str("broker overloaded, publication not queued"),
             Reject::TooManyConnections => f.write_str("too many connections"),
@@ -220,7 +255,7 @@ mod tests {
             assert_eq!(Reject::LABELS[r.index()], r.label());
         }
         assert_eq!(Reject::SlowConsumer.label(), "slow_consumer");
-        assert_eq!(Reject::OriginNotAllowed.index(), Reject::LABELS.len() - 1);
+        assert_eq!(Reject::ConnectRateLimited.index(), Reject::LABELS.len() - 1);
     }
 
     #[test]

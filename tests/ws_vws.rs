@@ -203,7 +203,7 @@ async fn client_publish_is_refused_by_default() {
         .vws_expect_nack(&json!({"t": "chat", "d": "hi", "i": 5}))
         .await;
     assert!(
-        e.contains("publishing is not allowed for clients"),
+        e.contains("not allowed to publish to this topic"),
         "got {e:?}"
     );
     sub.expect_silence(SILENCE).await;

@@ -21,6 +21,17 @@ pub fn error_response(status: u16, reason: &str) -> HttpResponse {
     json_response(status, &serde_json::json!({ "error": reason }))
 }
 
+/// 503 with `Retry-After` (seconds) and a JSON reason: the broker is at a limit now,
+/// the client may try again later.
+pub fn unavailable(reason: &str, retry_after_secs: u32) -> HttpResponse {
+    let mut resp = error_response(503, reason);
+    resp.headers_mut().insert(
+        hyper::header::RETRY_AFTER,
+        hyper::header::HeaderValue::from(retry_after_secs),
+    );
+    resp
+}
+
 /// A JSON response.
 pub fn json_response(status: u16, body: &serde_json::Value) -> HttpResponse {
     let bytes = serde_json::to_vec(body).unwrap_or_default();

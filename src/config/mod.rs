@@ -63,6 +63,12 @@ pub struct ServerConfig {
     pub default_dialect: Dialect,
     /// Concurrent connections; more get HTTP 503.
     pub max_connections: usize,
+    /// Concurrent TCP connections from one IP address; 0 = unlimited.
+    pub max_connections_per_ip: usize,
+    /// New connections per second one IP address may open (token bucket); 0 = unlimited.
+    pub connection_rate_per_ip: f64,
+    /// Bucket size for `connection_rate_per_ip`: connections one address may open at once.
+    pub connection_burst_per_ip: u32,
     /// Largest client message in bytes (128 .. 64 MiB); larger closes with 1009.
     pub max_message_bytes: usize,
     /// Close a connection silent for this long.
@@ -142,6 +148,10 @@ pub struct AuthConfig {
     pub basic_password_env: String,
     /// Variable holding the HS256 secret.
     pub jwt_secret_env: String,
+    /// JWT claim listing the topic patterns the holder may subscribe to.
+    pub jwt_subscribe_claim: String,
+    /// JWT claim listing the topic patterns the holder may publish to.
+    pub jwt_publish_claim: String,
 }
 
 /// How WebSocket clients authenticate.
@@ -176,9 +186,9 @@ impl AuthType {
 pub struct PolicyRule {
     /// Topic pattern the rule applies to.
     pub pattern: String,
-    /// Who may subscribe.
+    /// Who may subscribe: anyone | authenticated | nobody | claim:NAME[=VALUE].
     pub subscribe: String,
-    /// Who may publish.
+    /// Who may publish (same forms as `subscribe`).
     pub publish: String,
 }
 

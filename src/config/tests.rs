@@ -467,19 +467,54 @@ fn every_validation_rule() {
         ),
         (
             "[auth]\ntype = \"bearer\"",
-            "auth.type",
-            "auth.type = bearer is not available in this build yet",
+            "auth.bearer_token_env",
+            "auth.type = bearer needs the name of the environment variable",
         ),
-        ("[auth]\ntype = \"jwt\"", "auth.type", "not available"),
+        (
+            "[auth]\ntype = \"basic\"\nbasic_username_env = \"U\"",
+            "auth.basic_password_env",
+            "needs the name",
+        ),
+        ("[auth]\ntype = \"jwt\"", "auth.jwt_secret_env", "needs the name"),
         (
             "[auth]\njwt_secret_env = \"MY-SECRET\"",
             "auth.jwt_secret_env",
             "environment variable name",
         ),
         (
-            "[[policy]]\npattern = \"#\"\nsubscribe = \"any\"\npublish = \"api\"",
+            "[auth]\njwt_publish_claim = \"\"",
+            "auth.jwt_publish_claim",
+            "must name a JWT claim",
+        ),
+        (
+            "[[policy]]\npattern = \"#\"\nsubscribe = \"any\"\npublish = \"nobody\"",
             "policy",
-            "not available in this build yet",
+            "rule 1 (pattern \"#\"): subscribe: \"any\" is not one of anyone",
+        ),
+        (
+            "[[policy]]\npattern = \"a/#/b\"\nsubscribe = \"anyone\"\npublish = \"nobody\"",
+            "policy",
+            "rule 1 (pattern \"a/#/b\"): pattern: ",
+        ),
+        (
+            "[[policy]]\npattern = \"a\"\nsubscribe = \"anyone\"\npublish = \"claim:admin\"",
+            "policy",
+            "publish: claim rules need auth.type = \"jwt\"",
+        ),
+        (
+            "[[policy]]\npattern = \"a\"\nsubscribe = \"authenticated\"\npublish = \"nobody\"",
+            "policy",
+            "never matches with auth.type = \"none\"",
+        ),
+        (
+            "[server]\nconnection_rate_per_ip = -1.0",
+            "server.connection_rate_per_ip",
+            "connections per second >= 0",
+        ),
+        (
+            "[server]\nconnection_rate_per_ip = 5.0\nconnection_burst_per_ip = 0",
+            "server.connection_burst_per_ip",
+            "at least 1",
         ),
         (
             "[api]\nkey_env = \"1KEY\"",

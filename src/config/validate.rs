@@ -57,6 +57,17 @@ fn at_least(key: &'static str, value: usize, min: usize) -> Result<(), Violation
     Ok(())
 }
 
+/// A per-second rate: finite and >= 0 (0 = unlimited).
+fn rate(key: &'static str, what: &str, value: f64) -> Result<(), Violation> {
+    if !value.is_finite() || value < 0.0 {
+        return fail(
+            key,
+            format!("must be a number of {what} per second >= 0 (got {value}); 0 = unlimited"),
+        );
+    }
+    Ok(())
+}
+
 fn non_zero(key: &'static str, d: Duration) -> Result<(), Violation> {
     if d.is_zero() {
         return fail(key, "must be longer than 0s");
@@ -95,9 +106,7 @@ pub(super) fn check(c: &Config) -> Result<(), Violation> {
     server(c)?;
     client(c)?;
     auth(c)?;
-    if !c.policy.is_empty() {
-        not_yet("policy", "[[policy]] authorization rules are")?;
-    }
+    policy(c)?;
     api(c)?;
     cluster(c)
 }
@@ -138,6 +147,18 @@ fn server(c: &Config) -> Result<(), Violation> {
         )?;
     }
     at_least("server.max_connections", s.max_connections, 1)?;
+    rate(
+        "server.connection_rate_per_ip",
+        "connections",
+        s.connection_rate_per_ip,
+    )?;
+    if s.connection_rate_per_ip > 0.0 && s.connection_burst_per_ip == 0 {
+        fail_with(
+            "server.connection_burst_per_ip",
+            "server.connection_rate_per_ip",
+            "must be at least 1 when server.connection_rate_per_ip is set",
+        )?;
+    }
     if !(MIN_MESSAGE_BYTES..=MAX_MESSAGE_BYTES).contains(&s.max_message_bytes) {
         fail(
             "server.max_message_bytes",
@@ -206,15 +227,7 @@ fn client(c: &Config) -> Result<(), Violation> {
         )?;
     }
     at_least("client.max_subscriptions", k.max_subscriptions, 1)?;
-    if !k.publish_rate.is_finite() || k.publish_rate < 0.0 {
-        fail(
-            "client.publish_rate",
-            format!(
-                "must be a number of messages per second >= 0 (got {}); 0 = unlimited",
-                k.publish_rate
-            ),
-        )?;
-    }
+    rate("client.publish_rate", "messages", k.publish_rate)?;
     if k.publish_rate > 0.0 && k.publish_burst == 0 {
         fail_with(
             "client.publish_burst",
@@ -252,10 +265,87 @@ fn auth(c: &Config) -> Result<(), Violation> {
     env_name("auth.basic_username_env", &a.basic_username_env)?;
     env_name("auth.basic_password_env", &a.basic_password_env)?;
     env_name("auth.jwt_secret_env", &a.jwt_secret_env)?;
-    if a.kind != AuthType::None {
-        not_yet("auth.type", &format!("auth.type = {}", a.kind.name()))?;
+    // The variables' values are read at start (`auth::Authenticator::from_config`);
+    // here only that the method has the names it needs.
+    let needs: &[(&'static str, &str)] = match a.kind {
+        AuthType::None => &[],
+        AuthType::Bearer => &[("auth.bearer_token_env", &a.bearer_token_env)],
+        AuthType::Basic => &[
+            ("auth.basic_username_env", &a.basic_username_env),
+            ("auth.basic_password_env", &a.basic_password_env),
+        ],
+        AuthType::Jwt => &[("auth.jwt_secret_env", &a.jwt_secret_env)],
+    };
+    for (key, name) in needs {
+        if name.is_empty() {
+            fail_with(
+                key,
+                "auth.type",
+                format!(
+                    "auth.type = {} needs the name of the environment variable holding the secret",
+                    a.kind.name()
+                ),
+            )?;
+        }
+    }
+    for (key, claim) in [
+        ("auth.jwt_subscribe_claim", &a.jwt_subscribe_claim),
+        ("auth.jwt_publish_claim", &a.jwt_publish_claim),
+    ] {
+        if claim.is_empty() {
+            fail(key, "must name a JWT claim")?;
+        }
     }
     Ok(())
+}
+
+/// Each rule's pattern is a valid pattern and its `subscribe`/`publish` parse; rules that
+/// can never apply under the configured `auth.type` are refused rather than ignored.
+fn policy(c: &Config) -> Result<(), Violation> {
+    let limits = crate::topic::Limits {
+        max_bytes: c.client.max_topic_bytes,
+        max_levels: c.client.max_topic_levels,
+    };
+    let bad = |i: usize, reason: String| {
+        fail_with(
+            "policy",
+            "auth.type",
+            format!("rule {} ({}): {reason}", i + 1, rule_pattern(c, i)),
+        )
+    };
+    for (i, rule) in c.policy.iter().enumerate() {
+        if let Err(e) = crate::topic::validate_pattern(&rule.pattern, &limits) {
+            bad(i, format!("pattern: {e}"))?;
+        }
+        for (field, who) in [("subscribe", &rule.subscribe), ("publish", &rule.publish)] {
+            match crate::auth::policy::Who::parse(who) {
+                Err(e) => bad(i, format!("{field}: {e}"))?,
+                Ok(crate::auth::policy::Who::Claim { .. }) if c.auth.kind != AuthType::Jwt => bad(
+                    i,
+                    format!(
+                        "{field}: claim rules need auth.type = \"jwt\" (it is {:?})",
+                        c.auth.kind.name()
+                    ),
+                )?,
+                Ok(crate::auth::policy::Who::Authenticated) if c.auth.kind == AuthType::None => {
+                    bad(
+                        i,
+                        format!(
+                            "{field}: \"authenticated\" never matches with auth.type = \"none\""
+                        ),
+                    )?
+                }
+                Ok(_) => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+fn rule_pattern(c: &Config, i: usize) -> String {
+    c.policy
+        .get(i)
+        .map_or_else(String::new, |r| format!("pattern {:?}", r.pattern))
 }
 
 fn api(c: &Config) -> Result<(), Violation> {

@@ -10,6 +10,7 @@
 pub mod outbox;
 pub mod reader;
 
+use crate::auth::{Identity, IpSlot};
 use crate::protocol::Dialect;
 use crate::shard::Shard;
 use outbox::Outbox;
@@ -78,6 +79,28 @@ impl RateLimiter {
     }
 }
 
+/// What let a connection in, kept for its life: who it is (policies ask) and its place
+/// in its IP address's count (given back when the connection is dropped). Boxed on the
+/// connection only when auth or per-IP limits are on, so an anonymous connection pays
+/// one pointer for it.
+#[derive(Debug, Default)]
+pub struct Admission {
+    /// The authenticated client; `None` = anonymous.
+    pub identity: Option<Identity>,
+    /// Released on drop.
+    pub ip_slot: Option<IpSlot>,
+}
+
+impl Admission {
+    /// `None` when there is nothing to keep.
+    pub fn boxed(identity: Option<Identity>, ip_slot: Option<IpSlot>) -> Option<Box<Admission>> {
+        if identity.is_none() && ip_slot.is_none() {
+            return None;
+        }
+        Some(Box::new(Admission { identity, ip_slot }))
+    }
+}
+
 /// One connection's state, owned by its shard.
 pub struct Conn {
     /// The socket (registered with this shard's reactor).
@@ -109,11 +132,19 @@ pub struct Conn {
     pub dirty: bool,
     /// `partial` holds bytes sent right behind the handshake, not yet parsed.
     pub unparsed: bool,
+    /// Identity and per-IP slot, when auth or per-IP limits are on.
+    pub admission: Option<Box<Admission>>,
 }
 
 impl Conn {
     /// A newly upgraded connection.
-    pub fn new(stream: TcpStream, dialect: Dialect, now_ms: u64, burst: u32) -> Self {
+    pub fn new(
+        stream: TcpStream,
+        dialect: Dialect,
+        now_ms: u64,
+        burst: u32,
+        admission: Option<Box<Admission>>,
+    ) -> Self {
         Conn {
             stream,
             dialect,
@@ -129,7 +160,13 @@ impl Conn {
             rate: RateLimiter::new(burst, now_ms),
             dirty: false,
             unparsed: false,
+            admission,
         }
+    }
+
+    /// The authenticated client, if any.
+    pub fn identity(&self) -> Option<&Identity> {
+        self.admission.as_ref()?.identity.as_ref()
     }
 
     /// True once a close is under way (no more deliveries or requests).

@@ -535,7 +535,7 @@ mod tests {
         );
         assert_eq!(
             text_frame_json(&render_nack(Some("7"), &Reject::PublishNotAllowed)),
-            json!({"k": "n", "i": 7, "e": "publishing is not allowed for clients"})
+            json!({"k": "n", "i": 7, "e": "not allowed to publish to this topic"})
         );
         assert_eq!(
             text_frame_json(&render_nack(

@@ -12,14 +12,20 @@
 //! on the port, so a second broker started on the same port fails with "address in use"
 //! instead of quietly taking a share of the connections.
 
+use crate::auth::IpRefusal;
 use crate::broker::HTTP_HEADROOM;
+use crate::error::Reject;
 use crate::shard::Shard;
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
-use tokio::net::{TcpListener, TcpSocket};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+
+/// How long a refused socket is drained after its 503 before it is closed.
+const REFUSE_LINGER: Duration = Duration::from_millis(250);
 
 /// Listen backlog per shard (the std default of 128 is too small for connection bursts).
 const BACKLOG: u32 = 4096;
@@ -98,7 +104,43 @@ pub async fn run(shard: Rc<Shard>, listener: TcpListener) {
                 continue;
             }
         };
+        let ip_slot = match broker.ip_limits.admit(peer.ip()) {
+            Ok(slot) => slot,
+            Err(refusal) => {
+                let (reject, retry_after) = match refusal {
+                    IpRefusal::TooManyConnections => (Reject::IpConnectionLimit, 1),
+                    IpRefusal::RateLimited { retry_after_secs } => {
+                        (Reject::ConnectRateLimited, retry_after_secs)
+                    }
+                };
+                broker.global.reject(reject);
+                tokio::task::spawn_local(refuse(stream, reject, retry_after));
+                continue;
+            }
+        };
         let over_limit = broker.open_sockets.fetch_add(1, Ordering::AcqRel) >= max;
-        super::handshake::spawn(shard.clone(), stream, peer, over_limit);
+        super::handshake::spawn(shard.clone(), stream, peer, over_limit, ip_slot);
     }
+}
+
+/// Answers a socket refused at accept (per-IP limits) with 503 and `Retry-After` without
+/// waiting for its request, and closes it. It does not count against the broker's
+/// socket limit, and lives at most [`REFUSE_LINGER`]: reading what the client already
+/// sent before closing lets the close be a FIN, so the client reads the answer instead
+/// of a reset.
+async fn refuse(mut stream: TcpStream, reject: Reject, retry_after_secs: u32) {
+    let body = serde_json::json!({ "error": reject.to_string() }).to_string();
+    let response = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
+         retry-after: {retry_after_secs}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let linger = async {
+        stream.write_all(response.as_bytes()).await?;
+        stream.shutdown().await?;
+        let mut sink = [0u8; 1024];
+        while stream.read(&mut sink).await? > 0 {}
+        Ok::<_, io::Error>(())
+    };
+    let _ = tokio::time::timeout(REFUSE_LINGER, linger).await;
 }

@@ -14,6 +14,8 @@
 
 use super::http;
 use super::prefixed::Prefixed;
+use crate::auth::{Authenticator, Identity, IpSlot, Offered};
+use crate::conn::Admission;
 use crate::protocol::Dialect;
 use crate::server::upgrade::choose_dialect;
 use crate::shard::Shard;
@@ -36,7 +38,7 @@ const HEAD_READ: usize = 8 * 1024;
 const WS_GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
 /// A valid upgrade the lean path can answer.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq)]
 pub struct Upgrade {
     /// Length of the request head; bytes after it are the client's first frames.
     pub head_len: usize,
@@ -46,6 +48,8 @@ pub struct Upgrade {
     pub dialect: Dialect,
     /// Echo the dialect as `Sec-WebSocket-Protocol`.
     pub echo: bool,
+    /// Who the client authenticated as (`None`: anonymous, `auth.type = "none"`).
+    pub identity: Option<Identity>,
 }
 
 /// What the handshake settings need from config.
@@ -56,11 +60,19 @@ pub struct Rules<'a> {
     pub allowed_origins: &'a [String],
     /// `server.default_dialect`.
     pub default_dialect: Dialect,
+    /// `[auth]`.
+    pub auth: &'a Authenticator,
 }
 
 /// Serves one accepted socket on this shard: the lean upgrade when it applies, hyper
 /// otherwise.
-pub fn spawn(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr, over_limit: bool) {
+pub fn spawn(
+    shard: Rc<Shard>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    over_limit: bool,
+    ip_slot: Option<IpSlot>,
+) {
     if over_limit {
         // hyper answers 503 to whatever arrives.
         tokio::task::spawn_local(http::serve(
@@ -68,13 +80,19 @@ pub fn spawn(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr, over_limit: 
             Prefixed::new(stream, Vec::new()),
             peer,
             true,
+            ip_slot,
         ));
         return;
     }
-    tokio::task::spawn_local(accept(shard, stream, peer));
+    tokio::task::spawn_local(accept(shard, stream, peer, ip_slot));
 }
 
-async fn accept(shard: Rc<Shard>, mut stream: TcpStream, peer: SocketAddr) {
+async fn accept(
+    shard: Rc<Shard>,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    ip_slot: Option<IpSlot>,
+) {
     let timeout = shard.broker.config.server.handshake_timeout;
     let first = tokio::time::timeout(timeout, read_head(&shard, &mut stream)).await;
     let (upgrade, leftover) = match first {
@@ -84,7 +102,7 @@ async fn accept(shard: Rc<Shard>, mut stream: TcpStream, peer: SocketAddr) {
             return;
         }
         Ok(Read::Fallback(prefix)) => {
-            http::serve(shard, Prefixed::new(stream, prefix), peer, false).await;
+            http::serve(shard, Prefixed::new(stream, prefix), peer, false, ip_slot).await;
             return;
         }
         Ok(Read::Upgrade { upgrade, leftover }) => (upgrade, leftover),
@@ -101,7 +119,8 @@ async fn accept(shard: Rc<Shard>, mut stream: TcpStream, peer: SocketAddr) {
         shard.broker.ws_closed();
         return;
     }
-    shard.add_conn(stream, upgrade.dialect, &leftover);
+    let admission = Admission::boxed(upgrade.identity, ip_slot);
+    shard.add_conn(stream, upgrade.dialect, &leftover, admission);
 }
 
 /// The outcome of the first read.
@@ -140,6 +159,7 @@ fn classify(shard: &Shard, got: &[u8]) -> Read {
         ws_path: &server.ws_path,
         allowed_origins: &server.allowed_origins,
         default_dialect: server.default_dialect,
+        auth: &shard.broker.auth,
     };
     // Over the WebSocket limit or shutting down: hyper gives the 503.
     let upgrade =
@@ -218,11 +238,19 @@ pub fn parse_upgrade(buf: &[u8], rules: &Rules<'_>) -> Option<Upgrade> {
         rules.default_dialect,
     )
     .ok()?;
+    let identity = rules
+        .auth
+        .authenticate(Offered {
+            authorization: header("authorization"),
+            query,
+        })
+        .ok()?;
     Some(Upgrade {
         head_len,
         accept: accept_key(key),
         dialect: choice.dialect,
         echo: choice.echo,
+        identity,
     })
 }
 
@@ -258,11 +286,20 @@ fn render_101(buf: &mut [u8], upgrade: &Upgrade) -> usize {
 mod tests {
     use super::*;
 
+    fn open() -> &'static Authenticator {
+        static OPEN: std::sync::OnceLock<Authenticator> = std::sync::OnceLock::new();
+        OPEN.get_or_init(|| {
+            Authenticator::from_config(&crate::config::Config::default().auth, &|_| None)
+                .expect("auth none needs no secret")
+        })
+    }
+
     fn rules() -> Rules<'static> {
         Rules {
             ws_path: "/ws",
             allowed_origins: &[],
             default_dialect: Dialect::Gows,
+            auth: open(),
         }
     }
 

@@ -6,6 +6,7 @@
 use super::prefixed::Prefixed;
 use super::upgrade;
 use crate::api;
+use crate::auth::IpSlot;
 use crate::error::Reject;
 use crate::shard::Shard;
 use bytes::Bytes;
@@ -21,9 +22,27 @@ use std::rc::Rc;
 /// Response type used everywhere.
 pub type HttpResponse = Response<Full<Bytes>>;
 
+/// A socket hyper serves, as the upgrade sees it.
+#[derive(Default)]
+pub struct Socket {
+    /// The socket now belongs to a WebSocket connection (which releases it).
+    pub upgraded: Cell<bool>,
+    /// Its place in its address's count; an upgrade takes it along.
+    pub ip_slot: Cell<Option<IpSlot>>,
+}
+
 /// Serves one socket with hyper; `stream` replays what the lean handshake already read.
-pub async fn serve(shard: Rc<Shard>, stream: Prefixed, peer: SocketAddr, over_limit: bool) {
-    let upgraded = Rc::new(Cell::new(false));
+pub async fn serve(
+    shard: Rc<Shard>,
+    stream: Prefixed,
+    peer: SocketAddr,
+    over_limit: bool,
+    ip_slot: Option<IpSlot>,
+) {
+    let upgraded = Rc::new(Socket {
+        upgraded: Cell::new(false),
+        ip_slot: Cell::new(ip_slot),
+    });
     let service = {
         let shard = shard.clone();
         let upgraded = upgraded.clone();
@@ -46,7 +65,7 @@ pub async fn serve(shard: Rc<Shard>, stream: Prefixed, peer: SocketAddr, over_li
         tracing::debug!(shard = shard.id, %peer, error = %e, "http connection ended with an error");
     }
     // An upgraded socket now belongs to a WebSocket connection, which releases it.
-    if !upgraded.get() {
+    if !upgraded.upgraded.get() {
         shard.broker.socket_closed();
     }
 }
@@ -55,12 +74,12 @@ async fn route(
     shard: Rc<Shard>,
     peer: SocketAddr,
     over_limit: bool,
-    upgraded: &Cell<bool>,
+    upgraded: &Socket,
     req: Request<Incoming>,
 ) -> HttpResponse {
     if over_limit {
         shard.broker.global.reject(Reject::TooManyConnections);
-        return api::error_response(503, &Reject::TooManyConnections.to_string());
+        return api::unavailable(&Reject::TooManyConnections.to_string(), 1);
     }
     if req.uri().path() == shard.broker.config.server.ws_path {
         return upgrade::upgrade(&shard, req, upgraded);

@@ -13,6 +13,7 @@ pub mod os;
 mod prefixed;
 pub mod upgrade;
 
+use crate::auth::{Authenticator, IpLimits, Policies};
 use crate::broker::{Broker, GlobalStats};
 use crate::config::Config;
 use crate::router::Router;
@@ -51,6 +52,23 @@ impl Server {
             "" => None,
             name => std::env::var(name).ok().filter(|k| !k.is_empty()),
         };
+        let env = |name: &str| std::env::var(name).ok();
+        let auth = Authenticator::from_config(&config.auth, &env).map_err(|e| {
+            io::Error::new(io::ErrorKind::InvalidInput, format!("config error: {e}"))
+        })?;
+        let policies =
+            Policies::new(&config.policy, config.client.allow_publish).map_err(|(i, e)| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("config error: policy rule {}: {e}", i + 1),
+                )
+            })?;
+        let s = &config.server;
+        let ip_limits = Arc::new(IpLimits::new(
+            s.max_connections_per_ip,
+            s.connection_rate_per_ip,
+            s.connection_burst_per_ip,
+        ));
         let (listeners, addr) = accept::bind(config.server.listen, shard_count)?;
         let broker = Arc::new(Broker {
             config,
@@ -63,6 +81,9 @@ impl Server {
             ws_connections: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
             api_key,
+            auth,
+            policies,
+            ip_limits,
             started: Instant::now(),
         });
         let shards = runtime::spawn(&broker, receivers, listeners)?;

@@ -7,9 +7,11 @@
 //! `TcpStream` and any bytes the client sent behind its request, so the connection can
 //! live on the shard's lean read/write path with no per-connection buffers.
 
-use super::http::HttpResponse;
+use super::http::{HttpResponse, Socket};
 use super::prefixed::Prefixed;
 use crate::api;
+use crate::auth::{AuthError, Offered};
+use crate::conn::Admission;
 use crate::error::Reject;
 use crate::protocol::Dialect;
 use crate::shard::Shard;
@@ -18,7 +20,6 @@ use hyper::body::Incoming;
 use hyper::header::{HeaderValue, SEC_WEBSOCKET_PROTOCOL};
 use hyper::{Method, Request};
 use hyper_util::rt::TokioIo;
-use std::cell::Cell;
 use std::rc::Rc;
 
 /// How the dialect was chosen.
@@ -68,11 +69,7 @@ pub fn choose_dialect(
 }
 
 /// Answers an upgrade request on the WebSocket path.
-pub fn upgrade(
-    shard: &Rc<Shard>,
-    mut req: Request<Incoming>,
-    upgraded: &Cell<bool>,
-) -> HttpResponse {
+pub fn upgrade(shard: &Rc<Shard>, mut req: Request<Incoming>, socket: &Socket) -> HttpResponse {
     let broker = &shard.broker;
     if req.method() != Method::GET || !fastwebsockets::upgrade::is_upgrade_request(&req) {
         broker.global.reject(Reject::BadHandshake);
@@ -91,6 +88,27 @@ pub fn upgrade(
         broker.global.reject(Reject::OriginNotAllowed);
         return api::error_response(403, &Reject::OriginNotAllowed.to_string());
     }
+    let identity = match broker.auth.authenticate(Offered {
+        authorization: header(hyper::header::AUTHORIZATION),
+        query: req.uri().query(),
+    }) {
+        Ok(identity) => identity,
+        Err(e) => {
+            let reject = match e {
+                AuthError::Missing => Reject::MissingCredentials,
+                _ => Reject::BadCredentials,
+            };
+            broker.global.reject(reject);
+            let mut response = api::error_response(401, &e.to_string());
+            if let Some(challenge) = broker.auth.challenge() {
+                response.headers_mut().insert(
+                    hyper::header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(challenge),
+                );
+            }
+            return response;
+        }
+    };
     let offered = req
         .headers()
         .get(SEC_WEBSOCKET_PROTOCOL)
@@ -115,9 +133,10 @@ pub fn upgrade(
     };
     if !broker.reserve_ws() {
         broker.global.reject(Reject::TooManyConnections);
-        return api::error_response(503, &Reject::TooManyConnections.to_string());
+        return api::unavailable(&Reject::TooManyConnections.to_string(), 1);
     }
-    upgraded.set(true);
+    socket.upgraded.set(true);
+    let admission = Admission::boxed(identity, socket.ip_slot.take());
     let shard = shard.clone();
     let dialect = choice.dialect;
     tokio::task::spawn_local(async move {
@@ -137,7 +156,7 @@ pub fn upgrade(
                 let (stream, unread) = parts.io.into_inner().into_parts();
                 let mut leftover = parts.read_buf.to_vec();
                 leftover.extend_from_slice(&unread);
-                shard.add_conn(stream, dialect, &leftover);
+                shard.add_conn(stream, dialect, &leftover, admission);
             }
             Err(_) => {
                 shard.broker.socket_closed();

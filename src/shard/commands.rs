@@ -132,6 +132,9 @@ impl Shard {
         if conn.subs.iter().any(|s| &**s == pattern) {
             return Ok(()); // already subscribed: idempotent, as in MQTT
         }
+        if !self.broker.policies.may_subscribe(conn.identity(), pattern) {
+            return Err(Reject::SubscribeNotAllowed);
+        }
         if conn.subs.len() >= self.broker.config.client.max_subscriptions {
             return Err(Reject::TooManySubscriptions);
         }
@@ -175,10 +178,14 @@ impl Shard {
         headers: Option<Bytes>,
     ) -> Result<(), Reject> {
         let client = &self.broker.config.client;
-        if !client.allow_publish {
+        topic::validate_topic(topic_name, self.topic_limits()).map_err(Reject::InvalidTopic)?;
+        if !self
+            .broker
+            .policies
+            .may_publish(conn.identity(), topic_name)
+        {
             return Err(Reject::PublishNotAllowed);
         }
-        topic::validate_topic(topic_name, self.topic_limits()).map_err(Reject::InvalidTopic)?;
         if !conn
             .rate
             .allow(client.publish_rate, client.publish_burst, self.now_ms())

@@ -20,7 +20,7 @@ mod delivery;
 use crate::broker::Broker;
 use crate::conn::outbox;
 use crate::conn::reader;
-use crate::conn::{Conn, ConnTask, Phase};
+use crate::conn::{Admission, Conn, ConnTask, Phase};
 use crate::error::Reject;
 use crate::protocol::{frame, Dialect};
 use crate::publication::Publication;
@@ -166,7 +166,13 @@ impl Shard {
 
     /// Adopts an upgraded socket as a WebSocket connection and starts its task.
     /// `leftover` are bytes the client sent right after its handshake.
-    pub fn add_conn(self: &Rc<Self>, stream: TcpStream, dialect: Dialect, leftover: &[u8]) {
+    pub fn add_conn(
+        self: &Rc<Self>,
+        stream: TcpStream,
+        dialect: Dialect,
+        leftover: &[u8],
+        admission: Option<Box<Admission>>,
+    ) {
         if self.draining.get() {
             self.broker.socket_closed();
             self.broker.ws_closed();
@@ -178,6 +184,7 @@ impl Shard {
             dialect,
             now,
             self.broker.config.client.publish_burst,
+            admission,
         );
         if !leftover.is_empty() {
             conn.partial = leftover.to_vec();

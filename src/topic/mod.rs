@@ -126,6 +126,44 @@ pub fn pattern_matches(pattern: &str, topic: &str) -> bool {
     }
 }
 
+/// Does `outer` match every topic `inner` matches? (Both valid patterns; a topic is a
+/// pattern without wildcards.) Used to decide whether one policy rule or grant governs a
+/// whole subscription.
+pub fn pattern_covers(outer: &str, inner: &str) -> bool {
+    let mut o = outer.split('/');
+    let mut i = inner.split('/');
+    let mut first = true;
+    loop {
+        match (o.next(), i.next()) {
+            (Some("#"), _) => return true,
+            // A whole-pattern `#` matches topics of one level or more, as `+/#` does.
+            (Some("+"), Some("#")) if first => return o.eq(["#"]),
+            // `inner` reaches arbitrarily deep where `outer` does not.
+            (Some(_), Some("#")) => return false,
+            (Some("+"), Some(_)) => {}
+            (Some(ol), Some(il)) if ol == il && il != "+" => {}
+            (None, None) => return true,
+            // `a/#` covers `a` itself: only a trailing `#` may be left over.
+            (Some(_), None) | (None, Some(_)) | (Some(_), Some(_)) => return false,
+        }
+        first = false;
+    }
+}
+
+/// Is there a topic both patterns match?
+pub fn patterns_overlap(a: &str, b: &str) -> bool {
+    let mut a = a.split('/');
+    let mut b = b.split('/');
+    loop {
+        match (a.next(), b.next()) {
+            (Some("#"), _) | (_, Some("#")) => return true,
+            (Some(x), Some(y)) if x == "+" || y == "+" || x == y => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
 /// Checks shared by topics and patterns, cheapest first.
 fn check_common(s: &str, limits: &Limits) -> Result<(), TopicError> {
     if s.is_empty() {
@@ -273,5 +311,70 @@ mod tests {
             TopicError::HashNotLast.to_string(),
             "'#' is only allowed as the last level"
         );
+    }
+
+    /// Every pattern and topic over levels {a, b} up to 3 levels deep.
+    fn universe() -> (Vec<String>, Vec<String>) {
+        let mut topics: Vec<String> = vec![String::new()];
+        let mut all = Vec::new();
+        for _ in 0..3 {
+            topics = topics
+                .iter()
+                .flat_map(|t| {
+                    ["a", "b"].map(|l| {
+                        if t.is_empty() {
+                            l.to_owned()
+                        } else {
+                            format!("{t}/{l}")
+                        }
+                    })
+                })
+                .collect();
+            all.extend(topics.iter().cloned());
+        }
+        let mut patterns = all.clone();
+        for t in &all {
+            let levels: Vec<&str> = t.split('/').collect();
+            for i in 0..levels.len() {
+                let mut plus = levels.clone();
+                plus[i] = "+";
+                patterns.push(plus.join("/"));
+                let hash = [&levels[..i], &["#"]].concat();
+                patterns.push(hash.join("/"));
+            }
+        }
+        patterns.push("+/+".into());
+        patterns.push("+/#".into());
+        patterns.sort();
+        patterns.dedup();
+        (patterns, all)
+    }
+
+    #[test]
+    fn covers_and_overlap_agree_with_the_matcher() {
+        let (patterns, topics) = universe();
+        for outer in &patterns {
+            for inner in &patterns {
+                let inner_topics = topics.iter().filter(|t| pattern_matches(inner, t));
+                let covers = inner_topics.clone().all(|t| pattern_matches(outer, t));
+                let overlap = inner_topics.clone().any(|t| pattern_matches(outer, t));
+                // The 3-level universe cannot show what `#` matches deeper down.
+                let deep = inner.ends_with('#') && !outer.ends_with('#');
+                if !deep {
+                    assert_eq!(
+                        pattern_covers(outer, inner),
+                        covers,
+                        "{outer} covers {inner}"
+                    );
+                }
+                assert_eq!(
+                    patterns_overlap(outer, inner),
+                    overlap,
+                    "{outer} overlaps {inner}"
+                );
+            }
+        }
+        assert!(!pattern_covers("a/+/+", "a/#"), "# reaches deeper than +/+");
+        assert!(pattern_covers("a/#", "a"));
     }
 }
