@@ -475,7 +475,11 @@ fn every_validation_rule() {
             "auth.basic_password_env",
             "needs the name",
         ),
-        ("[auth]\ntype = \"jwt\"", "auth.jwt_secret_env", "needs the name"),
+        (
+            "[auth]\ntype = \"jwt\"",
+            "auth.jwt_secret_env",
+            "needs the name",
+        ),
         (
             "[auth]\njwt_secret_env = \"MY-SECRET\"",
             "auth.jwt_secret_env",

@@ -46,9 +46,43 @@ fn ws_request(
     req
 }
 
+/// An HTTP answer instead of an upgrade.
+#[derive(Debug)]
+pub struct Refusal {
+    pub status: u16,
+    pub headers: tokio_tungstenite::tungstenite::http::HeaderMap,
+    pub body: String,
+}
+
+impl Refusal {
+    /// The `{"error": ...}` reason of the body.
+    pub fn reason(&self) -> String {
+        serde_json::from_str::<Value>(&self.body)
+            .ok()
+            .and_then(|v| v["error"].as_str().map(str::to_string))
+            .unwrap_or_else(|| panic!("refusal body is not {{\"error\": ..}}: {:?}", self.body))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
 /// Try a WebSocket handshake; on an HTTP refusal return its status code.
 pub async fn try_ws(url: &str, how: Dialect) -> Result<Ws, u16> {
-    let req = ws_request(url, how);
+    try_ws_with(url, how, &[]).await.map_err(|r| r.status)
+}
+
+/// Try a WebSocket handshake with extra request headers (e.g. `Authorization`).
+pub async fn try_ws_with(url: &str, how: Dialect, headers: &[(&str, &str)]) -> Result<Ws, Refusal> {
+    let mut req = ws_request(url, how);
+    for (name, value) in headers {
+        req.headers_mut().insert(
+            tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(name.as_bytes())
+                .expect("header name"),
+            HeaderValue::from_str(value).expect("header value"),
+        );
+    }
     match within(
         RECV,
         "WebSocket handshake",
@@ -64,7 +98,11 @@ pub async fn try_ws(url: &str, how: Dialect) -> Result<Ws, u16> {
                 .map(str::to_string);
             Ok(Ws { stream, protocol })
         }
-        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => Err(resp.status().as_u16()),
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => Err(Refusal {
+            status: resp.status().as_u16(),
+            headers: resp.headers().clone(),
+            body: String::from_utf8_lossy(resp.body().as_deref().unwrap_or_default()).into(),
+        }),
         Err(e) => panic!("WebSocket handshake failed: {e}"),
     }
 }
