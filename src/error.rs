@@ -63,11 +63,14 @@ pub enum Reject {
     TooManyConnections,
     /// `Origin` not in `server.allowed_origins` (HTTP 403).
     OriginNotAllowed,
+    /// No complete request (head, or API body) within `server.handshake_timeout`
+    /// (slowloris): the socket is closed (an API body gets HTTP 408).
+    HandshakeTimeout,
 }
 
 impl Reject {
     /// Every variant's metric label, in `index()` order (for per-shard counter arrays).
-    pub const LABELS: [&'static str; 26] = [
+    pub const LABELS: [&'static str; 27] = [
         "malformed_json",
         "not_an_object",
         "unknown_type",
@@ -94,6 +97,7 @@ impl Reject {
         "bad_handshake",
         "too_many_connections",
         "origin_not_allowed",
+        "handshake_timeout",
     ];
 
     /// Position of this variant in [`Reject::LABELS`] and in counter arrays.
@@ -125,6 +129,7 @@ impl Reject {
             Reject::BadHandshake => 23,
             Reject::TooManyConnections => 24,
             Reject::OriginNotAllowed => 25,
+            Reject::HandshakeTimeout => 26,
         }
     }
 
@@ -172,6 +177,7 @@ impl Reject {
         match self {
             Reject::TooManyConnections | Reject::Overloaded => 503,
             Reject::RateLimited => 429,
+            Reject::HandshakeTimeout => 408,
             Reject::PublishNotAllowed | Reject::OriginNotAllowed => 403,
             _ => 400,
         }
@@ -199,6 +205,9 @@ impl fmt::Display for Reject {
             Reject::TooManyConnections => f.write_str("too many connections"),
             Reject::OriginNotAllowed => f.write_str("origin not allowed (server.allowed_origins)"),
             Reject::BadHandshake => f.write_str("not a valid WebSocket upgrade request"),
+            Reject::HandshakeTimeout => {
+                f.write_str("request not received in time (server.handshake_timeout)")
+            }
             other => f.write_str(other.close_reason()),
         }
     }
@@ -220,7 +229,7 @@ mod tests {
             assert_eq!(Reject::LABELS[r.index()], r.label());
         }
         assert_eq!(Reject::SlowConsumer.label(), "slow_consumer");
-        assert_eq!(Reject::OriginNotAllowed.index(), Reject::LABELS.len() - 1);
+        assert_eq!(Reject::HandshakeTimeout.index(), Reject::LABELS.len() - 1);
     }
 
     #[test]
