@@ -73,11 +73,14 @@ pub enum Reject {
     IpConnectionLimit,
     /// The client's IP address connects faster than `server.connection_rate_per_ip` (HTTP 503).
     ConnectRateLimited,
+    /// No complete request (head, or API body) within `server.handshake_timeout`
+    /// (slowloris): the socket is closed (an API body gets HTTP 408).
+    HandshakeTimeout,
 }
 
 impl Reject {
     /// Every variant's metric label, in `index()` order (for per-shard counter arrays).
-    pub const LABELS: [&'static str; 31] = [
+    pub const LABELS: [&'static str; 32] = [
         "malformed_json",
         "not_an_object",
         "unknown_type",
@@ -109,6 +112,7 @@ impl Reject {
         "subscribe_not_allowed",
         "ip_connection_limit",
         "connect_rate_limited",
+        "handshake_timeout",
     ];
 
     /// Position of this variant in [`Reject::LABELS`] and in counter arrays.
@@ -145,6 +149,7 @@ impl Reject {
             Reject::SubscribeNotAllowed => 28,
             Reject::IpConnectionLimit => 29,
             Reject::ConnectRateLimited => 30,
+            Reject::HandshakeTimeout => 31,
         }
     }
 
@@ -195,6 +200,7 @@ impl Reject {
             | Reject::IpConnectionLimit
             | Reject::ConnectRateLimited => 503,
             Reject::RateLimited => 429,
+            Reject::HandshakeTimeout => 408,
             Reject::MissingCredentials | Reject::BadCredentials => 401,
             Reject::PublishNotAllowed | Reject::SubscribeNotAllowed | Reject::OriginNotAllowed => {
                 403
@@ -234,6 +240,9 @@ impl fmt::Display for Reject {
             Reject::TooManyConnections => f.write_str("too many connections"),
             Reject::OriginNotAllowed => f.write_str("origin not allowed (server.allowed_origins)"),
             Reject::BadHandshake => f.write_str("not a valid WebSocket upgrade request"),
+            Reject::HandshakeTimeout => {
+                f.write_str("request not received in time (server.handshake_timeout)")
+            }
             other => f.write_str(other.close_reason()),
         }
     }
@@ -255,7 +264,7 @@ mod tests {
             assert_eq!(Reject::LABELS[r.index()], r.label());
         }
         assert_eq!(Reject::SlowConsumer.label(), "slow_consumer");
-        assert_eq!(Reject::ConnectRateLimited.index(), Reject::LABELS.len() - 1);
+        assert_eq!(Reject::HandshakeTimeout.index(), Reject::LABELS.len() - 1);
     }
 
     #[test]

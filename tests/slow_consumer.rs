@@ -21,17 +21,6 @@ fn config(on_full: &str) -> String {
     format!("[client]\nqueue_frames = 64\nqueue_bytes = 65536\non_full = \"{on_full}\"\n")
 }
 
-/// A raw client with a tiny receive buffer, subscribed (ping-synced) and then never reading.
-async fn stalled_subscriber(broker: &Broker) -> RawWs {
-    let mut raw = RawWs::connect_with(broker.addr, "/ws", Some("gows"), Some(4096)).await;
-    raw.send_text(&json!({"type": "subscribe", "data": CHANNEL}).to_string())
-        .await;
-    raw.send_text(r#"{"type":"ping"}"#).await;
-    let v = raw.recv_json(RECV).await;
-    assert_eq!(v["type"], "pong", "{v}");
-    raw
-}
-
 /// Publish 0..TOTAL on CHANNEL while a reading gows client checks every one arrives in
 /// order. Returns the reading client.
 async fn firehose_with_reader(broker: &Broker) -> Ws {
@@ -92,7 +81,7 @@ fn assert_increasing(s: &[u64]) {
 #[tokio::test]
 async fn disconnect_policy_cuts_the_stalled_client_and_spares_the_reader() {
     let broker = Broker::start(&config("disconnect"));
-    let mut slow = stalled_subscriber(&broker).await;
+    let mut slow = RawWs::stalled_subscriber(broker.addr, CHANNEL).await;
     let mut fast = firehose_with_reader(&broker).await;
 
     // The stalled client must have been cut: reading what was buffered ends in close/EOF.
@@ -120,7 +109,7 @@ async fn disconnect_policy_cuts_the_stalled_client_and_spares_the_reader() {
 /// gets an in-order subset and then answers a ping.
 async fn drop_policy(on_full: &str) -> Vec<u64> {
     let broker = Broker::start(&config(on_full));
-    let mut slow = stalled_subscriber(&broker).await;
+    let mut slow = RawWs::stalled_subscriber(broker.addr, CHANNEL).await;
     let mut fast = firehose_with_reader(&broker).await;
     assert_eq!(
         stats_clients(&broker).await,

@@ -5,6 +5,7 @@ mod health;
 mod publish;
 mod stats;
 
+use crate::error::Reject;
 use crate::server::http::HttpResponse;
 use crate::shard::Shard;
 use bytes::Bytes;
@@ -187,11 +188,14 @@ async fn read_body(shard: &Shard, req: Request<Incoming>) -> Result<Bytes, ApiEr
     let deadline = shard.broker.config.server.handshake_timeout;
     let collected = tokio::time::timeout(deadline, Limited::new(req.into_body(), limit).collect())
         .await
-        .map_err(|_| ApiError {
-            status: 408,
-            reason: format!(
-                "request body not received within {deadline:?} (server.handshake_timeout)"
-            ),
+        .map_err(|_| {
+            shard.broker.global.reject(Reject::HandshakeTimeout);
+            ApiError {
+                status: 408,
+                reason: format!(
+                    "request body not received within {deadline:?} (server.handshake_timeout)"
+                ),
+            }
         })?;
     match collected {
         Ok(collected) => Ok(collected.to_bytes()),

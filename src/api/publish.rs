@@ -124,8 +124,11 @@ fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
 }
 
 fn check_topic(shard: &Shard, name: &str) -> Result<(), ApiError> {
-    topic::validate_topic(name, shard.topic_limits())
-        .map_err(|e| ApiError::bad_request(Reject::InvalidTopic(e).to_string()))
+    topic::validate_topic(name, shard.topic_limits()).map_err(|e| {
+        let reject = Reject::InvalidTopic(e);
+        shard.broker.global.reject(reject);
+        ApiError::bad_request(reject.to_string())
+    })
 }
 
 fn publish_items(shard: &Shard, body: &[u8]) -> Result<Vec<Publication>, ApiError> {

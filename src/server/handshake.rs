@@ -16,6 +16,7 @@ use super::http;
 use super::prefixed::Prefixed;
 use crate::auth::{Authenticator, Identity, IpSlot, Offered};
 use crate::conn::Admission;
+use crate::error::Reject;
 use crate::protocol::Dialect;
 use crate::server::upgrade::choose_dialect;
 use crate::shard::Shard;
@@ -96,8 +97,13 @@ async fn accept(
     let timeout = shard.broker.config.server.handshake_timeout;
     let first = tokio::time::timeout(timeout, read_head(&shard, &mut stream)).await;
     let (upgrade, leftover) = match first {
-        Err(_) | Ok(Read::Closed) => {
-            // Slowloris or a client that left: nothing to answer.
+        Err(_) => {
+            // Slowloris: not a byte within the timeout. Nothing to answer.
+            shard.broker.global.reject(Reject::HandshakeTimeout);
+            shard.broker.socket_closed();
+            return;
+        }
+        Ok(Read::Closed) => {
             shard.broker.socket_closed();
             return;
         }

@@ -43,12 +43,15 @@ pub async fn serve(
         upgraded: Cell::new(false),
         ip_slot: Cell::new(ip_slot),
     });
+    let requests = Rc::new(Cell::new(0u64));
     let service = {
         let shard = shard.clone();
         let upgraded = upgraded.clone();
+        let requests = requests.clone();
         hyper::service::service_fn(move |req: Request<Incoming>| {
             let shard = shard.clone();
             let upgraded = upgraded.clone();
+            requests.set(requests.get() + 1);
             async move { Ok::<_, Infallible>(route(shard, peer, over_limit, &upgraded, req).await) }
         })
     };
@@ -63,6 +66,14 @@ pub async fn serve(
         .with_upgrades();
     if let Err(e) = connection.await {
         tracing::debug!(shard = shard.id, %peer, error = %e, "http connection ended with an error");
+        // SPEC §4: every refusal is counted. hyper has answered a request it could not
+        // parse (400/414/431); a header timeout before any request is a slowloris (after
+        // one, it is only a kept-alive connection going quiet).
+        if e.is_parse() {
+            shard.broker.global.reject(Reject::BadHandshake);
+        } else if e.is_timeout() && requests.get() == 0 {
+            shard.broker.global.reject(Reject::HandshakeTimeout);
+        }
     }
     // An upgraded socket now belongs to a WebSocket connection, which releases it.
     if !upgraded.upgraded.get() {

@@ -156,6 +156,21 @@ impl Broker {
         self.pid
     }
 
+    /// The exit status if the broker process has ended (it never should on its own).
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child
+            .as_mut()?
+            .try_wait()
+            .expect("try_wait on the broker")
+    }
+
+    /// File descriptors the broker process holds open (sockets included), from
+    /// `/proc/PID/fd`; `None` where there is no `/proc`.
+    pub fn open_fds(&self) -> Option<usize> {
+        let dir = std::fs::read_dir(format!("/proc/{}/fd", self.pid)).ok()?;
+        Some(dir.count())
+    }
+
     /// What the broker wrote to stderr so far.
     pub fn stderr(&self) -> String {
         String::from_utf8_lossy(&self.stderr.lock().expect("stderr lock")).to_string()
@@ -214,6 +229,13 @@ impl Broker {
             r.text
         );
         r
+    }
+
+    /// `GET /metrics` text (asserting 200).
+    pub async fn metrics(&self) -> String {
+        let r = self.get("/metrics").await;
+        assert_eq!(r.status, 200, "metrics: {}", r.text);
+        r.text
     }
 
     /// `GET /api/stats` as JSON (asserting 200).

@@ -134,3 +134,48 @@ pub async fn http(
         .request(method, path, content_type, body)
         .await
 }
+
+/// A WebSocket upgrade request head for `path` (version 13, the RFC 6455 sample key),
+/// with `extra` header lines (each ending in `\r\n`) after the request line.
+pub fn upgrade_request(path: &str, extra: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\n{extra}Upgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+}
+
+/// Writes `request` (any bytes, well-formed or not) on a fresh connection and returns
+/// what the broker answered up to the end of the response head, or up to EOF.
+pub async fn raw_http(addr: SocketAddr, request: &[u8]) -> String {
+    let mut s = within(HTTP, "raw HTTP connect", TcpStream::connect(addr))
+        .await
+        .expect("connect");
+    within(HTTP, "raw HTTP write", s.write_all(request))
+        .await
+        .expect("raw HTTP write");
+    let mut got = Vec::new();
+    within(HTTP, "raw HTTP response", async {
+        let mut chunk = [0u8; 1024];
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await;
+    String::from_utf8_lossy(&got).to_string()
+}
+
+/// The status code of a response head (0 when there is none).
+pub fn status_of(head: &str) -> u16 {
+    head.split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Status of an upgrade on `/ws` carrying these extra header lines.
+pub async fn upgrade_status(addr: SocketAddr, extra_headers: &str) -> u16 {
+    status_of(&raw_http(addr, upgrade_request("/ws", extra_headers).as_bytes()).await)
+}

@@ -58,14 +58,29 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
+    until_ok(what, d, || {
+        let held = check();
+        async move { held.await.then_some(()).ok_or_else(String::new) }
+    })
+    .await
+}
+
+/// Like [`eventually`], for a check that says what it saw (`Err(observation)`): the last
+/// observation is in the panic message when the condition never holds within `d`.
+pub async fn until_ok<F, Fut>(what: &str, d: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<(), String>>,
+{
     let deadline = Instant::now() + d;
     loop {
-        if check().await {
-            return;
-        }
+        let last = match check().await {
+            Ok(()) => return,
+            Err(seen) => seen,
+        };
         assert!(
             Instant::now() < deadline,
-            "condition never held within {d:?}: {what}"
+            "condition never held within {d:?}: {what} {last}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -131,4 +146,16 @@ pub fn counter(metrics: &str, name: &str) -> f64 {
         .lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
         .unwrap_or_else(|| panic!("{name} missing from metrics"))
+}
+
+/// Every `shardcast_rejections_total{reason=...}` counter in `/metrics` text, by reason.
+pub fn rejections(metrics: &str) -> std::collections::BTreeMap<String, f64> {
+    metrics
+        .lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("shardcast_rejections_total{reason=\"")?;
+            let (reason, value) = rest.split_once("\"} ")?;
+            Some((reason.to_string(), value.parse().ok()?))
+        })
+        .collect()
 }

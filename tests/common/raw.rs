@@ -70,14 +70,11 @@ impl RawWs {
         let mut stream = within(RECV, "raw TCP connect", socket.connect(addr))
             .await
             .expect("connect");
-        let mut req = format!(
-            "GET {path_and_query} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
-        );
+        let mut headers = format!("Host: {addr}\r\n");
         if let Some(p) = protocol {
-            req.push_str(&format!("Sec-WebSocket-Protocol: {p}\r\n"));
+            headers.push_str(&format!("Sec-WebSocket-Protocol: {p}\r\n"));
         }
-        req.push_str("\r\n");
+        let req = upgrade_request(path_and_query, &headers);
         within(
             RECV,
             "raw handshake write",
@@ -116,6 +113,18 @@ impl RawWs {
         RawWs { stream, buf }
     }
 
+    /// A gows client with a tiny receive buffer, subscribed to `channel` (ping-synced),
+    /// for a test to leave unread: a subscriber that stops reading.
+    pub async fn stalled_subscriber(addr: SocketAddr, channel: &str) -> RawWs {
+        let mut raw = RawWs::connect_with(addr, "/ws", Some("gows"), Some(4096)).await;
+        raw.send_text(&json!({"type": "subscribe", "data": channel}).to_string())
+            .await;
+        raw.send_text(r#"{"type":"ping"}"#).await;
+        let v = raw.recv_json(RECV).await;
+        assert_eq!(v["type"], "pong", "{v}");
+        raw
+    }
+
     pub async fn connect(addr: SocketAddr, protocol: &str) -> RawWs {
         RawWs::connect_with(addr, "/ws", Some(protocol), None).await
     }
@@ -133,6 +142,11 @@ impl RawWs {
             tokio::time::timeout(RECV, self.stream.write_all(bytes)).await,
             Ok(Ok(()))
         )
+    }
+
+    /// Drops the connection with a TCP reset (`SO_LINGER` 0): no close frame, no FIN.
+    pub fn reset(self) {
+        self.stream.set_zero_linger().expect("SO_LINGER 0");
     }
 
     /// A masked, final text frame.

@@ -310,6 +310,19 @@ impl Canary {
         }
     }
 
+    /// Runs `fut` while reading the canary's socket: the canary answers the broker's
+    /// pings meanwhile (a short `server.idle_timeout` does not take it) and must receive
+    /// nothing else, since nothing is published on its channel.
+    pub async fn quiet_while<T>(&mut self, fut: impl Future<Output = T>) -> T {
+        tokio::pin!(fut);
+        tokio::select! {
+            out = &mut fut => out,
+            ev = self.ws.next_event(Duration::from_secs(3600)) => {
+                panic!("the canary received {ev:?} while it should hear nothing")
+            }
+        }
+    }
+
     /// Publish a fresh value on the canary channel and assert it arrives next.
     pub async fn check(&mut self, broker: &Broker) {
         self.seq += 1;
