@@ -41,8 +41,17 @@ struct Ward {
 
 impl Ward {
     async fn start(toml: &str) -> Ward {
-        let broker = Broker::start(toml);
-        let canary = Canary::new(&broker).await;
+        Ward::start_with(toml, &[], None).await
+    }
+
+    /// With extra environment (secrets) and, when the broker requires credentials, the
+    /// token the canary presents.
+    async fn start_with(toml: &str, env: &[(&str, &str)], token: Option<&str>) -> Ward {
+        let broker = Broker::start_with(toml, &[], env);
+        let canary = match token {
+            Some(token) => Canary::with_token(&broker, token).await,
+            None => Canary::new(&broker).await,
+        };
         // No HTTP request has been made yet: listeners, runtime, and the canary's socket.
         let fds = broker.open_fds();
         Ward {
@@ -90,11 +99,6 @@ impl Ward {
 
     /// Sends each request on a fresh connection: it must be answered with its status
     /// before any WebSocket exists, and counted.
-    //
-    // TODO(auth): SPEC §4 "missing or wrong credentials -> HTTP 401 before the upgrade"
-    // goes through here once `[auth] type = "bearer" | "basic" | "jwt"` lands: a `Ward`
-    // started with that config (its canary will need credentials too), and rows without
-    // an `Authorization` header, with a wrong one, and with a wrong `?token=`.
     async fn refuse_all(&mut self, rows: Vec<Refusal>) {
         for Refusal {
             case,
@@ -496,7 +500,99 @@ async fn protocol_violations_close_the_connection_with_their_code() {
     .await;
 }
 
-/// Requests refused before any WebSocket exists (SPEC §4: 400, 403; 401 is TODO(auth)).
+/// Missing or wrong credentials: HTTP 401 before the upgrade (SPEC §4, §5), for bearer
+/// tokens and JWTs, in the header and in `?token=`.
+#[tokio::test]
+async fn missing_or_wrong_credentials_are_refused_with_401() {
+    let mut ward = Ward::start_with(
+        "[auth]\ntype = \"bearer\"\nbearer_token_env = \"HOSTILE_TOKEN\"\n",
+        &[("HOSTILE_TOKEN", "right-token")],
+        Some("right-token"),
+    )
+    .await;
+    let upgrade = |path: &str, extra: &str| {
+        upgrade_request(path, &format!("Host: x\r\n{extra}")).into_bytes()
+    };
+    let row = |case, request, reason| Refusal {
+        case,
+        request,
+        status: 401,
+        reason,
+    };
+    ward.refuse_all(vec![
+        row("no credentials", upgrade("/ws", ""), "missing_credentials"),
+        row(
+            "wrong bearer token",
+            upgrade("/ws", "Authorization: Bearer wrong-token\r\n"),
+            "bad_credentials",
+        ),
+        row(
+            "a prefix of the token",
+            upgrade("/ws", "Authorization: Bearer right\r\n"),
+            "bad_credentials",
+        ),
+        row(
+            "an unknown scheme",
+            upgrade("/ws", "Authorization: Digest right-token\r\n"),
+            "bad_credentials",
+        ),
+        row(
+            "wrong ?token=",
+            upgrade("/ws?token=nope", ""),
+            "bad_credentials",
+        ),
+        row(
+            "empty ?token=",
+            upgrade("/ws?token=", ""),
+            "missing_credentials",
+        ),
+        row(
+            "a 10 KiB token",
+            upgrade(
+                "/ws",
+                &format!("Authorization: Bearer {}\r\n", "x".repeat(10_240)),
+            ),
+            "bad_credentials",
+        ),
+    ])
+    .await;
+
+    let mut ward = Ward::start_with(
+        "[auth]\ntype = \"jwt\"\njwt_secret_env = \"HOSTILE_JWT\"\n",
+        &[("HOSTILE_JWT", "hostile-secret")],
+        // {"alg":"HS256","typ":"JWT"} {"sub":"canary","exp":4102444800}, signed with it.
+        Some(CANARY_JWT),
+    )
+    .await;
+    // alg "none" and a garbled token must not pass.
+    let none = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJ4IiwiZXhwIjo0MTAyNDQ0ODAwfQ.";
+    ward.refuse_all(vec![
+        row(
+            "JWT with alg none",
+            upgrade("/ws", &format!("Authorization: Bearer {none}\r\n")),
+            "bad_credentials",
+        ),
+        row(
+            "JWT with a broken signature",
+            upgrade(
+                &format!("/ws?token={}", &CANARY_JWT[..CANARY_JWT.len() - 2]),
+                "",
+            ),
+            "bad_credentials",
+        ),
+        row(
+            "not a JWT",
+            upgrade("/ws", "Authorization: Bearer ...\r\n"),
+            "bad_credentials",
+        ),
+    ])
+    .await;
+}
+
+/// A JWT for the canary: HS256 over `hostile-secret`, `exp` in 2100.
+const CANARY_JWT: &str = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJjYW5hcnkiLCJleHAiOjQxMDI0NDQ4MDB9.wtDmJrp5lzA_hPu8fFP4dtsJ48R4MvaX7fm02QuXxmU";
+
+/// Requests refused before any WebSocket exists (SPEC §4: 400, 403).
 #[tokio::test]
 async fn bad_handshakes_and_garbage_are_refused_over_http() {
     let mut ward = Ward::start("").await;

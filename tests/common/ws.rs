@@ -310,6 +310,14 @@ impl Canary {
         }
     }
 
+    /// A canary on a broker that requires credentials: it presents `token` as `?token=`.
+    pub async fn with_token(broker: &Broker, token: &str) -> Canary {
+        let url = format!("{}?token={token}", broker.ws_url());
+        let mut ws = Ws::connect(&url, Dialect::Subprotocol("gows")).await;
+        ws.gows_subscribe("canary").await;
+        Canary { ws, seq: 0 }
+    }
+
     /// Runs `fut` while reading the canary's socket: the canary answers the broker's
     /// pings meanwhile (a short `server.idle_timeout` does not take it) and must receive
     /// nothing else, since nothing is published on its channel.
