@@ -4,7 +4,7 @@
 //! stats block, and the few broker-wide counters of cold paths (accept, HTTP API).
 //! Nothing here is touched per delivery except through the router's generation counter.
 
-use crate::auth::{Authenticator, IpLimits, Policies};
+use crate::auth::{Authenticator, IpLimits, Policies, Secret};
 use crate::config::Config;
 use crate::error::Reject;
 use crate::router::Router;
@@ -55,7 +55,7 @@ pub struct Broker {
     /// Set when graceful shutdown begins (health reports 503, no new connections).
     pub draining: AtomicBool,
     /// The HTTP API key, read from the variable `api.key_env` names (None = loopback only).
-    pub api_key: Option<String>,
+    pub api_key: Option<Secret>,
     /// Checks WebSocket clients' credentials (`[auth]`).
     pub auth: Authenticator,
     /// Who may subscribe and publish where (`[[policy]]`).

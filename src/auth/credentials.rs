@@ -4,8 +4,7 @@
 //! Secrets come from environment variables the config names, read once at start
 //! ([`Authenticator::from_config`]); a configured variable that is unset or empty stops
 //! the broker from starting. Static secrets (bearer tokens, basic-auth pairs) are kept
-//! only as SHA-256 digests and compared digest to digest in constant time, so neither the
-//! length nor a matching prefix of a secret leaks through timing. Nothing here logs a
+//! only as [`Secret`]s: SHA-256 digests compared in constant time. Nothing here logs a
 //! credential: errors name what was wrong, never what was sent.
 
 use super::Identity;
@@ -66,10 +65,10 @@ pub struct Authenticator {
 
 enum Method {
     None,
-    /// Digests of the accepted tokens.
-    Bearer(Vec<[u8; 32]>),
-    /// Digest of `user:password`.
-    Basic([u8; 32]),
+    /// The accepted tokens.
+    Bearer(Vec<Secret>),
+    /// `user:password`.
+    Basic(Secret),
     Jwt {
         key: Box<DecodingKey>,
         validation: Box<Validation>,
@@ -80,6 +79,40 @@ enum Method {
 
 fn digest(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()
+}
+
+/// A static secret (a token, a `user:password` pair, the API key), kept only as its
+/// SHA-256 digest. Comparing digests in constant time leaks neither the secret's length
+/// nor how much of a guess matched.
+#[derive(Clone)]
+pub struct Secret([u8; 32]);
+
+impl Secret {
+    /// Keeps the digest of `secret`.
+    pub fn new(secret: &[u8]) -> Self {
+        Secret(digest(secret))
+    }
+
+    /// Whether `given` is the secret.
+    pub fn matches(&self, given: &[u8]) -> bool {
+        bool::from(self.0.ct_eq(&digest(given)))
+    }
+
+    /// Whether `given` is any of `secrets`; every one is compared, so timing does not
+    /// tell which matched.
+    pub fn any_matches(secrets: &[Secret], given: &[u8]) -> bool {
+        let given = digest(given);
+        let matched = secrets
+            .iter()
+            .fold(subtle::Choice::from(0), |acc, s| acc | s.0.ct_eq(&given));
+        bool::from(matched)
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(..)")
+    }
 }
 
 /// Reads the variable `key` names; unset or empty is an error naming the key.
@@ -116,7 +149,7 @@ impl Authenticator {
                     .split(',')
                     .map(str::trim)
                     .filter(|t| !t.is_empty())
-                    .map(|t| digest(t.as_bytes()))
+                    .map(|t| Secret::new(t.as_bytes()))
                     .collect();
                 if digests.is_empty() {
                     return Err(format!(
@@ -135,7 +168,7 @@ impl Authenticator {
                         auth.basic_username_env
                     ));
                 }
-                Method::Basic(digest(format!("{user}:{pass}").as_bytes()))
+                Method::Basic(Secret::new(format!("{user}:{pass}").as_bytes()))
             }
             AuthType::Jwt => {
                 let key = secret("auth.jwt_secret_env", &auth.jwt_secret_env, env)?;
@@ -184,16 +217,11 @@ impl Authenticator {
         let (scheme, credential) = credential(offered)?;
         match &self.method {
             Method::None => Ok(None),
-            Method::Bearer(digests) => {
+            Method::Bearer(tokens) => {
                 if scheme == Scheme::Basic {
                     return Err(AuthError::Malformed);
                 }
-                let given = digest(credential.as_bytes());
-                // Every token is compared, so timing does not tell which one matched.
-                let matched = digests
-                    .iter()
-                    .fold(subtle::Choice::from(0), |acc, d| acc | d.ct_eq(&given));
-                if bool::from(matched) {
+                if Secret::any_matches(tokens, credential.as_bytes()) {
                     Ok(Some(Identity::authenticated("bearer")))
                 } else {
                     Err(AuthError::Invalid)
@@ -206,7 +234,7 @@ impl Authenticator {
                 let decoded = STANDARD
                     .decode(credential.trim())
                     .map_err(|_| AuthError::Malformed)?;
-                if !bool::from(digest(&decoded).ct_eq(expected)) {
+                if !expected.matches(&decoded) {
                     return Err(AuthError::Invalid);
                 }
                 let user = decoded
@@ -277,36 +305,93 @@ fn credential(offered: Offered<'_>) -> Result<(Scheme, String), AuthError> {
         .flat_map(|q| q.split('&'))
         .find_map(|kv| kv.strip_prefix("token="))
         .ok_or(AuthError::Missing)?;
-    let token = percent_decode(token).ok_or(AuthError::Malformed)?;
+    let token = crate::api::percent_decode(token);
     if token.is_empty() {
         return Err(AuthError::Missing);
     }
     Ok((Scheme::Query, token))
 }
 
-/// Decodes `%XX` escapes and `+` (as space); `None` when the result is not UTF-8 or an
-/// escape is broken.
-fn percent_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while let Some(&b) = bytes.get(i) {
-        match b {
-            b'%' => {
-                let hex = bytes.get(i + 1..i + 3)?;
-                let hex = std::str::from_utf8(hex).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 3;
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            _ => {
-                out.push(b);
-                i += 1;
-            }
-        }
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn bearer_config(tokens: &str) -> Result<Authenticator, String> {
+        let mut auth = Config::default().auth;
+        auth.kind = AuthType::Bearer;
+        auth.bearer_token_env = "T".into();
+        let value = tokens.to_owned();
+        Authenticator::from_config(&auth, &move |_| Some(value.clone()))
     }
-    String::from_utf8(out).ok()
+
+    fn bearer(tokens: &str) -> Authenticator {
+        bearer_config(tokens).expect("configured")
+    }
+
+    #[test]
+    fn secrets_match_only_themselves() {
+        let s = Secret::new(b"secret");
+        assert!(s.matches(b"secret"));
+        for wrong in [&b"secreT"[..], b"", b"secretsecret", b"secre"] {
+            assert!(!s.matches(wrong));
+        }
+        assert!(Secret::any_matches(&[Secret::new(b"a"), s], b"secret"));
+        assert!(!Secret::any_matches(&[], b"secret"));
+        assert_eq!(format!("{:?}", Secret::new(b"x")), "Secret(..)");
+    }
+
+    #[test]
+    fn bearer_tokens_by_header_or_query() {
+        let auth = bearer("one, two%");
+        let header = |h| Offered {
+            authorization: Some(h),
+            query: None,
+        };
+        assert!(auth.authenticate(header("Bearer two%")).is_ok());
+        assert!(auth.authenticate(header("bearer one")).is_ok());
+        assert_eq!(
+            auth.authenticate(header("Bearer three")),
+            Err(AuthError::Invalid)
+        );
+        assert_eq!(
+            auth.authenticate(header("Basic b25l")),
+            Err(AuthError::Malformed)
+        );
+        assert_eq!(
+            auth.authenticate(header("Bearer")),
+            Err(AuthError::Malformed)
+        );
+        let query = |q| Offered {
+            authorization: None,
+            query: Some(q),
+        };
+        assert!(auth.authenticate(query("dialect=vws&token=two%25")).is_ok());
+        assert_eq!(
+            auth.authenticate(query("dialect=vws")),
+            Err(AuthError::Missing)
+        );
+        assert_eq!(
+            auth.authenticate(Offered::default()),
+            Err(AuthError::Missing)
+        );
+    }
+
+    #[test]
+    fn unset_secrets_are_refused_with_the_key() {
+        let mut auth = Config::default().auth;
+        auth.kind = AuthType::Jwt;
+        auth.jwt_secret_env = "NOPE".into();
+        let err = Authenticator::from_config(&auth, &|_| None)
+            .err()
+            .expect("refused");
+        assert_eq!(
+            err,
+            "auth.jwt_secret_env: environment variable NOPE is not set or empty"
+        );
+        assert!(
+            bearer_config(" , ").is_err(),
+            "a variable of only commas holds no token"
+        );
+    }
 }

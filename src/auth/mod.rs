@@ -7,7 +7,7 @@ pub mod ip_limits;
 pub mod origin;
 pub mod policy;
 
-pub use credentials::{AuthError, Authenticator, Offered};
+pub use credentials::{AuthError, Authenticator, Offered, Secret};
 pub use ip_limits::{IpLimits, IpRefusal, IpSlot};
 pub use policy::Policies;
 

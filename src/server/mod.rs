@@ -13,7 +13,7 @@ pub mod os;
 mod prefixed;
 pub mod upgrade;
 
-use crate::auth::{Authenticator, IpLimits, Policies};
+use crate::auth::{Authenticator, IpLimits, Policies, Secret};
 use crate::broker::{Broker, GlobalStats};
 use crate::config::Config;
 use crate::router::Router;
@@ -50,7 +50,10 @@ impl Server {
             .unzip();
         let api_key = match config.api.key_env.as_str() {
             "" => None,
-            name => std::env::var(name).ok().filter(|k| !k.is_empty()),
+            name => std::env::var(name)
+                .ok()
+                .filter(|k| !k.is_empty())
+                .map(|k| Secret::new(k.as_bytes())),
         };
         let env = |name: &str| std::env::var(name).ok();
         let auth = Authenticator::from_config(&config.auth, &env).map_err(|e| {
