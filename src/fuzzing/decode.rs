@@ -32,7 +32,10 @@ fn run(dialect: Dialect, input: &[u8]) {
     let mut buffers = Buffers::default();
     let first = decode_owned(dialect, input, &mut buffers);
     let second = decode_owned(dialect, input, &mut buffers);
-    assert_eq!(first, second, "decoding is deterministic across buffer reuse");
+    assert_eq!(
+        first, second,
+        "decoding is deterministic across buffer reuse"
+    );
 
     let mut payload = input.to_vec();
     let range = payload.as_ptr_range();
