@@ -23,6 +23,8 @@ pub mod cli;
 pub mod config;
 pub mod conn;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod metrics;
 pub mod protocol;
 pub mod publication;

@@ -74,7 +74,12 @@ pub fn parse(
                 paused: false,
             });
         };
-        let so_far = fragments.as_ref().map_or(0, |f| f.data.len());
+        // Only a continuation adds to the message being reassembled; a control frame
+        // between its fragments (RFC 6455 §5.4) is a message of its own.
+        let so_far = match header.opcode {
+            OpCode::Continuation => fragments.as_ref().map_or(0, |f| f.data.len()),
+            _ => 0,
+        };
         let payload_len =
             usize::try_from(header.payload_len).map_err(|_| Reject::MessageTooLarge)?;
         if payload_len.saturating_add(so_far) > max_message {
@@ -222,6 +227,16 @@ mod tests {
             collect(&mut frag_too_big, 100).0,
             Err(Reject::MessageTooLarge)
         );
+    }
+
+    #[test]
+    fn control_frames_between_fragments_do_not_count_towards_the_message() {
+        let mut buf = client_frame(false, 1, &[b'a'; 60]);
+        buf.extend(client_frame(true, 9, &[b'p'; 50]));
+        buf.extend(client_frame(true, 0, &[b'b'; 40]));
+        let (r, seen) = collect(&mut buf, 100);
+        assert!(r.is_ok(), "{r:?}");
+        assert_eq!(seen.len(), 2);
     }
 
     #[test]

@@ -1,0 +1,4 @@
+//! Fuzz target: see `shardcast::fuzzing::gows_decode` (shared with tests/fuzz_regressions.rs).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| shardcast::fuzzing::gows_decode(data));
