@@ -3,7 +3,7 @@
 
 mod health;
 mod publish;
-mod stats;
+pub mod stats;
 
 use crate::error::Reject;
 use crate::server::http::HttpResponse;
@@ -75,6 +75,7 @@ pub async fn handle(shard: &Rc<Shard>, peer: SocketAddr, req: Request<Incoming>)
     let method = req.method().clone();
     let result = match (method.clone(), path.as_str()) {
         (Method::GET, "/healthz") => Ok(health::healthz(broker)),
+        (Method::GET, "/readyz") => Ok(health::readyz(broker)),
         (Method::GET, "/metrics") if broker.config.metrics.enabled => {
             Ok(crate::metrics::render(broker))
         }
@@ -82,7 +83,7 @@ pub async fn handle(shard: &Rc<Shard>, peer: SocketAddr, req: Request<Incoming>)
             status: 404,
             reason: "metrics are disabled (metrics.enabled = false)".into(),
         }),
-        (Method::GET, "/api/stats") => Ok(stats::stats(broker)),
+        (Method::GET, "/api/stats") => stats::stats(broker).await,
         (Method::GET, "/api/channels") => stats::channels(broker, None).await,
         (Method::GET, p) if p.starts_with("/api/channels/") => {
             let name = p.trim_start_matches("/api/channels/");
@@ -134,6 +135,7 @@ fn is_known(path: &str) -> bool {
     matches!(
         path,
         "/healthz"
+            | "/readyz"
             | "/metrics"
             | "/api/stats"
             | "/api/channels"
@@ -232,7 +234,7 @@ pub fn percent_decode(s: &str) -> String {
 const INDEX_HTML: &[u8] = b"<!doctype html><meta charset=utf-8><title>shardcast</title>\
 <h1>shardcast</h1><p>The broker is running. WebSocket: <code>/ws</code>. \
 See <a href=/api/stats>/api/stats</a>, <a href=/api/channels>/api/channels</a>, \
-<a href=/healthz>/healthz</a>, <a href=/metrics>/metrics</a>.</p>";
+<a href=/healthz>/healthz</a>, <a href=/readyz>/readyz</a>, <a href=/metrics>/metrics</a>.</p>";
 
 #[cfg(test)]
 mod tests {
