@@ -6,6 +6,7 @@
 //! published: loss, duplicates, latency from an HDR histogram, the broker's CPU and
 //! RSS from /proc, and the harness's own CPU so a reader can tell who was the limit.
 
+pub mod abuse;
 pub mod brokerstats;
 pub mod conn;
 pub mod plan;

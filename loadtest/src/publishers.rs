@@ -25,6 +25,8 @@ const MAX_CHURN_OPEN: usize = 5_000;
 pub struct Published {
     /// Messages sent per publisher per topic: `counts[publisher][topic]`.
     pub counts: Vec<Vec<u64>>,
+    /// `counts` as they stood at the window's split: what was sent before it.
+    pub counts_at_split: Vec<Vec<u64>>,
     pub tally: Tally,
     /// Churn connections that opened, subscribed and closed as planned.
     pub churned: u64,
@@ -39,11 +41,20 @@ impl Published {
     pub fn to_topic(&self, topic: usize) -> u64 {
         self.counts.iter().filter_map(|c| c.get(topic)).sum()
     }
+
+    /// Messages sent to one topic by all publishers before the window's split.
+    pub fn to_topic_before_split(&self, topic: usize) -> u64 {
+        self.counts_at_split
+            .iter()
+            .filter_map(|c| c.get(topic))
+            .sum()
+    }
 }
 
 pub fn thread_main(plan: Arc<Plan>, live: Arc<Live>) -> Published {
     let mut published = Published {
         counts: vec![vec![0; plan.topics]; plan.pubs],
+        counts_at_split: Vec::new(),
         tally: Tally::default(),
         churned: 0,
     };
@@ -77,15 +88,16 @@ async fn run(plan: &Arc<Plan>, live: &Arc<Live>, out: &mut Published) {
             Err(e) => {
                 out.tally.error(format!("publisher setup: {e:#}"));
                 // Without all publishers the sequences would not add up: start nothing.
-                live.window.set(1, 1);
+                live.window.set(1, 1, 1);
                 return;
             }
         }
     }
     let t0 = now_ns() + LEAD_IN.as_nanos() as u64;
     let start = t0 + plan.warmup.as_nanos() as u64;
-    let end = start + plan.duration.as_nanos() as u64;
-    live.window.set(start, end);
+    let split = start + plan.duration.as_nanos() as u64;
+    let end = start + plan.measured().as_nanos() as u64;
+    live.window.set(start, split, end);
 
     let churn_state = Rc::new(ChurnState::default());
     if plan.churn > 0.0 {
@@ -93,7 +105,11 @@ async fn run(plan: &Arc<Plan>, live: &Arc<Live>, out: &mut Published) {
     }
 
     tokio::time::sleep(Duration::from_nanos(t0.saturating_sub(now_ns()))).await;
-    pace(plan, live, &mut conns, t0, end, out).await;
+    let stop = end + plan.tail().as_nanos() as u64;
+    pace(plan, live, &mut conns, (t0, split, stop), out).await;
+    if out.counts_at_split.is_empty() {
+        out.counts_at_split = out.counts.clone();
+    }
 
     // Let the churn connections that are still open finish their hold.
     while churn_state.open.get() > 0 && now_ns() < end + plan.churn_hold.as_nanos() as u64 * 2 {
@@ -106,13 +122,13 @@ async fn run(plan: &Arc<Plan>, live: &Arc<Live>, out: &mut Published) {
     }
 }
 
-/// Sends every publish that has come due, tick by tick, until `end`.
+/// Sends every publish that has come due, tick by tick, from `t0` until `end`, noting
+/// the counts at `split`.
 async fn pace(
     plan: &Plan,
     live: &Live,
     conns: &mut [Conn],
-    t0: u64,
-    end: u64,
+    (t0, split, end): (u64, u64, u64),
     out: &mut Published,
 ) {
     let topics: Vec<String> = (0..plan.topics).map(|t| plan.topic_name(t)).collect();
@@ -124,6 +140,10 @@ async fn pace(
         let now = now_ns();
         if now >= end {
             break;
+        }
+        if now >= split && out.counts_at_split.is_empty() {
+            // Every message of this tick and later carries a send time at or past the split.
+            out.counts_at_split = out.counts.clone();
         }
         let due = ((now - t0) as f64 * plan.rate / 1e9) as u64;
         while sent < due {

@@ -1,0 +1,437 @@
+//! The measuring around the attacks: the broker's footprint before the abuse, the
+//! recovery after it, and the verdict that `--check` enforces.
+//!
+//! Pass means: no healthy delivery lost before or during the abuse, the healthy p99
+//! during the abuse at most 2 x the clean window's p99 + 2 ms (the absolute floor keeps
+//! sub-millisecond scheduling noise on a busy machine from failing a run whose p99 went
+//! from, say, 0.4 ms to 1.1 ms), the broker's RSS after recovery within 10 % of what it
+//! was before the abuse, the broker's connections and descriptors back to their
+//! pre-abuse count, and every attack kind having run.
+
+use super::Attacks;
+use crate::brokerstats;
+use crate::procfs::Proc;
+use crate::report::{grouped, Latency};
+use crate::tally::now_ns;
+use serde::Serialize;
+use std::net::SocketAddr;
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// The abuse p99 may be this many times the clean p99 ...
+const P99_FACTOR: f64 = 2.0;
+/// ... plus this many milliseconds.
+const P99_FLOOR_MS: f64 = 2.0;
+/// RSS after recovery may exceed RSS before the abuse by this fraction.
+const RSS_SLACK: f64 = 0.10;
+/// Time given to the broker's allocator to hand freed memory back before an RSS reading
+/// after the attacks (mimalloc purges freed pages after a short delay).
+pub const RSS_SETTLE: Duration = Duration::from_secs(1);
+/// After priming (no traffic yet), how long the broker may take to let go of the
+/// attackers' connections.
+pub const PRIME_SETTLE: Duration = Duration::from_secs(3);
+const POLL: Duration = Duration::from_millis(100);
+
+/// The broker at one moment.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct Footprint {
+    pub rss_kib: Option<u64>,
+    /// Open file descriptors (listening and connected sockets among them).
+    pub fds: Option<usize>,
+    /// WebSocket connections, from shardcast's `/api/stats` (absent for other brokers).
+    pub clients: Option<u64>,
+}
+
+impl Footprint {
+    pub fn read(broker: Option<Proc>, stats: Option<SocketAddr>) -> Footprint {
+        Footprint {
+            rss_kib: broker.and_then(Proc::rss_kib),
+            fds: broker.and_then(Proc::open_fds),
+            clients: stats.and_then(brokerstats::clients),
+        }
+    }
+
+    /// Whether every count that could be read is at or below `before`'s.
+    fn back_to(&self, before: &Footprint) -> bool {
+        let at_most = |now: Option<u64>, then: Option<u64>| match (now, then) {
+            (Some(n), Some(t)) => n <= t,
+            _ => true,
+        };
+        at_most(self.clients, before.clients)
+            && at_most(self.fds.map(|v| v as u64), before.fds.map(|v| v as u64))
+    }
+}
+
+/// Where the broker's footprint is read: its process, and (shardcast) its stats.
+#[derive(Clone, Copy)]
+pub struct Probe {
+    pub broker: Option<Proc>,
+    pub stats: Option<SocketAddr>,
+}
+
+impl Probe {
+    pub fn read(self) -> Footprint {
+        Footprint::read(self.broker, self.stats)
+    }
+}
+
+/// The [`Instant`] of a time in [`now_ns`] terms (still to come or just past).
+pub fn instant_of(at_ns: u64) -> Instant {
+    let now = now_ns();
+    if at_ns >= now {
+        Instant::now() + Duration::from_nanos(at_ns - now)
+    } else {
+        Instant::now() - Duration::from_nanos(now - at_ns)
+    }
+}
+
+/// How the broker came back after the attacks.
+pub struct Recovery {
+    pub attacks: Attacks,
+    pub after: Footprint,
+    /// Seconds from the end of the attacks until the connection counts were back.
+    pub settle_s: Option<f64>,
+}
+
+/// Collects the attackers' counts (they stop by themselves shortly after `ended`), waits
+/// up to `settle` after `ended` for the broker's connections and descriptors to fall
+/// back to `before`, and reads the broker at `read_at` (without one, [`RSS_SETTLE`] after
+/// the counts are back, giving the allocator time to purge).
+pub fn recover(
+    attackers: thread::JoinHandle<Attacks>,
+    probe: Probe,
+    before: &Footprint,
+    ended: Instant,
+    settle: Duration,
+    read_at: Option<Instant>,
+) -> Recovery {
+    let attacks = attackers.join().unwrap_or_else(|_| {
+        let mut a = Attacks::new();
+        a.entry("harness".into())
+            .or_default()
+            .insert("the attacker thread panicked".into(), 1);
+        a
+    });
+    let settle_s = loop {
+        if probe.read().back_to(before) {
+            break Some(ended.elapsed().as_secs_f64());
+        }
+        if ended.elapsed() >= settle {
+            break None;
+        }
+        thread::sleep(POLL);
+    };
+    let read_at = read_at.unwrap_or_else(|| Instant::now() + RSS_SETTLE);
+    thread::sleep(read_at.saturating_duration_since(Instant::now()));
+    Recovery {
+        attacks,
+        after: probe.read(),
+        settle_s,
+    }
+}
+
+/// The priming pass: every attack for `--prime` seconds before the warm-up.
+///
+/// The first contact with each attack leaves the broker bigger for good: tables grown
+/// to the peak number of connections and allocator pages that stay partly used (about
+/// 2 MB for shardcast, measured; it does not grow with more abuse). Priming pays that
+/// before the "before" reading, so the verdict asks whether abuse leaves memory behind,
+/// and the report still shows what the first contact cost.
+#[derive(Debug, Serialize)]
+pub struct Primed {
+    /// After the setup, before any attack.
+    pub start: Footprint,
+    /// After the priming attacks and their recovery.
+    pub after: Footprint,
+    pub settle_s: Option<f64>,
+    pub attacks: Attacks,
+}
+
+impl Primed {
+    pub fn new(start: Footprint, recovery: Recovery) -> Primed {
+        Primed {
+            start,
+            after: recovery.after,
+            settle_s: recovery.settle_s,
+            attacks: recovery.attacks,
+        }
+    }
+}
+
+/// The healthy subscribers' figures on one side of the abuse.
+#[derive(Debug, Serialize)]
+pub struct Phase {
+    /// Messages sent on this side (the clean side includes the warm-up).
+    pub published: u64,
+    pub expected: u64,
+    pub received: u64,
+    pub lost: u64,
+    /// Latency of the messages sent inside this phase's window.
+    pub latency_ms: Latency,
+}
+
+impl Phase {
+    pub fn new(published: u64, expected: u64, received: u64, latency_ms: Latency) -> Phase {
+        Phase {
+            published,
+            expected,
+            received,
+            lost: expected.saturating_sub(received),
+            latency_ms,
+        }
+    }
+}
+
+/// The abuse scenario's part of the report.
+#[derive(Debug, Serialize)]
+pub struct AbuseReport {
+    pub clean: Phase,
+    pub abuse: Phase,
+    /// The abuse window's p99 may be at most this: 2 x the clean p99 + 2 ms.
+    pub p99_limit_ms: f64,
+    /// The priming pass, unless `--prime 0`.
+    pub primed: Option<Primed>,
+    /// At the end of the clean window.
+    pub before: Footprint,
+    /// Highest RSS seen during the abuse window.
+    pub rss_kib_peak: Option<u64>,
+    /// At the end of the recovery, under the same healthy traffic as `before`.
+    pub after: Footprint,
+    pub settle_s: Option<f64>,
+    /// What each attack did and what the broker answered.
+    pub attacks: Attacks,
+    /// Answers that contradict SPEC §4 (labelled `unexpected: ...` in `attacks`).
+    pub unexpected: u64,
+    /// Why the run fails `--check`; empty when it passes.
+    pub failures: Vec<String>,
+}
+
+impl AbuseReport {
+    /// Judges the run; `kinds` are the attack kinds that were meant to run.
+    pub fn judge(
+        (clean, abuse): (Phase, Phase),
+        (primed, before, rss_kib_peak): (Option<Primed>, Footprint, Option<u64>),
+        recovery: Recovery,
+        kinds: &[&str],
+    ) -> AbuseReport {
+        let p99_limit_ms = clean.latency_ms.p99 * P99_FACTOR + P99_FLOOR_MS;
+        let unexpected = recovery
+            .attacks
+            .values()
+            .flat_map(|outcomes| outcomes.iter())
+            .filter(|(what, _)| what.starts_with("unexpected"))
+            .map(|(_, n)| n)
+            .sum();
+        let mut report = AbuseReport {
+            clean,
+            abuse,
+            p99_limit_ms,
+            primed,
+            before,
+            rss_kib_peak,
+            after: recovery.after,
+            settle_s: recovery.settle_s,
+            attacks: recovery.attacks,
+            unexpected,
+            failures: Vec::new(),
+        };
+        report.failures = report.failures(kinds);
+        report
+    }
+
+    fn failures(&self, kinds: &[&str]) -> Vec<String> {
+        let mut f = Vec::new();
+        for (name, phase) in [("before", &self.clean), ("during", &self.abuse)] {
+            if phase.lost > 0 {
+                f.push(format!(
+                    "{} healthy deliveries lost {name} the abuse",
+                    phase.lost
+                ));
+            }
+            if phase.latency_ms.count == 0 {
+                f.push(format!("no healthy latency measured {name} the abuse"));
+            }
+        }
+        if self.abuse.latency_ms.p99 > self.p99_limit_ms {
+            f.push(format!(
+                "healthy p99 under abuse {:.2} ms is over 2 x {:.2} ms + 2 ms = {:.2} ms",
+                self.abuse.latency_ms.p99, self.clean.latency_ms.p99, self.p99_limit_ms
+            ));
+        }
+        match (self.before.rss_kib, self.after.rss_kib) {
+            (Some(b), Some(a)) if a as f64 > b as f64 * (1.0 + RSS_SLACK) => f.push(format!(
+                "broker RSS after the abuse {a} KiB is more than 10% over {b} KiB before"
+            )),
+            (Some(_), Some(_)) => {}
+            _ => f.push("broker RSS not measured before and after (--pid)".into()),
+        }
+        if self.settle_s.is_none() {
+            f.push(format!(
+                "the broker's connections did not fall back to their pre-abuse count (clients {} -> {}, descriptors {} -> {})",
+                shown(self.before.clients),
+                shown(self.after.clients),
+                shown(self.before.fds),
+                shown(self.after.fds)
+            ));
+        }
+        let idle: Vec<&str> = kinds
+            .iter()
+            .filter(|k| !self.attacks.contains_key(**k))
+            .copied()
+            .collect();
+        if !idle.is_empty() {
+            f.push(format!("attacks that did nothing: {}", idle.join(", ")));
+        }
+        if let Some(harness) = self.attacks.get("harness") {
+            f.extend(harness.keys().map(|k| format!("attacker thread: {k}")));
+        }
+        f
+    }
+
+    /// Rows for the summary table.
+    pub fn rows(&self) -> Vec<(&'static str, String)> {
+        let phase = |p: &Phase| {
+            let l = &p.latency_ms;
+            format!(
+                "p99 {:.2} ms (p50 {:.2}, p99.9 {:.2}, max {:.2}, n={}); lost {} of {}",
+                l.p99,
+                l.p50,
+                l.p999,
+                l.max,
+                l.count,
+                p.lost,
+                grouped(p.expected as f64)
+            )
+        };
+        let rss = |v: Option<u64>| v.map_or("-".into(), |v| grouped(v as f64));
+        let change = match (self.before.rss_kib, self.after.rss_kib) {
+            (Some(b), Some(a)) if b > 0 => {
+                format!(" ({:+.1}%)", (a as f64 - b as f64) * 100.0 / b as f64)
+            }
+            _ => String::new(),
+        };
+        let mut rows = Vec::new();
+        if let Some(p) = &self.primed {
+            rows.push((
+                "priming",
+                format!(
+                    "broker RSS {} KiB at start, {} after {} priming attacks; {}",
+                    rss(p.start.rss_kib),
+                    rss(p.after.rss_kib),
+                    grouped(p.attacks.values().flat_map(|o| o.values()).sum::<u64>() as f64),
+                    p.settle_s.map_or("connections not back within --settle".into(), |s| {
+                        format!("connections back after {s:.1} s")
+                    })
+                ),
+            ));
+        }
+        rows.extend([
+            ("clean", phase(&self.clean)),
+            (
+                "under abuse",
+                format!("{}; limit {:.2} ms", phase(&self.abuse), self.p99_limit_ms),
+            ),
+            (
+                "broker rss",
+                format!(
+                    "{} KiB before the abuse, peak {} during, {} after{change}",
+                    rss(self.before.rss_kib),
+                    rss(self.rss_kib_peak),
+                    rss(self.after.rss_kib)
+                ),
+            ),
+            (
+                "broker conns",
+                format!(
+                    "clients {} -> {}, descriptors {} -> {}; {}",
+                    shown(self.before.clients),
+                    shown(self.after.clients),
+                    shown(self.before.fds),
+                    shown(self.after.fds),
+                    self.settle_s.map_or("not back within --settle".into(), |s| {
+                        format!("back {s:.1} s after the abuse")
+                    })
+                ),
+            ),
+        ]);
+        for (kind, outcomes) in &self.attacks {
+            let list: Vec<String> = outcomes
+                .iter()
+                .map(|(what, n)| format!("{what} {}", grouped(*n as f64)))
+                .collect();
+            rows.push(("attack", format!("{kind}: {}", list.join(", "))));
+        }
+        rows.push((
+            "verdict",
+            if self.failures.is_empty() {
+                format!("pass ({} unexpected answers)", self.unexpected)
+            } else {
+                format!("FAIL: {}", self.failures.join("; "))
+            },
+        ));
+        rows
+    }
+}
+
+fn shown<T: ToString>(v: Option<T>) -> String {
+    v.map_or("-".into(), |v| v.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn latency(p99: f64, count: u64) -> Latency {
+        Latency {
+            count,
+            p99,
+            ..Latency::default()
+        }
+    }
+
+    fn report(clean_p99: f64, abuse_p99: f64, rss_after: u64, settled: bool) -> AbuseReport {
+        let attacks = ["a", "b"]
+            .iter()
+            .map(|k| (k.to_string(), [("x".to_string(), 1)].into()))
+            .collect();
+        let fp = |rss| Footprint {
+            rss_kib: Some(rss),
+            fds: Some(10),
+            clients: Some(5),
+        };
+        AbuseReport::judge(
+            (
+                Phase::new(10, 100, 100, latency(clean_p99, 50)),
+                Phase::new(10, 100, 100, latency(abuse_p99, 50)),
+            ),
+            (None, fp(1000), Some(1500)),
+            Recovery {
+                attacks,
+                after: fp(rss_after),
+                settle_s: settled.then_some(0.5),
+            },
+            &["a", "b"],
+        )
+    }
+
+    #[test]
+    fn verdict_allows_twice_the_clean_p99_plus_two_ms() {
+        assert!(report(1.0, 4.0, 1000, true).failures.is_empty());
+        assert_eq!(report(1.0, 4.1, 1000, true).failures.len(), 1);
+        // The floor: sub-millisecond p99s may triple.
+        assert!(report(0.3, 2.5, 1000, true).failures.is_empty());
+    }
+
+    #[test]
+    fn verdict_checks_memory_connections_and_loss() {
+        assert!(report(1.0, 1.0, 1100, true).failures.is_empty());
+        assert_eq!(report(1.0, 1.0, 1101, true).failures.len(), 1);
+        assert_eq!(report(1.0, 1.0, 1000, false).failures.len(), 1);
+        let mut r = report(1.0, 1.0, 1000, true);
+        r.abuse = Phase::new(10, 100, 99, latency(1.0, 50));
+        assert_eq!(r.failures(&["a", "b"]).len(), 1);
+        r.attacks.remove("b");
+        assert_eq!(r.failures(&["a", "b"]).len(), 2);
+        assert_eq!(r.failures(&["a"]).len(), 1);
+    }
+}
