@@ -79,15 +79,15 @@ struct RunArgs {
     /// Seconds of publishing before the measured window [default: 2].
     #[arg(long)]
     warmup: Option<f64>,
-    /// Seconds of the measured window [default: 5; abuse: 20 for each of its two windows].
+    /// Seconds of the measured window [default: 5; abuse: 18 for each of its two windows].
     #[arg(long)]
     duration: Option<f64>,
     /// Seconds late deliveries may still arrive after publishing stops [default: 5;
     /// abuse: 2].
     #[arg(long)]
     drain: Option<f64>,
-    /// abuse: seconds of recovery after the abuse window, healthy traffic still flowing;
-    /// the broker's connections must be back by its end, when its RSS is read [default: 8].
+    /// abuse: seconds the broker may take after the abuse, healthy traffic still flowing,
+    /// to get its connections back to their count before and its RSS within 10% [default: 14].
     #[arg(long)]
     settle: Option<f64>,
     /// abuse: seconds of every attack before the warm-up, so one-time costs are paid
@@ -98,6 +98,11 @@ struct RunArgs {
     /// sub-flood, publish-flood, bad-frames, slowloris, garbage-http, rst-churn, conn-burst.
     #[arg(long, value_delimiter = ',')]
     attacks: Vec<String>,
+    /// abuse: cut the clean and the abuse window into this many slices each and
+    /// alternate them, so both see the same background load; 1 = one clean window, then
+    /// one abuse window.
+    #[arg(long, default_value_t = 4)]
+    cycles: usize,
     /// Seconds allowed for all subscribers to connect and subscribe.
     #[arg(long, default_value_t = 60.0)]
     setup_timeout: f64,
@@ -193,6 +198,7 @@ fn plan(a: &RunArgs) -> Result<Plan> {
         settle: seconds("settle", a.settle.unwrap_or(timing.settle))?,
         prime: seconds("prime", a.prime.unwrap_or(timing.prime))?,
         attacks: a.attacks.clone(),
+        cycles: a.cycles,
         setup_timeout: seconds("setup-timeout", a.setup_timeout)?,
         threads: a.threads,
         connect_concurrency: a.connect_concurrency,

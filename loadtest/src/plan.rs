@@ -63,6 +63,9 @@ pub struct Plan {
     pub prime: Duration,
     /// Abuse scenario: the attack kinds to run (empty: all of them).
     pub attacks: Vec<String>,
+    /// Abuse scenario: the clean and abuse windows are cut into this many slices each
+    /// and alternate (clean, abuse, clean, …); 1 = one clean window, then one abuse window.
+    pub cycles: usize,
     pub setup_timeout: Duration,
     pub threads: usize,
     pub connect_concurrency: usize,
@@ -103,14 +106,14 @@ const TIMING: Timing = Timing {
 };
 
 /// `abuse`: at most a minute after the setup: priming 2 s + its recovery (at most 3 + 1),
-/// warm-up 2, two windows of 20, recovery 8 (still publishing), drain 2 (see
-/// [`Plan::abuse_time`]); about 55 s when the broker lets go of connections at once.
+/// warm-up 2, clean and abuse windows of 18 each, recovery at most 14 (still publishing),
+/// drain at most 2 (see [`Plan::abuse_time`]); about 45 s when the broker recovers at once.
 const ABUSE_TIMING: Timing = Timing {
     prime: 2.0,
     warmup: 2.0,
-    duration: 20.0,
+    duration: 18.0,
     drain: 2.0,
-    settle: 8.0,
+    settle: 14.0,
 };
 
 impl Scenario {
@@ -188,6 +191,9 @@ impl Plan {
             if self.rate == 0.0 {
                 bail!("the abuse scenario needs healthy traffic: --rate above 0");
             }
+            if self.cycles == 0 {
+                bail!("--cycles must be at least 1");
+            }
             if let Some(k) = self
                 .attacks
                 .iter()
@@ -228,8 +234,17 @@ impl Plan {
         }
     }
 
-    /// How long publishing goes on after the measured window: in the abuse scenario, the
-    /// broker recovers under the same healthy traffic it had before the abuse.
+    /// Abuse scenario: the length of each clean and each abuse slice of the window.
+    pub fn slice(&self) -> Duration {
+        if self.is_abuse() {
+            self.duration / self.cycles.max(1) as u32
+        } else {
+            Duration::ZERO
+        }
+    }
+
+    /// How long publishing may go on after the measured window: in the abuse scenario,
+    /// the broker recovers under the same healthy traffic it had before the abuse.
     pub fn tail(&self) -> Duration {
         if self.is_abuse() {
             self.settle
@@ -244,8 +259,8 @@ impl Plan {
         if !self.is_abuse() {
             return Duration::ZERO;
         }
-        // The recovery after the abuse runs for `settle` exactly (with traffic); the one
-        // after priming for up to its own bound, then the allocator gets its second.
+        // The recovery after the abuse lasts up to `settle` (with traffic); the one after
+        // priming up to its own bound, then the allocator gets its second.
         let priming = if self.prime.is_zero() {
             Duration::ZERO
         } else {

@@ -11,7 +11,7 @@ use crate::progress::Progress;
 use crate::publishers::{self, Published};
 use crate::report::{Broker, Connections, Harness, Latency, Report};
 use crate::subscribers;
-use crate::tally::{now_ns, Live, Tally};
+use crate::tally::{now_ns, Live, Tally, Times};
 use anyhow::{bail, Result};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -100,13 +100,16 @@ pub fn run(plan: Plan, progress: &Progress) -> Result<Report> {
     let primed = (plan.is_abuse() && !plan.prime.is_zero()).then(|| {
         progress.show("priming", &live, wanted);
         let start = probe.read();
-        let ended = now_ns() + plan.prime.as_nanos() as u64;
-        let attackers = abuse::spawn(&plan, ended);
-        let ended = soak::instant_of(ended);
-        soak::Primed::new(
-            start,
-            soak::recover(attackers, probe, &start, ended, soak::PRIME_SETTLE, None),
-        )
+        let attackers = abuse::spawn(&plan, now_ns() + plan.prime.as_nanos() as u64);
+        thread::sleep(plan.prime);
+        let recovery = soak::recover(
+            vec![attackers],
+            probe,
+            &start,
+            soak::PRIME_SETTLE,
+            soak::Until::Connections,
+        );
+        soak::Primed::new(start, recovery)
     });
 
     // Publishing (or, for idle runs, holding) over the measured window.
@@ -115,7 +118,11 @@ pub fn run(plan: Plan, progress: &Progress) -> Result<Report> {
     if plan.rate == 0.0 && plan.churn == 0.0 {
         let start = now_ns();
         let end = start + plan.duration.as_nanos() as u64;
-        live.window.set(start, end, end);
+        live.window.set(Times {
+            start,
+            end,
+            slice: 0,
+        });
         at_start = sample(&plan, broker);
         wait_until(
             end,
@@ -137,35 +144,36 @@ pub fn run(plan: Plan, progress: &Progress) -> Result<Report> {
         while live.window.get().0 == u64::MAX && !publisher.is_finished() {
             thread::sleep(Duration::from_millis(5));
         }
-        let (start, split, end) = live.window.get_split();
-        let waiting = |until, phase, peak: &mut u64| {
+        let times = live.window.times();
+        let (start, end) = (times.start, times.end);
+        let mut waiting = |until, phase: &str, peak: &mut u64| {
             wait_until(until, progress, phase, &live, wanted, broker, peak);
+            peak_rss = peak_rss.max(*peak);
         };
-        waiting(start, "warm-up", &mut peak_rss);
+        waiting(start, "warm-up", &mut 0);
         at_start = sample(&plan, broker);
-        let attackers = plan.is_abuse().then(|| {
-            waiting(split, "clean", &mut peak_rss);
-            let before = probe.read();
-            (before, abuse::spawn(&plan, end), soak::instant_of(end))
-        });
-        // With attackers, the highest RSS from here on is the peak under abuse.
-        let mut late_peak = 0;
-        waiting(
-            end,
-            if plan.is_abuse() { "abuse" } else { "measuring" },
-            &mut late_peak,
-        );
+        let soaked = if plan.is_abuse() {
+            Some(soak::attack_window(&plan, times, probe, &mut waiting))
+        } else {
+            waiting(end, "measuring", &mut 0);
+            None
+        };
         at_end = sample(&plan, broker);
-        late_peak = late_peak.max(at_end.broker_rss.unwrap_or(0));
-        peak_rss = peak_rss.max(late_peak);
+        peak_rss = peak_rss.max(at_end.broker_rss.unwrap_or(0));
         window_s = end.saturating_sub(start) as f64 / 1e9;
-        // The healthy traffic goes on while the broker recovers (the publishers stop
-        // `settle` after the window), so "after" is read under the same load as "before".
-        abused = attackers.map(|(before, attackers, ended)| {
+        // The healthy traffic goes on while the broker recovers, so "after" is read
+        // under the same load as "before"; then the publishers stop.
+        abused = soaked.map(|soaked| {
             progress.show("recovering", &live, wanted);
-            let read_at = Some(ended + plan.settle);
-            let recovery = soak::recover(attackers, probe, &before, ended, plan.settle, read_at);
-            (before, late_peak, recovery)
+            let recovery = soak::recover(
+                soaked.attackers,
+                probe,
+                &soaked.before,
+                plan.settle,
+                soak::Until::ConnectionsAndMemory,
+            );
+            live.stop.fetch_min(now_ns(), Ordering::AcqRel);
+            (soaked.before, soaked.peak_kib, recovery)
         });
         let done = match publisher.join() {
             Ok(p) => p,
@@ -195,21 +203,21 @@ pub fn run(plan: Plan, progress: &Progress) -> Result<Report> {
         .map_or(0, |p| expected_deliveries(&plan, |t| p.to_topic(t)));
     let abuse = match (abused, &published) {
         (Some((before, peak, recovery)), Some(p)) => {
-            let clean_sent: u64 = p.counts_at_split.iter().flatten().sum();
-            let clean_expected = expected_deliveries(&plan, |t| p.to_topic_before_split(t));
-            let late = &tally.after_split;
+            let abused_sent: u64 = p.counts_abused.iter().flatten().sum();
+            let abused_expected = expected_deliveries(&plan, |t| p.to_topic_abused(t));
+            let abused = &tally.abused;
             let phases = (
                 soak::Phase::new(
-                    clean_sent,
-                    clean_expected,
-                    tally.received - late.received,
+                    published_total - abused_sent,
+                    expected - abused_expected,
+                    tally.received - abused.received,
                     Latency::from_histogram(&tally.latency),
                 ),
                 soak::Phase::new(
-                    published_total - clean_sent,
-                    expected - clean_expected,
-                    late.received,
-                    Latency::from_histogram(&late.latency),
+                    abused_sent,
+                    abused_expected,
+                    abused.received,
+                    Latency::from_histogram(&abused.latency),
                 ),
             );
             Some(soak::AbuseReport::judge(
@@ -368,6 +376,7 @@ mod tests {
             settle: Duration::ZERO,
             prime: Duration::ZERO,
             attacks: Vec::new(),
+            cycles: 1,
             setup_timeout: Duration::ZERO,
             threads: 1,
             connect_concurrency: 1,
@@ -377,7 +386,7 @@ mod tests {
         };
         let published = Published {
             counts: vec![vec![10, 7]],
-            counts_at_split: vec![vec![4, 1]],
+            counts_abused: vec![vec![4, 1]],
             tally: Tally::default(),
             churned: 0,
         };
@@ -387,7 +396,7 @@ mod tests {
             3 * 10 + 2 * 7
         );
         assert_eq!(
-            expected_deliveries(&plan, |t| published.to_topic_before_split(t)),
+            expected_deliveries(&plan, |t| published.to_topic_abused(t)),
             3 * 4 + 2
         );
     }

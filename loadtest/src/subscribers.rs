@@ -120,7 +120,7 @@ async fn subscriber(
                 return;
             }
             got += 1;
-            t.arrived(live.window.get_split(), stamp.sent_ns, now_ns());
+            t.arrived(&live.window.times(), stamp.sent_ns, now_ns());
         });
         let end = tokio::select! {
             r = round => r,
