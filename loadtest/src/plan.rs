@@ -186,7 +186,9 @@ impl Plan {
         let churn_open = (self.churn * self.churn_hold.as_secs_f64()).ceil() as usize + 16;
         let attackers = if self.is_abuse() {
             if self.pid.is_none() {
-                bail!("the abuse scenario needs --pid: it checks the broker's RSS before and after");
+                bail!(
+                    "the abuse scenario needs --pid: it checks the broker's RSS before and after"
+                );
             }
             if self.rate == 0.0 {
                 bail!("the abuse scenario needs healthy traffic: --rate above 0");
@@ -200,7 +202,10 @@ impl Plan {
                 .find(|k| !crate::abuse::kinds().any(|known| known == k.as_str()))
             {
                 let known: Vec<_> = crate::abuse::kinds().collect();
-                bail!("--attacks: no attack named {k:?} (known: {})", known.join(", "));
+                bail!(
+                    "--attacks: no attack named {k:?} (known: {})",
+                    known.join(", ")
+                );
             }
             crate::abuse::MAX_OPEN
         } else {
@@ -244,10 +249,12 @@ impl Plan {
     }
 
     /// How long publishing may go on after the measured window: in the abuse scenario,
-    /// the broker recovers under the same healthy traffic it had before the abuse.
+    /// the broker recovers under the same healthy traffic it had before the abuse, and
+    /// the publishers are stopped when the recovery ends (it starts a moment after the
+    /// window, hence the margin).
     pub fn tail(&self) -> Duration {
         if self.is_abuse() {
-            self.settle
+            self.settle + Duration::from_secs(2)
         } else {
             Duration::ZERO
         }
@@ -266,7 +273,7 @@ impl Plan {
         } else {
             self.prime + crate::abuse::soak::PRIME_SETTLE + crate::abuse::soak::RSS_SETTLE
         };
-        priming + self.settle
+        priming + self.tail()
     }
 
     /// The longest a run may take, whatever the broker does: every phase has its own

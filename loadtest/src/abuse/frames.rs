@@ -36,14 +36,38 @@ fn violations() -> Vec<Violation> {
     fragments.extend(frame(FIN | OP_CONTINUATION, &[b'a'; 40_000], true));
     let v = |name, bytes, close| Violation { name, bytes, close };
     vec![
-        v("invalid UTF-8", frame(FIN | OP_TEXT, &[b'{', 0xff, 0xfe], true), 1007),
-        v("binary frame", frame(FIN | OP_BINARY, b"\x00\x01", true), 1003),
+        v(
+            "invalid UTF-8",
+            frame(FIN | OP_TEXT, &[b'{', 0xff, 0xfe], true),
+            1007,
+        ),
+        v(
+            "binary frame",
+            frame(FIN | OP_BINARY, b"\x00\x01", true),
+            1003,
+        ),
         v("unmasked frame", frame(FIN | OP_TEXT, b"{}", false), 1002),
-        v("ping over 125 bytes", frame(FIN | OP_PING, &[b'p'; 200], true), 1002),
+        v(
+            "ping over 125 bytes",
+            frame(FIN | OP_PING, &[b'p'; 200], true),
+            1002,
+        ),
         v("fragmented ping", frame(OP_PING, b"p", true), 1002),
-        v("reserved opcode", frame(FIN | OP_RESERVED, b"x", true), 1002),
-        v("reserved bit", frame(FIN | RSV1 | OP_TEXT, b"{}", true), 1002),
-        v("stray continuation", frame(FIN | OP_CONTINUATION, b"x", true), 1002),
+        v(
+            "reserved opcode",
+            frame(FIN | OP_RESERVED, b"x", true),
+            1002,
+        ),
+        v(
+            "reserved bit",
+            frame(FIN | RSV1 | OP_TEXT, b"{}", true),
+            1002,
+        ),
+        v(
+            "stray continuation",
+            frame(FIN | OP_CONTINUATION, b"x", true),
+            1002,
+        ),
         v("16 MiB message", claims_16m, 1009),
         v("fragments over the limit", fragments, 1009),
     ]
@@ -63,7 +87,11 @@ pub async fn bad_frames(ctx: Rc<Ctx>, kind: &'static str) {
         };
         if let Err(e) = within(c.send(&case.bytes)).await {
             // The broker may close before it has read everything a long frame sent.
-            ctx.count(kind, format!("{}: write failed: {}", case.name, short(&e)), 1);
+            ctx.count(
+                kind,
+                format!("{}: write failed: {}", case.name, short(&e)),
+                1,
+            );
             continue;
         }
         match close_of(&mut c).await {

@@ -128,23 +128,19 @@ fn judge(ctx: &Ctx, kind: &str, sent: u64, a: &Answer, expect: Expect) -> bool {
 /// Floods one connection with messages that must each be refused: malformed JSON,
 /// unknown kinds, invalid topics. About 1,300 a second.
 pub async fn bad_json(ctx: Rc<Ctx>, kind: &'static str) {
-    let messages = bad_messages();
-    let rounds = (Duration::from_millis(10), u64::MAX, Expect::AllRefused);
-    request_rounds(&ctx, kind, rounds, |_, out| {
-        for m in &messages {
-            wire::push_frame(OP_TEXT, m, out);
-        }
-        messages.len() as u64
-    })
-    .await;
+    refused_rounds(&ctx, kind, &bad_messages(), Duration::from_millis(10)).await;
 }
 
 /// Sends JSON nested 10,000 deep, about 60 messages a second on one connection.
 pub async fn deep_json(ctx: Rc<Ctx>, kind: &'static str) {
-    let messages = deep_messages();
-    let rounds = (Duration::from_millis(50), u64::MAX, Expect::AllRefused);
-    request_rounds(&ctx, kind, rounds, |_, out| {
-        for m in &messages {
+    refused_rounds(&ctx, kind, &deep_messages(), Duration::from_millis(50)).await;
+}
+
+/// Sends all of `messages` every `pace` on one connection; each must get a nack.
+async fn refused_rounds(ctx: &Ctx, kind: &str, messages: &[Vec<u8>], pace: Duration) {
+    let rounds = (pace, u64::MAX, Expect::AllRefused);
+    request_rounds(ctx, kind, rounds, |_, out| {
+        for m in messages {
             wire::push_frame(OP_TEXT, m, out);
         }
         messages.len() as u64
@@ -172,7 +168,13 @@ pub async fn publish_flood(ctx: Rc<Ctx>, kind: &'static str) {
     let mut batch = Vec::new();
     let mut scratch = Vec::new();
     for _ in 0..FLOOD_BATCH {
-        wire::publish(Dialect::Vws, "abuse/flood", b"{\"x\":1}", &mut scratch, &mut batch);
+        wire::publish(
+            Dialect::Vws,
+            "abuse/flood",
+            b"{\"x\":1}",
+            &mut scratch,
+            &mut batch,
+        );
     }
     while ctx.running() {
         let Some(mut c) = ctx.open_counted(kind).await else {

@@ -221,7 +221,9 @@ fn attacks() -> [(&'static str, Attack); 9] {
         ("bad-json", |c, k| Box::pin(messages::bad_json(c, k))),
         ("deep-json", |c, k| Box::pin(messages::deep_json(c, k))),
         ("sub-flood", |c, k| Box::pin(messages::sub_flood(c, k))),
-        ("publish-flood", |c, k| Box::pin(messages::publish_flood(c, k))),
+        ("publish-flood", |c, k| {
+            Box::pin(messages::publish_flood(c, k))
+        }),
         ("bad-frames", |c, k| Box::pin(frames::bad_frames(c, k))),
         ("slowloris", |c, k| Box::pin(sockets::slowloris(c, k))),
         ("garbage-http", |c, k| Box::pin(sockets::garbage_http(c, k))),

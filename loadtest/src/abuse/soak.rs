@@ -385,9 +385,10 @@ impl AbuseReport {
                     rss(p.start.rss_kib),
                     rss(p.after.rss_kib),
                     grouped(p.attacks.values().flat_map(|o| o.values()).sum::<u64>() as f64),
-                    p.settle_s.map_or("connections not back within --settle".into(), |s| {
-                        format!("connections back after {s:.1} s")
-                    })
+                    p.settle_s
+                        .map_or("connections not back within --settle".into(), |s| {
+                            format!("connections back after {s:.1} s")
+                        })
                 ),
             ));
         }
@@ -414,9 +415,10 @@ impl AbuseReport {
                     shown(self.after.clients),
                     shown(self.before.fds),
                     shown(self.after.fds),
-                    self.settle_s.map_or("not back within --settle".into(), |s| {
-                        format!("connections and RSS back {s:.1} s after the abuse")
-                    })
+                    self.settle_s
+                        .map_or("not back within --settle".into(), |s| {
+                            format!("connections and RSS back {s:.1} s after the abuse")
+                        })
                 ),
             ),
         ]);

@@ -66,7 +66,11 @@ async fn slow_client(ctx: Rc<Ctx>, kind: &'static str, i: usize) {
 /// Sends a header line a second (unless `silent`) until the broker answers or closes;
 /// `None` when the window ended first.
 async fn dribble(ctx: &Ctx, s: &mut TcpStream, silent: bool) -> Option<String> {
-    if !silent && s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\n").await.is_err() {
+    if !silent
+        && s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .is_err()
+    {
         return Some("reset".into());
     }
     let mut buf = [0u8; 1024];
@@ -101,19 +105,27 @@ fn garbage() -> Vec<(&'static str, Vec<u8>)> {
         random.push(x as u8);
     }
     let upgrade = |line: &str, extra: &str| {
-        format!("{line}\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n{extra}\r\n")
-            .into_bytes()
+        format!(
+            "{line}\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n{extra}\r\n"
+        )
+        .into_bytes()
     };
     let key = "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
     vec![
         ("random bytes", random),
         ("not HTTP", b"HELLO BROKER\r\n\r\n".to_vec()),
         ("HTTP/9.9", b"GET /ws HTTP/9.9\r\nHost: x\r\n\r\n".to_vec()),
-        ("NUL in the path", b"GET /\0\0 HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()),
+        (
+            "NUL in the path",
+            b"GET /\0\0 HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+        ),
         (
             "200 KB header",
-            format!("GET /ws HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(200_000))
-                .into_bytes(),
+            format!(
+                "GET /ws HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+                "a".repeat(200_000)
+            )
+            .into_bytes(),
         ),
         (
             "10,000 headers",
@@ -204,26 +216,35 @@ pub async fn rst_churn(ctx: Rc<Ctx>, kind: &'static str) {
         ctx.pause(Duration::from_millis(15)).await;
         let (name, stream) = match step % 4 {
             0 => ("after connect", ctx.connect().await),
-            1 => ("mid request", async {
-                let mut s = ctx.connect().await?;
-                within(async { Ok(s.write_all(&request[..request.len() / 2]).await?) }).await?;
-                Ok(s)
-            }
-            .await),
-            2 => ("after subscribing", async {
-                let mut c = ctx.open().await?;
-                within(c.subscribe(Dialect::Vws, &topics)).await?;
-                // Let some deliveries be on their way when the reset lands.
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                Ok(c.stream)
-            }
-            .await),
-            _ => ("mid frame", async {
-                let mut c = ctx.open().await?;
-                within(c.send(&half_publish)).await?;
-                Ok(c.stream)
-            }
-            .await),
+            1 => (
+                "mid request",
+                async {
+                    let mut s = ctx.connect().await?;
+                    within(async { Ok(s.write_all(&request[..request.len() / 2]).await?) }).await?;
+                    Ok(s)
+                }
+                .await,
+            ),
+            2 => (
+                "after subscribing",
+                async {
+                    let mut c = ctx.open().await?;
+                    within(c.subscribe(Dialect::Vws, &topics)).await?;
+                    // Let some deliveries be on their way when the reset lands.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    Ok(c.stream)
+                }
+                .await,
+            ),
+            _ => (
+                "mid frame",
+                async {
+                    let mut c = ctx.open().await?;
+                    within(c.send(&half_publish)).await?;
+                    Ok(c.stream)
+                }
+                .await,
+            ),
         };
         match stream.and_then(|s| Ok(s.set_zero_linger()?)) {
             Ok(()) => ctx.count(kind, format!("{name}: reset"), 1),
@@ -274,10 +295,7 @@ mod tests {
 
     #[test]
     fn answers_are_named_by_status() {
-        assert_eq!(
-            status_of(b"HTTP/1.1 400 Bad Request\r\n\r\n"),
-            "HTTP 400"
-        );
+        assert_eq!(status_of(b"HTTP/1.1 400 Bad Request\r\n\r\n"), "HTTP 400");
         assert_eq!(status_of(b"HTTP/1.1 40"), "a partial HTTP answer");
         assert_eq!(status_of(b"\x88\x02"), "bytes that are not HTTP");
         assert_eq!(garbage().len(), 10);
