@@ -74,7 +74,7 @@ fn violations() -> Vec<Violation> {
 }
 
 /// Opens a connection, commits one violation, and waits for the close; round-robin over
-/// [`violations`], about 40 connections a second.
+/// [`violations`], about 25 connections a second.
 pub async fn bad_frames(ctx: Rc<Ctx>, kind: &'static str) {
     let cases = violations();
     for case in cases.iter().cycle() {

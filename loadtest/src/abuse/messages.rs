@@ -126,7 +126,7 @@ fn judge(ctx: &Ctx, kind: &str, sent: u64, a: &Answer, expect: Expect) -> bool {
 }
 
 /// Floods one connection with messages that must each be refused: malformed JSON,
-/// unknown kinds, invalid topics. About 1,300 a second.
+/// unknown kinds, invalid topics. About 1,100 a second.
 pub async fn bad_json(ctx: Rc<Ctx>, kind: &'static str) {
     refused_rounds(&ctx, kind, &bad_messages(), Duration::from_millis(10)).await;
 }

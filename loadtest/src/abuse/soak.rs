@@ -457,26 +457,26 @@ mod tests {
         }
     }
 
-    fn report(clean_p99: f64, abuse_p99: f64, rss_after: u64, settled: bool) -> AbuseReport {
+    fn report(clean_p99: f64, abuse_p99: f64, rss_after: u64, clients_after: u64) -> AbuseReport {
         let attacks = ["a", "b"]
             .iter()
             .map(|k| (k.to_string(), [("x".to_string(), 1)].into()))
             .collect();
-        let fp = |rss| Footprint {
+        let fp = |rss, clients| Footprint {
             rss_kib: Some(rss),
             fds: Some(10),
-            clients: Some(5),
+            clients: Some(clients),
         };
         AbuseReport::judge(
             (
                 Phase::new(10, 100, 100, latency(clean_p99, 50)),
                 Phase::new(10, 100, 100, latency(abuse_p99, 50)),
             ),
-            (None, fp(1000), Some(1500)),
+            (None, fp(1000, 5), Some(1500)),
             Recovery {
                 attacks,
-                after: fp(rss_after),
-                settle_s: settled.then_some(0.5),
+                after: fp(rss_after, clients_after),
+                settle_s: None,
             },
             &["a", "b"],
         )
@@ -484,18 +484,19 @@ mod tests {
 
     #[test]
     fn verdict_allows_twice_the_clean_p99_plus_two_ms() {
-        assert!(report(1.0, 4.0, 1000, true).failures.is_empty());
-        assert_eq!(report(1.0, 4.1, 1000, true).failures.len(), 1);
+        assert!(report(1.0, 4.0, 1000, 5).failures.is_empty());
+        assert_eq!(report(1.0, 4.1, 1000, 5).failures.len(), 1);
         // The floor: sub-millisecond p99s may triple.
-        assert!(report(0.3, 2.5, 1000, true).failures.is_empty());
+        assert!(report(0.3, 2.5, 1000, 5).failures.is_empty());
     }
 
     #[test]
     fn verdict_checks_memory_connections_and_loss() {
-        assert!(report(1.0, 1.0, 1100, true).failures.is_empty());
-        assert_eq!(report(1.0, 1.0, 1101, true).failures.len(), 1);
-        assert_eq!(report(1.0, 1.0, 1000, false).failures.len(), 1);
-        let mut r = report(1.0, 1.0, 1000, true);
+        assert!(report(1.0, 1.0, 1100, 5).failures.is_empty());
+        assert_eq!(report(1.0, 1.0, 1101, 5).failures.len(), 1);
+        assert_eq!(report(1.0, 1.0, 1000, 6).failures.len(), 1);
+        assert!(report(1.0, 1.0, 1000, 4).failures.is_empty());
+        let mut r = report(1.0, 1.0, 1000, 5);
         r.abuse = Phase::new(10, 100, 99, latency(1.0, 50));
         assert_eq!(r.failures(&["a", "b"]).len(), 1);
         r.attacks.remove("b");
