@@ -53,14 +53,14 @@ const SHUTDOWN_MARGIN: Duration = Duration::from_secs(5);
 
 fn main() -> ExitCode {
     tune_allocator();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(filter)
-        .init();
-
     let cli = Cli::parse();
+    if cli
+        .command
+        .as_ref()
+        .is_some_and(|c| !matches!(c, Command::Serve(_)))
+    {
+        init_logging("info", config::LogFormat::Text);
+    }
     match cli.command {
         None => serve(&cli.serve),
         Some(Command::Serve(args)) => serve(&args),
@@ -88,6 +88,20 @@ fn main() -> ExitCode {
     }
 }
 
+/// Logs to stderr: `RUST_LOG` if set, else `level`, as text or JSON lines.
+fn init_logging(level: &str, format: config::LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter);
+    match format {
+        config::LogFormat::Text => builder.init(),
+        config::LogFormat::Json => builder.json().init(),
+    }
+}
+
 fn fail(e: &anyhow::Error, code: i32) -> ExitCode {
     let _ = writeln!(std::io::stderr().lock(), "error: {e:#}");
     ExitCode::from(u8::try_from(code).unwrap_or(1))
@@ -110,6 +124,7 @@ fn serve(args: &ServeArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    init_logging(&config.server.log_level, config.server.log_format);
     match serve_until_signal(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e, 1),

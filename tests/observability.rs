@@ -210,3 +210,47 @@ async fn health_and_readiness_through_a_graceful_shutdown() {
         Some(0)
     );
 }
+
+#[tokio::test]
+async fn json_logs_have_one_line_per_connection_open_and_close_with_the_reason() {
+    let broker = Broker::start_with(
+        "[server]\nlog_format = \"json\"\n",
+        &[],
+        &[("RUST_LOG", "shardcast=debug")],
+    );
+    let polite = broker.vws_subscriber("x").await;
+    polite.close().await;
+    let mut rude = RawWs::connect(broker.addr, "vws").await;
+    rude.send_raw(&encode_frame(true, OP_BINARY, b"\x00", true))
+        .await;
+    rude.expect_close(1003, RECV).await;
+    eventually("both close lines", RECV, || async {
+        broker.stderr().matches("connection closed").count() >= 2
+    })
+    .await;
+    let lines: Vec<serde_json::Value> = broker
+        .stderr()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let with = |message: &str| -> Vec<&serde_json::Value> {
+        lines
+            .iter()
+            .filter(|l| l["fields"]["message"] == message)
+            .collect()
+    };
+    assert_eq!(with("connection open").len(), 2, "{}", broker.stderr());
+    let reasons: Vec<_> = with("connection closed")
+        .iter()
+        .map(|l| l["fields"]["reason"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert!(
+        reasons.contains(&"client closed".to_string()),
+        "{reasons:?}"
+    );
+    assert!(reasons.contains(&"binary_frame".to_string()), "{reasons:?}");
+    assert!(
+        lines.iter().all(|l| l["fields"]["message"] != "delivered"),
+        "no line per message"
+    );
+}

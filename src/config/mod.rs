@@ -91,6 +91,20 @@ pub struct ServerConfig {
     /// (0 = always write at once).
     #[serde(with = "duration")]
     pub write_coalesce: Duration,
+    /// Log filter (`info`, `debug`, or `tracing` directives); `RUST_LOG` wins when set.
+    pub log_level: String,
+    /// Log line format.
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// `[client]` section: limits that apply to each connection.

@@ -147,6 +147,12 @@ fn server(c: &Config) -> Result<(), Violation> {
         )?;
     }
     at_least("server.max_connections", s.max_connections, 1)?;
+    if let Err(e) = tracing_subscriber::EnvFilter::try_new(&s.log_level) {
+        fail(
+            "server.log_level",
+            format!("{:?} is not a log level or filter: {e}", s.log_level),
+        )?;
+    }
     rate(
         "server.connection_rate_per_ip",
         "connections",

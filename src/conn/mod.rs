@@ -41,6 +41,20 @@ pub enum Phase {
     Done,
 }
 
+/// Why a connection ended, for its close log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CloseCause {
+    /// No close handshake: the peer went away or the socket failed.
+    #[default]
+    Lost,
+    /// The client sent a close frame.
+    Client,
+    /// The broker is shutting down.
+    Shutdown,
+    /// The broker closed it for a rejection (`Reject::index`).
+    Refused(u8),
+}
+
 /// Token bucket for client publishing (`client.publish_rate` / `publish_burst`).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RateLimiter {
@@ -134,6 +148,10 @@ pub struct Conn {
     pub unparsed: bool,
     /// Identity and per-IP slot, when auth or per-IP limits are on.
     pub admission: Option<Box<Admission>>,
+    /// Close code sent (0 = none yet).
+    pub close_code: u16,
+    /// Who ended the connection, and why.
+    pub close_cause: CloseCause,
 }
 
 impl Conn {
@@ -161,6 +179,8 @@ impl Conn {
             dirty: false,
             unparsed: false,
             admission,
+            close_code: 0,
+            close_cause: CloseCause::Lost,
         }
     }
 

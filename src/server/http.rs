@@ -93,7 +93,7 @@ async fn route(
         return api::unavailable(&Reject::TooManyConnections.to_string(), 1);
     }
     if req.uri().path() == shard.broker.config.server.ws_path {
-        return upgrade::upgrade(&shard, req, upgraded);
+        return upgrade::upgrade(&shard, req, upgraded, peer);
     }
     api::handle(&shard, peer, req).await
 }

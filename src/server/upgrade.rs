@@ -69,7 +69,12 @@ pub fn choose_dialect(
 }
 
 /// Answers an upgrade request on the WebSocket path.
-pub fn upgrade(shard: &Rc<Shard>, mut req: Request<Incoming>, socket: &Socket) -> HttpResponse {
+pub fn upgrade(
+    shard: &Rc<Shard>,
+    mut req: Request<Incoming>,
+    socket: &Socket,
+    peer: std::net::SocketAddr,
+) -> HttpResponse {
     let broker = &shard.broker;
     if req.method() != Method::GET || !fastwebsockets::upgrade::is_upgrade_request(&req) {
         broker.global.reject(Reject::BadHandshake);
@@ -156,7 +161,7 @@ pub fn upgrade(shard: &Rc<Shard>, mut req: Request<Incoming>, socket: &Socket) -
                 let (stream, unread) = parts.io.into_inner().into_parts();
                 let mut leftover = parts.read_buf.to_vec();
                 leftover.extend_from_slice(&unread);
-                shard.add_conn(stream, dialect, &leftover, admission);
+                shard.add_conn(stream, dialect, &leftover, admission, peer);
             }
             Err(_) => {
                 shard.broker.socket_closed();

@@ -35,6 +35,7 @@ impl Shard {
                 // Echo the client's code (RFC 6455 §5.5.1); 1005 "no code" is never sent.
                 let code = code.filter(|c| *c != 1005).unwrap_or(1000);
                 self.close_conn(conn, code, "");
+                conn.close_cause = crate::conn::CloseCause::Client;
                 Flow::Stop
             }
         }

@@ -355,6 +355,8 @@ impl Shard {
             }
             conn.outbox
                 .push_unbounded(frame::close_frame(1001, "server shutting down"));
+            conn.close_code = 1001;
+            conn.close_cause = crate::conn::CloseCause::Shutdown;
             conn.phase = Phase::Closing { deadline_ms };
             if !conn.dirty {
                 conn.dirty = true;

@@ -20,7 +20,7 @@ mod delivery;
 use crate::broker::Broker;
 use crate::conn::outbox;
 use crate::conn::reader;
-use crate::conn::{Admission, Conn, ConnTask, Phase};
+use crate::conn::{Admission, CloseCause, Conn, ConnTask, Phase};
 use crate::error::Reject;
 use crate::protocol::{frame, Dialect};
 use crate::publication::Publication;
@@ -29,6 +29,7 @@ use crate::topic::{self, Index};
 use slab::Slab;
 use stats::ShardStats;
 use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
 
@@ -172,6 +173,7 @@ impl Shard {
         dialect: Dialect,
         leftover: &[u8],
         admission: Option<Box<Admission>>,
+        peer: SocketAddr,
     ) {
         if self.draining.get() {
             self.broker.socket_closed();
@@ -190,13 +192,16 @@ impl Shard {
             conn.partial = leftover.to_vec();
             conn.unparsed = true;
         }
+        let user = conn.identity().map(|id| id.subject.clone());
         let key = self.conns.borrow_mut().insert(conn);
         ShardStats::add(&self.stats.connections_active, 1);
         ShardStats::add(&self.stats.connections_total, 1);
         tracing::debug!(
             shard = self.id,
             conn = key,
+            %peer,
             dialect = dialect.name(),
+            user = ?user,
             "connection open"
         );
         tokio::task::spawn_local(ConnTask {
@@ -230,7 +235,22 @@ impl Shard {
         ShardStats::sub(&self.stats.connections_active, 1);
         self.broker.socket_closed();
         self.broker.ws_closed();
-        tracing::debug!(shard = self.id, conn = key, "connection closed");
+        let reason = match conn.close_cause {
+            CloseCause::Lost => "connection lost",
+            CloseCause::Client => "client closed",
+            CloseCause::Shutdown => "server shutting down",
+            CloseCause::Refused(i) => Reject::LABELS
+                .get(usize::from(i))
+                .copied()
+                .unwrap_or("refused"),
+        };
+        tracing::debug!(
+            shard = self.id,
+            conn = key,
+            code = conn.close_code,
+            reason,
+            "connection closed"
+        );
         if self.draining.get() && self.conns.borrow().is_empty() {
             self.drained.notify_one();
         }
@@ -249,6 +269,7 @@ impl Shard {
             return;
         }
         conn.outbox.push_unbounded(frame::close_frame(code, reason));
+        conn.close_code = code;
         conn.phase = Phase::Closing {
             deadline_ms: self.now_ms() + CLOSE_LINGER.as_millis() as u64,
         };
@@ -259,12 +280,8 @@ impl Shard {
     fn close_for(&self, conn: &mut Conn, reject: Reject) {
         self.stats.reject(reject);
         let code = reject.close_code().unwrap_or(1008);
-        tracing::debug!(
-            shard = self.id,
-            reason = reject.label(),
-            "closing connection"
-        );
         self.close_conn(conn, code, reject.close_reason());
+        conn.close_cause = CloseCause::Refused(u8::try_from(reject.index()).unwrap_or(u8::MAX));
     }
 
     /// Drives one connection: writes what is queued, reads and handles what arrived.
