@@ -6,7 +6,7 @@
 use super::response;
 use crate::server::http::HttpResponse;
 use bytes::Bytes;
-use hyper::header::{HeaderValue, CACHE_CONTROL};
+use hyper::header::{HeaderValue, ACCESS_CONTROL_ALLOW_ORIGIN, CACHE_CONTROL};
 
 const DASHBOARD_HTML: &str = include_str!("assets/dashboard.html");
 const CLIENT_JS: &str = include_str!("assets/client.js");
@@ -25,11 +25,18 @@ pub fn index(ws_path: &str) -> HttpResponse {
 
 /// `GET /client.js`: the ES module client (docs/CLIENT.md).
 pub fn client_js() -> HttpResponse {
-    revalidated(response(
+    let mut resp = revalidated(response(
         200,
         "text/javascript; charset=utf-8",
         Bytes::from_static(CLIENT_JS.as_bytes()),
-    ))
+    ));
+    // Pages on other origins may import the module (a cross-origin module script needs
+    // CORS); whether they may then connect is `server.allowed_origins`' decision.
+    resp.headers_mut().insert(
+        ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    resp
 }
 
 // A browser must not keep an old page or client across a broker upgrade.
