@@ -66,7 +66,10 @@ async fn open_dashboard(chrome: &Chromium, broker: &Broker, query: &str) -> Page
 async fn wait_state(page: &mut Page, state: &str, d: Duration) {
     page.wait_for(
         &format!("the connection indicator saying {state}"),
-        &format!("document.getElementById('conn-state').dataset.state === {}", json!(state)),
+        &format!(
+            "document.getElementById('conn-state').dataset.state === {}",
+            json!(state)
+        ),
         d,
     )
     .await;
@@ -210,8 +213,12 @@ async fn client_reconnects_and_resubscribes_after_a_broker_restart() {
     )
     .await;
     broker.publish("news/gows", json!("before")).await;
-    page.wait_for("the gows client's first message", "gowsGot.length === 1", TICK)
-        .await;
+    page.wait_for(
+        "the gows client's first message",
+        "gowsGot.length === 1",
+        TICK,
+    )
+    .await;
 
     // Stop the broker under the page; the indicator says so.
     broker.sigterm();
@@ -375,4 +382,27 @@ async fn client_and_dashboard_pass_a_token() {
         .await;
     assert_eq!(refused, Value::Null, "a wrong token is refused, no retry");
     assert_no_page_errors(&page);
+}
+
+/// The pages themselves, without a browser (runs everywhere).
+#[tokio::test]
+async fn dashboard_and_client_are_served() {
+    let broker = Broker::start("[server]\nws_path = \"/live\"\n");
+    let page = broker.get("/").await;
+    assert_eq!(page.status, 200);
+    assert_eq!(page.content_type, "text/html; charset=utf-8");
+    assert!(page
+        .text
+        .contains(r#"import { Shardcast } from "/client.js";"#));
+    assert!(
+        page.text
+            .contains(r#"<meta name="shardcast-ws-path" content="/live">"#),
+        "the page learns server.ws_path"
+    );
+    let js = broker.get("/client.js").await;
+    assert_eq!(js.status, 200);
+    assert_eq!(js.content_type, "text/javascript; charset=utf-8");
+    assert!(js.text.contains("export class Shardcast"));
+    let head = broker.post_json("/client.js", &json!({})).await;
+    assert_eq!(head.status, 405, "{}", head.text);
 }

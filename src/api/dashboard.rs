@@ -16,11 +16,7 @@ const WS_PATH_SLOT: &str = "{{WS_PATH}}";
 /// `GET /`: the dashboard, with the configured WebSocket path filled in.
 pub fn index(ws_path: &str) -> HttpResponse {
     let page = DASHBOARD_HTML.replace(WS_PATH_SLOT, &escape_attribute(ws_path));
-    revalidated(response(
-        200,
-        "text/html; charset=utf-8",
-        Bytes::from(page),
-    ))
+    revalidated(response(200, "text/html; charset=utf-8", Bytes::from(page)))
 }
 
 /// `GET /client.js`: the ES module client (docs/CLIENT.md).
@@ -32,10 +28,8 @@ pub fn client_js() -> HttpResponse {
     ));
     // Pages on other origins may import the module (a cross-origin module script needs
     // CORS); whether they may then connect is `server.allowed_origins`' decision.
-    resp.headers_mut().insert(
-        ACCESS_CONTROL_ALLOW_ORIGIN,
-        HeaderValue::from_static("*"),
-    );
+    resp.headers_mut()
+        .insert(ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
     resp
 }
 
@@ -73,7 +67,14 @@ mod tests {
     #[test]
     fn the_page_loads_nothing_from_elsewhere() {
         for page in [DASHBOARD_HTML, CLIENT_JS] {
-            for outside in ["src=\"http", "href=\"http", "from \"http", "url(", "@import", "//cdn"] {
+            for outside in [
+                "src=\"http",
+                "href=\"http",
+                "from \"http",
+                "url(",
+                "@import",
+                "//cdn",
+            ] {
                 assert!(!page.contains(outside), "external resource: {outside}");
             }
         }

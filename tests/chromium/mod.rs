@@ -164,10 +164,12 @@ struct Cdp {
 
 impl Cdp {
     async fn connect(url: &str) -> Cdp {
-        let (ws, _) = tokio::time::timeout(CALL, tokio_tungstenite::connect_async(url))
-            .await
-            .unwrap_or_else(|_| panic!("DevTools connect to {url} timed out"))
-            .unwrap_or_else(|e| panic!("DevTools connect to {url}: {e}"));
+        let (ws, _) = match tokio::time::timeout(CALL, tokio_tungstenite::connect_async(url)).await
+        {
+            Ok(Ok(connected)) => connected,
+            Ok(Err(e)) => panic!("DevTools connect to {url}: {e}"),
+            Err(_) => panic!("DevTools connect to {url} timed out"),
+        };
         Cdp {
             ws,
             next_id: 1,
@@ -186,11 +188,12 @@ impl Cdp {
             .unwrap_or_else(|e| panic!("DevTools send {method}: {e}"));
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let msg = tokio::time::timeout(left, self.ws.next())
-                .await
-                .unwrap_or_else(|_| panic!("DevTools {method} unanswered after {CALL:?}"))
-                .unwrap_or_else(|| panic!("DevTools connection closed during {method}"))
-                .unwrap_or_else(|e| panic!("DevTools read during {method}: {e}"));
+            let msg = match tokio::time::timeout(left, self.ws.next()).await {
+                Ok(Some(Ok(msg))) => msg,
+                Ok(Some(Err(e))) => panic!("DevTools read during {method}: {e}"),
+                Ok(None) => panic!("DevTools connection closed during {method}"),
+                Err(_) => panic!("DevTools {method} unanswered after {CALL:?}"),
+            };
             let Message::Text(text) = msg else { continue };
             let v: Value = serde_json::from_str(&text).expect("DevTools sends JSON");
             if v["id"] == id {
@@ -217,7 +220,11 @@ impl Cdp {
                         other => other.to_string(),
                     })
                     .collect();
-                format!("console.{}: {}", p["type"].as_str().unwrap_or("?"), args.join(" "))
+                format!(
+                    "console.{}: {}",
+                    p["type"].as_str().unwrap_or("?"),
+                    args.join(" ")
+                )
             }
             Some("Runtime.exceptionThrown") => {
                 let d = &p["exceptionDetails"];
@@ -318,8 +325,11 @@ impl Page {
     /// is there, and insert the text (replacing the selection).
     pub async fn type_into(&mut self, selector: &str, text: &str) {
         self.click(selector).await;
-        self.eval(&format!("document.querySelector({}).select()", json!(selector)))
-            .await;
+        self.eval(&format!(
+            "document.querySelector({}).select()",
+            json!(selector)
+        ))
+        .await;
         self.cdp
             .call("Input.insertText", json!({"text": text}))
             .await;
