@@ -9,6 +9,7 @@ use crate::config::Config;
 use crate::error::Reject;
 use crate::router::Router;
 use crate::shard::stats::ShardStats;
+use crate::sys_stats::Rates;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -54,6 +55,8 @@ pub struct Broker {
     pub ws_connections: AtomicUsize,
     /// Set when graceful shutdown begins (health reports 503, no new connections).
     pub draining: AtomicBool,
+    /// Set once every shard is up and listening (`/readyz`).
+    pub ready: AtomicBool,
     /// The HTTP API key, read from the variable `api.key_env` names (None = loopback only).
     pub api_key: Option<Secret>,
     /// Checks WebSocket clients' credentials (`[auth]`).
@@ -62,11 +65,18 @@ pub struct Broker {
     pub policies: Policies,
     /// Per-IP connection counts and rates.
     pub ip_limits: Arc<IpLimits>,
+    /// Message rates over the last second (refreshed by the `$sys/stats` tick).
+    pub rates: parking_lot::Mutex<Rates>,
     /// When the broker started.
     pub started: Instant,
 }
 
 impl Broker {
+    /// True once every shard is listening.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
     /// True once shutdown has begun.
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Acquire)

@@ -78,6 +78,23 @@ pub enum Reject {
     HandshakeTimeout,
 }
 
+/// How a refusal is classed for `shardcast_errors_total{class}` (as SemStreams classes
+/// errors): what an operator should make of a rising count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// The connection (or socket) was closed for it.
+    Fatal,
+    /// A limit or a passing condition; the same request may succeed later.
+    Transient,
+    /// The input was wrong and will stay wrong.
+    Invalid,
+}
+
+impl ErrorClass {
+    /// Labels, in `ErrorClass as usize` order.
+    pub const LABELS: [&'static str; 3] = ["fatal", "transient", "invalid"];
+}
+
 impl Reject {
     /// Every variant's metric label, in `index()` order (for per-shard counter arrays).
     pub const LABELS: [&'static str; 32] = [
@@ -192,6 +209,76 @@ impl Reject {
         }
     }
 
+    /// Its class in `shardcast_errors_total`.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            _ if self.close_code().is_some() => ErrorClass::Fatal,
+            Reject::HandshakeTimeout => ErrorClass::Fatal,
+            Reject::TooManySubscriptions
+            | Reject::RateLimited
+            | Reject::Overloaded
+            | Reject::TooManyConnections
+            | Reject::IpConnectionLimit
+            | Reject::ConnectRateLimited => ErrorClass::Transient,
+            _ => ErrorClass::Invalid,
+        }
+    }
+
+    /// Whether this refuses a connection before it becomes a WebSocket (counted again
+    /// in `shardcast_handshake_failures_total`).
+    pub fn is_handshake(&self) -> bool {
+        matches!(
+            self,
+            Reject::BadHandshake
+                | Reject::TooManyConnections
+                | Reject::OriginNotAllowed
+                | Reject::MissingCredentials
+                | Reject::BadCredentials
+                | Reject::IpConnectionLimit
+                | Reject::ConnectRateLimited
+                | Reject::HandshakeTimeout
+        )
+    }
+
+    /// Every variant, in `index()` order (payloads are placeholders).
+    pub fn all() -> [Reject; Reject::LABELS.len()] {
+        use crate::topic::TopicError::Empty;
+        [
+            Reject::MalformedJson,
+            Reject::NotAnObject,
+            Reject::UnknownType,
+            Reject::UnknownKind,
+            Reject::MissingField(""),
+            Reject::BadField(""),
+            Reject::TooDeep,
+            Reject::InvalidTopic(Empty),
+            Reject::InvalidPattern(Empty),
+            Reject::TooManySubscriptions,
+            Reject::PublishNotAllowed,
+            Reject::RateLimited,
+            Reject::Overloaded,
+            Reject::RateLimitAbuse,
+            Reject::InvalidUtf8,
+            Reject::MessageTooLarge,
+            Reject::BinaryFrame,
+            Reject::UnmaskedFrame,
+            Reject::BadOpcode,
+            Reject::BadControlFrame,
+            Reject::BadFragmentation,
+            Reject::IdleTimeout,
+            Reject::SlowConsumer,
+            Reject::BadHandshake,
+            Reject::TooManyConnections,
+            Reject::OriginNotAllowed,
+            Reject::MissingCredentials,
+            Reject::BadCredentials,
+            Reject::SubscribeNotAllowed,
+            Reject::IpConnectionLimit,
+            Reject::ConnectRateLimited,
+            Reject::HandshakeTimeout,
+        ]
+    }
+
     /// HTTP status for rejections answered before an upgrade.
     pub fn http_status(&self) -> u16 {
         match self {
@@ -265,6 +352,17 @@ mod tests {
         }
         assert_eq!(Reject::SlowConsumer.label(), "slow_consumer");
         assert_eq!(Reject::HandshakeTimeout.index(), Reject::LABELS.len() - 1);
+    }
+
+    #[test]
+    fn all_lists_every_variant_in_index_order() {
+        for (i, r) in Reject::all().iter().enumerate() {
+            assert_eq!(r.index(), i, "{r:?}");
+        }
+        assert_eq!(Reject::InvalidUtf8.class(), ErrorClass::Fatal);
+        assert_eq!(Reject::RateLimited.class(), ErrorClass::Transient);
+        assert_eq!(Reject::MalformedJson.class(), ErrorClass::Invalid);
+        assert!(Reject::BadCredentials.is_handshake() && !Reject::TooDeep.is_handshake());
     }
 
     #[test]

@@ -32,4 +32,5 @@ pub mod router;
 pub mod runner;
 pub mod server;
 pub mod shard;
+pub mod sys_stats;
 pub mod topic;

@@ -1,6 +1,8 @@
-//! shardcast's own write counters, read from its `/api/stats` over plain HTTP/1.1, so a
-//! run can report how many frames each write carried (the batching under load). Other
-//! brokers have no such endpoint; the figure is then absent.
+//! shardcast's own counters, read from its `/api/stats` over plain HTTP/1.1: the write
+//! counters, so a run can report how many frames each write carried (the batching under
+//! load), and the WebSocket connection count, so the abuse soak can tell when the broker
+//! has let go of its attackers. Other brokers have no such endpoint; the figures are then
+//! absent.
 
 use serde_json::Value;
 use std::io::{Read, Write};
@@ -16,6 +18,18 @@ pub struct Writes {
 
 /// Fetches `/api/stats` from `addr`; `None` when it cannot be read or has no shard figures.
 pub fn fetch(addr: SocketAddr) -> Option<Writes> {
+    parse(&stats_body(addr)?)
+}
+
+/// WebSocket connections the broker holds (`clients` in `/api/stats`); `None` when it
+/// cannot be read.
+pub fn clients(addr: SocketAddr) -> Option<u64> {
+    let v: Value = serde_json::from_slice(&stats_body(addr)?).ok()?;
+    v.get("clients")?.as_u64()
+}
+
+/// The body of `GET /api/stats`.
+fn stats_body(addr: SocketAddr) -> Option<Vec<u8>> {
     let timeout = Duration::from_secs(2);
     let mut s = TcpStream::connect_timeout(&addr, timeout).ok()?;
     s.set_read_timeout(Some(timeout)).ok()?;
@@ -26,7 +40,7 @@ pub fn fetch(addr: SocketAddr) -> Option<Writes> {
     let mut response = Vec::new();
     s.read_to_end(&mut response).ok()?;
     let body = response.get(memchr::memmem::find(&response, b"\r\n\r\n")? + 4..)?;
-    parse(body)
+    Some(body.to_vec())
 }
 
 fn parse(body: &[u8]) -> Option<Writes> {

@@ -29,25 +29,7 @@ pub struct Conn {
 /// Connects, upgrades and returns the connection. `index` picks the source address
 /// when `spread` is set.
 pub async fn open(target: &Target, dialect: Dialect, index: usize, spread: bool) -> Result<Conn> {
-    let stream = if spread && target.is_v4() {
-        // Each connection from its own loopback source address (62,500 of them): the
-        // kernel then finds a free port at once instead of searching one address's
-        // ephemeral range, which costs the harness more CPU than the broker spends on a
-        // connection once thousands are open, and caps one address at about 28k.
-        let socket = TcpSocket::new_v4().context("socket")?;
-        let x = 1 + (index / SOURCES_PER_OCTET) % SOURCES_PER_OCTET;
-        let y = 1 + index % SOURCES_PER_OCTET;
-        let source = Ipv4Addr::new(127, 0, x as u8, y as u8);
-        socket
-            .bind(SocketAddr::new(IpAddr::V4(source), 0))
-            .with_context(|| format!("bind {source}"))?;
-        socket.connect(target.addr).await
-    } else {
-        TcpStream::connect(target.addr).await
-    }
-    .with_context(|| format!("connect {}", target.addr))?;
-    stream.set_nodelay(true).context("nodelay")?;
-    let mut stream = stream;
+    let mut stream = connect(target, index, spread).await?;
     stream
         .write_all(&target.upgrade_request(dialect))
         .await
@@ -77,6 +59,30 @@ pub async fn open(target: &Target, dialect: Dialect, index: usize, spread: bool)
             bail!("upgrade response head too long");
         }
     }
+}
+
+/// Opens the TCP connection only (no upgrade), with `TCP_NODELAY`. `index` picks the
+/// source address when `spread` is set.
+pub async fn connect(target: &Target, index: usize, spread: bool) -> Result<TcpStream> {
+    let stream = if spread && target.is_v4() {
+        // Each connection from its own loopback source address (62,500 of them): the
+        // kernel then finds a free port at once instead of searching one address's
+        // ephemeral range, which costs the harness more CPU than the broker spends on a
+        // connection once thousands are open, and caps one address at about 28k.
+        let socket = TcpSocket::new_v4().context("socket")?;
+        let x = 1 + (index / SOURCES_PER_OCTET) % SOURCES_PER_OCTET;
+        let y = 1 + index % SOURCES_PER_OCTET;
+        let source = Ipv4Addr::new(127, 0, x as u8, y as u8);
+        socket
+            .bind(SocketAddr::new(IpAddr::V4(source), 0))
+            .with_context(|| format!("bind {source}"))?;
+        socket.connect(target.addr).await
+    } else {
+        TcpStream::connect(target.addr).await
+    }
+    .with_context(|| format!("connect {}", target.addr))?;
+    stream.set_nodelay(true).context("nodelay")?;
+    Ok(stream)
 }
 
 /// What a read round ended with.

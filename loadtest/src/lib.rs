@@ -5,7 +5,10 @@
 //! messages at a fixed aggregate rate, and counts every delivery against what was
 //! published: loss, duplicates, latency from an HDR histogram, the broker's CPU and
 //! RSS from /proc, and the harness's own CPU so a reader can tell who was the limit.
+//! The abuse scenario adds hostile clients of every kind (`abuse`) and checks that the
+//! healthy ones noticed little and that the broker gave back what the attack cost.
 
+pub mod abuse;
 pub mod brokerstats;
 pub mod conn;
 pub mod plan;

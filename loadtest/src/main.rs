@@ -37,7 +37,7 @@ enum Cmd {
 
 #[derive(Args)]
 struct RunArgs {
-    /// fanout, many-topics, fanin, idle, churn, slow or cluster.
+    /// fanout, many-topics, fanin, idle, churn, slow, cluster or abuse.
     #[arg(value_enum)]
     scenario: Scenario,
     /// WebSocket URL the subscribers connect to, e.g. ws://127.0.0.1:8080/ws.
@@ -76,15 +76,33 @@ struct RunArgs {
     /// Seconds each churn connection stays open.
     #[arg(long, default_value_t = 0.5)]
     churn_hold: f64,
-    /// Seconds of publishing before the measured window.
-    #[arg(long, default_value_t = 2.0)]
-    warmup: f64,
-    /// Seconds of the measured window.
-    #[arg(long, default_value_t = 5.0)]
-    duration: f64,
-    /// Seconds late deliveries may still arrive after publishing stops.
-    #[arg(long, default_value_t = 5.0)]
-    drain: f64,
+    /// Seconds of publishing before the measured window [default: 2].
+    #[arg(long)]
+    warmup: Option<f64>,
+    /// Seconds of the measured window [default: 5; abuse: 18 for each of its two windows].
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Seconds late deliveries may still arrive after publishing stops [default: 5;
+    /// abuse: 2].
+    #[arg(long)]
+    drain: Option<f64>,
+    /// abuse: seconds the broker may take after the abuse, healthy traffic still flowing,
+    /// to get its connections back to their count before and its RSS within 10% [default: 14].
+    #[arg(long)]
+    settle: Option<f64>,
+    /// abuse: seconds of every attack before the warm-up, so one-time costs are paid
+    /// before the "before" RSS reading; 0 = none [default: 2].
+    #[arg(long)]
+    prime: Option<f64>,
+    /// abuse: run only these attacks (comma-separated; default all): bad-json, deep-json,
+    /// sub-flood, publish-flood, bad-frames, slowloris, garbage-http, rst-churn, conn-burst.
+    #[arg(long, value_delimiter = ',')]
+    attacks: Vec<String>,
+    /// abuse: cut the clean and the abuse window into this many slices each and
+    /// alternate them, so both see the same background load; 1 = one clean window, then
+    /// one abuse window.
+    #[arg(long, default_value_t = 4)]
+    cycles: usize,
     /// Seconds allowed for all subscribers to connect and subscribe.
     #[arg(long, default_value_t = 60.0)]
     setup_timeout: f64,
@@ -116,7 +134,8 @@ struct RunArgs {
     /// No progress line.
     #[arg(long)]
     quiet: bool,
-    /// Exit with status 1 unless nothing was lost, nothing failed and latency was measured.
+    /// Exit with status 1 unless nothing was lost, nothing failed and latency was measured
+    /// (abuse: and its verdict passed, see docs/LOADTEST.md).
     #[arg(long)]
     check: bool,
 }
@@ -149,6 +168,7 @@ fn plan(a: &RunArgs) -> Result<Plan> {
         None => sub_target.clone(),
     };
     let subs = a.subs.unwrap_or(preset.subs);
+    let timing = preset.timing;
     Ok(Plan {
         scenario: a.scenario,
         label: a
@@ -172,9 +192,13 @@ fn plan(a: &RunArgs) -> Result<Plan> {
         slow: a.slow.unwrap_or(preset.slow),
         churn: a.churn.unwrap_or(preset.churn),
         churn_hold: seconds("churn-hold", a.churn_hold)?,
-        warmup: seconds("warmup", a.warmup)?,
-        duration: seconds("duration", a.duration)?,
-        drain: seconds("drain", a.drain)?,
+        warmup: seconds("warmup", a.warmup.unwrap_or(timing.warmup))?,
+        duration: seconds("duration", a.duration.unwrap_or(timing.duration))?,
+        drain: seconds("drain", a.drain.unwrap_or(timing.drain))?,
+        settle: seconds("settle", a.settle.unwrap_or(timing.settle))?,
+        prime: seconds("prime", a.prime.unwrap_or(timing.prime))?,
+        attacks: a.attacks.clone(),
+        cycles: a.cycles,
         setup_timeout: seconds("setup-timeout", a.setup_timeout)?,
         threads: a.threads,
         connect_concurrency: a.connect_concurrency,
@@ -186,10 +210,7 @@ fn plan(a: &RunArgs) -> Result<Plan> {
 
 fn run_cmd(a: RunArgs) -> Result<bool> {
     let plan = plan(&a)?;
-    // The hard bound on a run, whatever the broker does: every phase has its own limit,
-    // and this catches anything that still hangs.
-    let limit =
-        plan.setup_timeout + plan.warmup + plan.duration + plan.drain * 3 + Duration::from_secs(30);
+    let limit = plan.bound();
     std::thread::spawn(move || {
         std::thread::sleep(limit);
         eprintln!("shardcast-loadtest: the run exceeded its bound of {limit:?}; stopping");
@@ -236,7 +257,7 @@ fn main() -> ExitCode {
     match result {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => {
-            eprintln!("shardcast-loadtest: check failed: loss, errors or no latency figures (see the table)");
+            eprintln!("shardcast-loadtest: check failed: loss, errors, no latency figures or a failed abuse verdict (see the table)");
             ExitCode::from(1)
         }
         Err(e) => {

@@ -23,6 +23,9 @@ pub enum Scenario {
     Slow,
     /// Publishers on one node, subscribers on another (`--pub-url`).
     Cluster,
+    /// A steady stream to healthy subscribers through a clean window, then a window of
+    /// the same length under attack (see `abuse`), then recovery.
+    Abuse,
 }
 
 /// Every setting of one run, after scenario defaults and flags are combined.
@@ -47,9 +50,22 @@ pub struct Plan {
     pub churn: f64,
     pub churn_hold: Duration,
     pub warmup: Duration,
+    /// The measured window; the abuse scenario has two of this length (clean, abuse).
     pub duration: Duration,
     /// After publishing stops, how long stragglers may still arrive.
     pub drain: Duration,
+    /// Abuse scenario: the recovery after the abuse window, healthy traffic still
+    /// flowing: the broker must have let go of the attackers' connections by its end,
+    /// when its RSS is read.
+    pub settle: Duration,
+    /// Abuse scenario: seconds of every attack before the warm-up, so one-time costs
+    /// (allocator pages, tables grown to peak connections) are paid before "before".
+    pub prime: Duration,
+    /// Abuse scenario: the attack kinds to run (empty: all of them).
+    pub attacks: Vec<String>,
+    /// Abuse scenario: the clean and abuse windows are cut into this many slices each
+    /// and alternate (clean, abuse, clean, …); 1 = one clean window, then one abuse window.
+    pub cycles: usize,
     pub setup_timeout: Duration,
     pub threads: usize,
     pub connect_concurrency: usize,
@@ -59,7 +75,7 @@ pub struct Plan {
     pub topic_prefix: String,
 }
 
-/// The scenario presets: (subs, topics, pubs, rate, slow, churn).
+/// The scenario presets: (subs, topics, pubs, rate, slow, churn) and the timing.
 pub struct Preset {
     pub subs: usize,
     pub topics: usize,
@@ -67,7 +83,38 @@ pub struct Preset {
     pub rate: f64,
     pub slow: usize,
     pub churn: f64,
+    pub timing: Timing,
 }
+
+/// Seconds of each phase, unless flags say otherwise.
+#[derive(Clone, Copy)]
+pub struct Timing {
+    pub prime: f64,
+    pub warmup: f64,
+    pub duration: f64,
+    pub drain: f64,
+    pub settle: f64,
+}
+
+/// Every scenario but `abuse`: 2 s warm-up, a 5 s window, up to 5 s of drain.
+const TIMING: Timing = Timing {
+    prime: 0.0,
+    warmup: 2.0,
+    duration: 5.0,
+    drain: 5.0,
+    settle: 0.0,
+};
+
+/// `abuse`: at most a minute after the setup: priming 2 s + its recovery (at most 3 + 1),
+/// warm-up 2, clean and abuse windows of 18 each, recovery at most 14 (still publishing),
+/// drain at most 2 (see [`Plan::abuse_time`]); about 45 s when the broker recovers at once.
+const ABUSE_TIMING: Timing = Timing {
+    prime: 2.0,
+    warmup: 2.0,
+    duration: 18.0,
+    drain: 2.0,
+    settle: 14.0,
+};
 
 impl Scenario {
     pub fn preset(self) -> Preset {
@@ -78,6 +125,7 @@ impl Scenario {
             rate,
             slow,
             churn,
+            timing: TIMING,
         };
         match self {
             Scenario::Fanout | Scenario::Cluster => p(1000, 1, 1, 1000.0, 0, 0.0),
@@ -86,6 +134,12 @@ impl Scenario {
             Scenario::Idle => p(1000, 1000, 0, 0.0, 0, 0.0),
             Scenario::Churn => p(500, 1, 1, 200.0, 0, 200.0),
             Scenario::Slow => p(500, 1, 1, 1000.0, 1, 0.0),
+            // 20 readers per topic at 1000 publishes/s: 20,000 deliveries/s. Two
+            // publishers keep each under a per-connection publish limit of 1000/s.
+            Scenario::Abuse => Preset {
+                timing: ABUSE_TIMING,
+                ..p(200, 10, 2, 1000.0, 0, 0.0)
+            },
         }
     }
 
@@ -98,6 +152,7 @@ impl Scenario {
             Scenario::Churn => "churn",
             Scenario::Slow => "slow",
             Scenario::Cluster => "cluster",
+            Scenario::Abuse => "abuse",
         }
     }
 }
@@ -129,18 +184,107 @@ impl Plan {
             bail!("--rate and --churn must be finite and not negative");
         }
         let churn_open = (self.churn * self.churn_hold.as_secs_f64()).ceil() as usize + 16;
-        let conns = self.subs + self.slow + self.pubs + churn_open;
+        let attackers = if self.is_abuse() {
+            if self.pid.is_none() {
+                bail!(
+                    "the abuse scenario needs --pid: it checks the broker's RSS before and after"
+                );
+            }
+            if self.rate == 0.0 {
+                bail!("the abuse scenario needs healthy traffic: --rate above 0");
+            }
+            if self.cycles == 0 {
+                bail!("--cycles must be at least 1");
+            }
+            if let Some(k) = self
+                .attacks
+                .iter()
+                .find(|k| !crate::abuse::kinds().any(|known| known == k.as_str()))
+            {
+                let known: Vec<_> = crate::abuse::kinds().collect();
+                bail!(
+                    "--attacks: no attack named {k:?} (known: {})",
+                    known.join(", ")
+                );
+            }
+            crate::abuse::MAX_OPEN
+        } else {
+            0
+        };
+        let conns = self.subs + self.slow + self.pubs + churn_open + attackers;
         if conns > MAX_CONNECTIONS {
             bail!("{conns} connections is over the harness bound of {MAX_CONNECTIONS}");
         }
         if conns as u64 + 64 > fd_limit {
             bail!("{conns} connections need more open files than this process may have ({fd_limit}); raise the hard limit (ulimit -Hn)");
         }
-        let total = self.setup_timeout + self.warmup + self.duration + self.drain;
+        let total =
+            self.setup_timeout + self.warmup + self.measured() + self.drain + self.abuse_time();
         if total > MAX_RUN {
-            bail!("setup timeout + warm-up + duration + drain is {total:?}, over the bound of {MAX_RUN:?}");
+            bail!("setup timeout + warm-up + measured windows + drain + priming and recovery is {total:?}, over the bound of {MAX_RUN:?}");
         }
         Ok(())
+    }
+
+    pub fn is_abuse(&self) -> bool {
+        self.scenario == Scenario::Abuse
+    }
+
+    /// The whole measured window: the abuse scenario's clean and abuse windows together.
+    pub fn measured(&self) -> Duration {
+        if self.is_abuse() {
+            self.duration * 2
+        } else {
+            self.duration
+        }
+    }
+
+    /// Abuse scenario: the length of each clean and each abuse slice of the window.
+    pub fn slice(&self) -> Duration {
+        if self.is_abuse() {
+            self.duration / self.cycles.max(1) as u32
+        } else {
+            Duration::ZERO
+        }
+    }
+
+    /// How long publishing may go on after the measured window: in the abuse scenario,
+    /// the broker recovers under the same healthy traffic it had before the abuse, and
+    /// the publishers are stopped when the recovery ends (it starts a moment after the
+    /// window, hence the margin).
+    pub fn tail(&self) -> Duration {
+        if self.is_abuse() {
+            self.settle + Duration::from_secs(2)
+        } else {
+            Duration::ZERO
+        }
+    }
+
+    /// Abuse scenario: the time outside the windows, at the most: priming, and two
+    /// recoveries (each bounded by `settle`, then 1 s for the allocator).
+    pub fn abuse_time(&self) -> Duration {
+        if !self.is_abuse() {
+            return Duration::ZERO;
+        }
+        // The recovery after the abuse lasts up to `settle` (with traffic); the one after
+        // priming up to its own bound, then the allocator gets its second.
+        let priming = if self.prime.is_zero() {
+            Duration::ZERO
+        } else {
+            self.prime + crate::abuse::soak::PRIME_SETTLE + crate::abuse::soak::RSS_SETTLE
+        };
+        priming + self.tail()
+    }
+
+    /// The longest a run may take, whatever the broker does: every phase has its own
+    /// limit, and a watchdog stops anything that still hangs past this.
+    pub fn bound(&self) -> Duration {
+        self.setup_timeout
+            + self.warmup
+            + self.measured()
+            + self.drain * 3
+            + self.abuse_time()
+            + Duration::from_secs(30)
     }
 
     /// Runs with many connections spread their source addresses (see `conn::open`).

@@ -1,5 +1,5 @@
-//! Process figures from /proc: CPU seconds (utime + stime) and resident memory, for the
-//! broker under test (given its pid) and for the harness itself.
+//! Process figures from /proc: CPU seconds (utime + stime), resident memory and open
+//! file descriptors, for the broker under test (given its pid) and for the harness itself.
 
 use std::fs;
 
@@ -38,6 +38,11 @@ impl Proc {
             .lines()
             .find_map(|l| l.strip_prefix("VmRSS:"))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    }
+
+    /// Open file descriptors (sockets included), or `None` when they cannot be listed.
+    pub fn open_fds(self) -> Option<usize> {
+        Some(fs::read_dir(format!("{}/fd", self.dir())).ok()?.count())
     }
 
     /// Whether the process still exists.
@@ -88,6 +93,7 @@ mod tests {
     fn own_figures_are_readable() {
         assert!(Proc::Slf.cpu_seconds().is_some());
         assert!(Proc::Slf.rss_kib().is_some_and(|kib| kib > 0));
+        assert!(Proc::Slf.open_fds().is_some_and(|n| n >= 3));
         assert!(Proc::Slf.alive());
         assert!(!Proc::Pid(u32::MAX).alive());
         assert!(raise_fd_limit() >= 256);

@@ -4,7 +4,7 @@
 
 use crate::conn::{self, Conn, ReadEnd};
 use crate::plan::Plan;
-use crate::tally::{now_ns, Live, Tally};
+use crate::tally::{now_ns, Live, Tally, Times};
 use crate::wire::{self, Stamp};
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -25,6 +25,8 @@ const MAX_CHURN_OPEN: usize = 5_000;
 pub struct Published {
     /// Messages sent per publisher per topic: `counts[publisher][topic]`.
     pub counts: Vec<Vec<u64>>,
+    /// The part of `counts` sent in the window's abuse slices.
+    pub counts_abused: Vec<Vec<u64>>,
     pub tally: Tally,
     /// Churn connections that opened, subscribed and closed as planned.
     pub churned: u64,
@@ -39,11 +41,17 @@ impl Published {
     pub fn to_topic(&self, topic: usize) -> u64 {
         self.counts.iter().filter_map(|c| c.get(topic)).sum()
     }
+
+    /// Messages sent to one topic by all publishers in the window's abuse slices.
+    pub fn to_topic_abused(&self, topic: usize) -> u64 {
+        self.counts_abused.iter().filter_map(|c| c.get(topic)).sum()
+    }
 }
 
 pub fn thread_main(plan: Arc<Plan>, live: Arc<Live>) -> Published {
     let mut published = Published {
         counts: vec![vec![0; plan.topics]; plan.pubs],
+        counts_abused: vec![vec![0; plan.topics]; plan.pubs],
         tally: Tally::default(),
         churned: 0,
     };
@@ -77,15 +85,26 @@ async fn run(plan: &Arc<Plan>, live: &Arc<Live>, out: &mut Published) {
             Err(e) => {
                 out.tally.error(format!("publisher setup: {e:#}"));
                 // Without all publishers the sequences would not add up: start nothing.
-                live.window.set(1, 1);
+                live.window.set(Times {
+                    start: 1,
+                    end: 1,
+                    slice: 0,
+                });
                 return;
             }
         }
     }
     let t0 = now_ns() + LEAD_IN.as_nanos() as u64;
     let start = t0 + plan.warmup.as_nanos() as u64;
-    let end = start + plan.duration.as_nanos() as u64;
-    live.window.set(start, end);
+    let end = start + plan.measured().as_nanos() as u64;
+    let times = Times {
+        start,
+        end,
+        slice: plan.slice().as_nanos() as u64,
+    };
+    live.stop
+        .store(end + plan.tail().as_nanos() as u64, Ordering::Release);
+    live.window.set(times);
 
     let churn_state = Rc::new(ChurnState::default());
     if plan.churn > 0.0 {
@@ -93,7 +112,7 @@ async fn run(plan: &Arc<Plan>, live: &Arc<Live>, out: &mut Published) {
     }
 
     tokio::time::sleep(Duration::from_nanos(t0.saturating_sub(now_ns()))).await;
-    pace(plan, live, &mut conns, t0, end, out).await;
+    pace(plan, live, &mut conns, (t0, times), out).await;
 
     // Let the churn connections that are still open finish their hold.
     while churn_state.open.get() > 0 && now_ns() < end + plan.churn_hold.as_nanos() as u64 * 2 {
@@ -106,13 +125,13 @@ async fn run(plan: &Arc<Plan>, live: &Arc<Live>, out: &mut Published) {
     }
 }
 
-/// Sends every publish that has come due, tick by tick, until `end`.
+/// Sends every publish that has come due, tick by tick, from `t0` until `live.stop`,
+/// counting apart what is sent in the window's abuse slices.
 async fn pace(
     plan: &Plan,
     live: &Live,
     conns: &mut [Conn],
-    t0: u64,
-    end: u64,
+    (t0, window): (u64, Times),
     out: &mut Published,
 ) {
     let topics: Vec<String> = (0..plan.topics).map(|t| plan.topic_name(t)).collect();
@@ -122,9 +141,12 @@ async fn pace(
     let mut sent = 0u64;
     loop {
         let now = now_ns();
-        if now >= end {
+        let stop = live.stop.load(Ordering::Acquire);
+        if now >= stop {
             break;
         }
+        // Every message of this tick carries this send time.
+        let abused = window.abused(now);
         let due = ((now - t0) as f64 * plan.rate / 1e9) as u64;
         while sent < due {
             let p = (sent % pubs) as usize;
@@ -139,6 +161,11 @@ async fn pace(
             };
             *seq += 1;
             sent += 1;
+            if abused {
+                if let Some(n) = out.counts_abused.get_mut(p).and_then(|c| c.get_mut(topic)) {
+                    *n += 1;
+                }
+            }
             wire::stamped_data(stamp, plan.payload, &mut data);
             if let Some(b) = batches.get_mut(p) {
                 wire::publish(plan.pub_dialect, &topics[topic], &data, &mut scratch, b);
@@ -172,7 +199,7 @@ async fn pace(
                 // A broker that stops reading would block this write forever: give up
                 // once the drain time after the window has passed too.
                 let give_up = Duration::from_nanos(
-                    (end + plan.drain.as_nanos() as u64).saturating_sub(now_ns()),
+                    (stop + plan.drain.as_nanos() as u64).saturating_sub(now_ns()),
                 );
                 match tokio::time::timeout(give_up, c.send(b)).await {
                     Ok(Ok(())) => {}

@@ -1,5 +1,6 @@
 //! The result of a run: a serializable [`Report`] and its summary table.
 
+use crate::abuse::soak::AbuseReport;
 use crate::wire::Dialect;
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -43,6 +44,9 @@ pub struct Report {
     pub churned: u64,
     pub errors: BTreeMap<String, u64>,
     pub closes: BTreeMap<String, u64>,
+    /// The abuse scenario: each side of the abuse, recovery, attacks, verdict.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub abuse: Option<AbuseReport>,
 }
 
 #[derive(Serialize, Debug)]
@@ -263,6 +267,9 @@ impl Report {
         for (what, n) in &self.errors {
             rows.push(("error", format!("{n} x {what}")));
         }
+        if let Some(abuse) = &self.abuse {
+            rows.extend(abuse.rows());
+        }
         let mut out = String::new();
         for (k, v) in rows {
             let _ = writeln!(out, "{k:>13}  {v}");
@@ -270,7 +277,8 @@ impl Report {
         out
     }
 
-    /// Whether nothing was lost, nothing failed and figures were produced.
+    /// Whether nothing was lost, nothing failed and figures were produced (and, for the
+    /// abuse scenario, its verdict passed).
     pub fn clean(&self) -> bool {
         self.lost == 0
             && self.duplicates == 0
@@ -278,6 +286,7 @@ impl Report {
             && self.errors.is_empty()
             && self.closes.is_empty()
             && (self.rate == 0.0 || self.latency_ms.count > 0)
+            && self.abuse.as_ref().map_or(true, |a| a.failures.is_empty())
     }
 }
 

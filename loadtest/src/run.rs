@@ -1,7 +1,9 @@
 //! One run from start to end: connect the subscribers, measure the setup, start the
 //! publishers, sample the broker over the measured window, drain, and merge the counts
-//! into a [`Report`].
+//! into a [`Report`]. In the abuse scenario the window has two halves: the attackers
+//! start at the split, and after the drain the broker is given time to recover.
 
+use crate::abuse::{self, soak};
 use crate::brokerstats;
 use crate::plan::Plan;
 use crate::procfs::{self, Proc};
@@ -9,7 +11,7 @@ use crate::progress::Progress;
 use crate::publishers::{self, Published};
 use crate::report::{Broker, Connections, Harness, Latency, Report};
 use crate::subscribers;
-use crate::tally::{now_ns, Live, Tally};
+use crate::tally::{now_ns, Live, Tally, Times};
 use anyhow::{bail, Result};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -49,6 +51,15 @@ pub fn run(plan: Plan, progress: &Progress) -> Result<Report> {
     }
     let plan = Arc::new(plan);
     let live = Arc::new(Live::default());
+    // shardcast answers /api/stats on its WebSocket port; other brokers do not, and their
+    // connection counts are then read from /proc only.
+    let probe = soak::Probe {
+        broker,
+        stats: plan
+            .broker_stats
+            .or(plan.is_abuse().then_some(plan.sub_target.addr)),
+    };
+    let mut abused = None;
     let rss_before = broker.and_then(Proc::rss_kib);
     let mut peak_rss = rss_before.unwrap_or(0);
 
@@ -86,6 +97,20 @@ pub fn run(plan: Plan, progress: &Progress) -> Result<Report> {
         .saturating_sub(setup_start);
     thread::sleep(SETTLE);
     let after_setup = sample(&plan, broker);
+    let primed = (plan.is_abuse() && !plan.prime.is_zero()).then(|| {
+        progress.show("priming", &live, wanted);
+        let start = probe.read();
+        let attackers = abuse::spawn(&plan, now_ns() + plan.prime.as_nanos() as u64);
+        thread::sleep(plan.prime);
+        let recovery = soak::recover(
+            vec![attackers],
+            probe,
+            &start,
+            soak::PRIME_SETTLE,
+            soak::Until::Connections,
+        );
+        soak::Primed::new(start, recovery)
+    });
 
     // Publishing (or, for idle runs, holding) over the measured window.
     let published: Option<Published>;
@@ -93,7 +118,11 @@ pub fn run(plan: Plan, progress: &Progress) -> Result<Report> {
     if plan.rate == 0.0 && plan.churn == 0.0 {
         let start = now_ns();
         let end = start + plan.duration.as_nanos() as u64;
-        live.window.set(start, end);
+        live.window.set(Times {
+            start,
+            end,
+            slice: 0,
+        });
         at_start = sample(&plan, broker);
         wait_until(
             end,
@@ -115,34 +144,43 @@ pub fn run(plan: Plan, progress: &Progress) -> Result<Report> {
         while live.window.get().0 == u64::MAX && !publisher.is_finished() {
             thread::sleep(Duration::from_millis(5));
         }
-        let (start, end) = live.window.get();
-        wait_until(
-            start,
-            progress,
-            "warm-up",
-            &live,
-            wanted,
-            broker,
-            &mut peak_rss,
-        );
+        let times = live.window.times();
+        let (start, end) = (times.start, times.end);
+        let mut waiting = |until, phase: &str, peak: &mut u64| {
+            wait_until(until, progress, phase, &live, wanted, broker, peak);
+            peak_rss = peak_rss.max(*peak);
+        };
+        waiting(start, "warm-up", &mut 0);
         at_start = sample(&plan, broker);
-        wait_until(
-            end,
-            progress,
-            "measuring",
-            &live,
-            wanted,
-            broker,
-            &mut peak_rss,
-        );
+        let soaked = if plan.is_abuse() {
+            Some(soak::attack_window(&plan, times, probe, &mut waiting))
+        } else {
+            waiting(end, "measuring", &mut 0);
+            None
+        };
         at_end = sample(&plan, broker);
+        peak_rss = peak_rss.max(at_end.broker_rss.unwrap_or(0));
         window_s = end.saturating_sub(start) as f64 / 1e9;
+        // The healthy traffic goes on while the broker recovers, so "after" is read
+        // under the same load as "before"; then the publishers stop.
+        abused = soaked.map(|soaked| {
+            progress.show("recovering", &live, wanted);
+            let recovery = soak::recover(
+                soaked.attackers,
+                probe,
+                &soaked.before,
+                plan.settle,
+                soak::Until::ConnectionsAndMemory,
+            );
+            live.stop.fetch_min(now_ns(), Ordering::AcqRel);
+            (soaked.before, soaked.peak_kib, recovery)
+        });
         let done = match publisher.join() {
             Ok(p) => p,
             Err(_) => bail!("the publisher thread panicked"),
         };
         // Stragglers: wait until every reader has everything, or the drain time is up.
-        let expected = expected_deliveries(&plan, &done);
+        let expected = expected_deliveries(&plan, |t| done.to_topic(t));
         let drain_end = now_ns() + plan.drain.as_nanos() as u64;
         while live.received.load(Ordering::Relaxed) < expected && now_ns() < drain_end {
             progress.show("draining", &live, wanted);
@@ -162,7 +200,35 @@ pub fn run(plan: Plan, progress: &Progress) -> Result<Report> {
     let published_total = published.as_ref().map_or(0, Published::total);
     let expected = published
         .as_ref()
-        .map_or(0, |p| expected_deliveries(&plan, p));
+        .map_or(0, |p| expected_deliveries(&plan, |t| p.to_topic(t)));
+    let abuse = match (abused, &published) {
+        (Some((before, peak, recovery)), Some(p)) => {
+            let abused_sent: u64 = p.counts_abused.iter().flatten().sum();
+            let abused_expected = expected_deliveries(&plan, |t| p.to_topic_abused(t));
+            let abused = &tally.abused;
+            let phases = (
+                soak::Phase::new(
+                    published_total - abused_sent,
+                    expected - abused_expected,
+                    tally.received - abused.received,
+                    Latency::from_histogram(&tally.latency),
+                ),
+                soak::Phase::new(
+                    abused_sent,
+                    abused_expected,
+                    abused.received,
+                    Latency::from_histogram(&abused.latency),
+                ),
+            );
+            Some(soak::AbuseReport::judge(
+                phases,
+                (primed, before, Some(peak)),
+                recovery,
+                &abuse::chosen(&plan),
+            ))
+        }
+        _ => None,
+    };
     let (churned, publisher_tally) = match published {
         Some(p) => (p.churned, p.tally),
         None => (0, Tally::default()),
@@ -177,6 +243,7 @@ pub fn run(plan: Plan, progress: &Progress) -> Result<Report> {
     let own_cpu = at_end.own_cpu - at_start.own_cpu;
     let delivered_per_s = tally.window_arrivals as f64 / window_s.max(1e-9);
     let per_cpu = |cpu: f64| (cpu > 0.0).then(|| tally.window_arrivals as f64 / cpu);
+    let latency = tally.window_latency();
     let connections = (ready + plan.pubs).max(1);
     Ok(Report {
         label: plan.label.clone(),
@@ -213,8 +280,8 @@ pub fn run(plan: Plan, progress: &Progress) -> Result<Report> {
         duplicates: tally.duplicates,
         offered_deliveries_per_s: plan.offered_deliveries(),
         deliveries_per_s: delivered_per_s,
-        latency_ms: Latency::from_histogram(&tally.latency),
-        latency_curve: Latency::curve(&tally.latency),
+        latency_ms: Latency::from_histogram(&latency),
+        latency_curve: Latency::curve(&latency),
         broker: plan.pid.map(|pid| Broker {
             pid,
             cpu_s: broker_cpu,
@@ -240,15 +307,16 @@ pub fn run(plan: Plan, progress: &Progress) -> Result<Report> {
         churned,
         errors: tally.errors,
         closes: tally.closes,
+        abuse,
     })
 }
 
-/// Every reader should get every message published to its topic.
-fn expected_deliveries(plan: &Plan, published: &Published) -> u64 {
+/// Every reader should get every message published to its topic (`sent(topic)`).
+fn expected_deliveries(plan: &Plan, sent: impl Fn(usize) -> u64) -> u64 {
     (0..plan.topics)
         .map(|t| {
             let readers = plan.subs / plan.topics + usize::from(t < plan.subs % plan.topics);
-            readers as u64 * published.to_topic(t)
+            readers as u64 * sent(t)
         })
         .sum()
 }
@@ -305,6 +373,10 @@ mod tests {
             warmup: Duration::ZERO,
             duration: Duration::ZERO,
             drain: Duration::ZERO,
+            settle: Duration::ZERO,
+            prime: Duration::ZERO,
+            attacks: Vec::new(),
+            cycles: 1,
             setup_timeout: Duration::ZERO,
             threads: 1,
             connect_concurrency: 1,
@@ -314,10 +386,18 @@ mod tests {
         };
         let published = Published {
             counts: vec![vec![10, 7]],
+            counts_abused: vec![vec![4, 1]],
             tally: Tally::default(),
             churned: 0,
         };
         // Topic 0 has readers 0, 2, 4; topic 1 has readers 1, 3. Stalled ones do not count.
-        assert_eq!(expected_deliveries(&plan, &published), 3 * 10 + 2 * 7);
+        assert_eq!(
+            expected_deliveries(&plan, |t| published.to_topic(t)),
+            3 * 10 + 2 * 7
+        );
+        assert_eq!(
+            expected_deliveries(&plan, |t| published.to_topic_abused(t)),
+            3 * 4 + 2
+        );
     }
 }

@@ -119,18 +119,8 @@ async fn subscriber(
             if !seqs.see(stamp.publisher, stamp.seq, &mut t) {
                 return;
             }
-            t.received += 1;
             got += 1;
-            let now = now_ns();
-            let (start, end) = live.window.get();
-            if (start..end).contains(&now) {
-                t.window_arrivals += 1;
-            }
-            if (start..end).contains(&stamp.sent_ns) {
-                let _ = t
-                    .latency
-                    .record(now.saturating_sub(stamp.sent_ns).max(1_000));
-            }
+            t.arrived(&live.window.times(), stamp.sent_ns, now_ns());
         });
         let end = tokio::select! {
             r = round => r,

@@ -89,19 +89,30 @@ pub const OP_PONG: u8 = 0xA;
 
 /// Appends one masked, final frame to `out`.
 pub fn push_frame(opcode: u8, payload: &[u8], out: &mut Vec<u8>) {
-    out.push(0x80 | opcode);
+    push_raw_frame(0x80 | opcode, payload, true, out);
+}
+
+/// Appends one frame with the first byte (FIN, reserved bits, opcode) as given, masked
+/// or not: the abuse scenario sends frames a client must not.
+pub fn push_raw_frame(first: u8, payload: &[u8], masked: bool, out: &mut Vec<u8>) {
+    out.push(first);
+    let bit = if masked { 0x80 } else { 0 };
     let n = payload.len();
     if n < 126 {
-        out.push(0x80 | n as u8);
+        out.push(bit | n as u8);
     } else if n <= u16::MAX as usize {
-        out.push(0x80 | 126);
+        out.push(bit | 126);
         out.extend_from_slice(&(n as u16).to_be_bytes());
     } else {
-        out.push(0x80 | 127);
+        out.push(bit | 127);
         out.extend_from_slice(&(n as u64).to_be_bytes());
     }
-    out.extend_from_slice(&MASK);
-    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ MASK[i & 3]));
+    if masked {
+        out.extend_from_slice(&MASK);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ MASK[i & 3]));
+    } else {
+        out.extend_from_slice(payload);
+    }
 }
 
 /// A subscribe request. vws carries `i` so the broker acks it; gows has no ack, so the

@@ -7,7 +7,12 @@ use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::RwLock;
 use std::time::{Duration, Instant};
+
+/// The abuse soak compares latency with and without abuse, so it runs alone: it takes
+/// this for writing, every other run for reading.
+static MACHINE: RwLock<()> = RwLock::new(());
 
 const HARNESS: &str = env!("CARGO_BIN_EXE_shardcast-loadtest");
 
@@ -44,13 +49,13 @@ impl Drop for Broker {
 }
 
 fn start_broker() -> Broker {
+    start_broker_with("[client]\nallow_publish = true\npublish_rate = 0.0\n")
+}
+
+fn start_broker_with(config_text: &str) -> Broker {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("bench.toml");
-    std::fs::write(
-        &config,
-        "[client]\nallow_publish = true\npublish_rate = 0.0\n",
-    )
-    .unwrap();
+    std::fs::write(&config, config_text).unwrap();
     let mut child = Command::new(broker_binary())
         .args([
             "serve",
@@ -82,6 +87,11 @@ fn start_broker() -> Broker {
 
 /// Runs the harness with `--check --json` and returns its exit status and the report.
 fn harness(broker: &Broker, args: &[&str]) -> (bool, Value, String) {
+    let _shared = if args.first() == Some(&"abuse") {
+        None
+    } else {
+        Some(MACHINE.read().unwrap_or_else(|e| e.into_inner()))
+    };
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("report.json");
     let started = Instant::now();
@@ -232,6 +242,59 @@ fn churn_and_fanin_runs_complete() {
     );
     assert!(ok, "check failed:\n{table}");
     assert_eq!(f(&r, "/lost"), 0.0);
+}
+
+#[test]
+fn abuse_soak_leaves_healthy_subscribers_and_memory_alone() {
+    let _alone = MACHINE.write().unwrap_or_else(|e| e.into_inner());
+    let broker = start_broker_with(include_str!("../abuse.toml"));
+    // About 12 s: priming 1, warm-up 0.5, two clean and two abuse slices of 2 s, and the
+    // recovery (up to 10 s; usually a few).
+    let (ok, r, table) = harness(
+        &broker,
+        &[
+            "abuse",
+            "--prime",
+            "1",
+            "--warmup",
+            "0.5",
+            "--duration",
+            "4",
+            "--cycles",
+            "2",
+            "--settle",
+            "10",
+            "--drain",
+            "1",
+        ],
+    );
+    assert!(ok, "check failed:\n{table}");
+    let a = &r["abuse"];
+    assert!(a["failures"].as_array().unwrap().is_empty(), "{table}");
+    for side in ["/clean", "/abuse"] {
+        assert_eq!(f(a, &format!("{side}/lost")), 0.0, "{table}");
+        assert!(
+            f(a, &format!("{side}/latency_ms/count")) > 10_000.0,
+            "{table}"
+        );
+    }
+    // Every attack ran and the broker answered each as SPEC §4 says.
+    assert_eq!(a["attacks"].as_object().unwrap().len(), 9, "{table}");
+    assert_eq!(f(a, "/unexpected"), 0.0, "{table}");
+    let attacks = a["attacks"].to_string();
+    for answer in [
+        "closed 1007",
+        "closed 1003",
+        "closed 1002",
+        "closed 1009",
+        "closed 1008",
+        "HTTP 400",
+        "HTTP 503",
+    ] {
+        assert!(attacks.contains(answer), "no {answer:?} in {table}");
+    }
+    assert!(f(a, "/after/rss_kib") > 0.0);
+    assert!(a["settle_s"].is_f64(), "{table}");
 }
 
 #[test]

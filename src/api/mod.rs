@@ -4,7 +4,7 @@
 mod dashboard;
 mod health;
 mod publish;
-mod stats;
+pub mod stats;
 
 use crate::error::Reject;
 use crate::server::http::HttpResponse;
@@ -76,6 +76,7 @@ pub async fn handle(shard: &Rc<Shard>, peer: SocketAddr, req: Request<Incoming>)
     let method = req.method().clone();
     let result = match (method.clone(), path.as_str()) {
         (Method::GET, "/healthz") => Ok(health::healthz(broker)),
+        (Method::GET, "/readyz") => Ok(health::readyz(broker)),
         (Method::GET, "/metrics") if broker.config.metrics.enabled => {
             Ok(crate::metrics::render(broker))
         }
@@ -83,7 +84,7 @@ pub async fn handle(shard: &Rc<Shard>, peer: SocketAddr, req: Request<Incoming>)
             status: 404,
             reason: "metrics are disabled (metrics.enabled = false)".into(),
         }),
-        (Method::GET, "/api/stats") => Ok(stats::stats(broker)),
+        (Method::GET, "/api/stats") => stats::stats(broker).await,
         (Method::GET, "/api/channels") => stats::channels(broker, None).await,
         (Method::GET, p) if p.starts_with("/api/channels/") => {
             let name = p.trim_start_matches("/api/channels/");
@@ -132,6 +133,7 @@ fn is_known(path: &str) -> bool {
     matches!(
         path,
         "/healthz"
+            | "/readyz"
             | "/metrics"
             | "/api/stats"
             | "/api/channels"

@@ -13,8 +13,20 @@ use serde_json::json;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+/// Channels listed in `top_channels`.
+const TOP_CHANNELS: usize = 10;
+
 /// `GET /api/stats`.
-pub fn stats(broker: &Broker) -> HttpResponse {
+pub async fn stats(broker: &Broker) -> Result<HttpResponse, ApiError> {
+    Ok(json_response(200, &snapshot(broker).await?))
+}
+
+/// The stats object of `GET /api/stats` and `$sys/stats`: totals, rates over the last
+/// second, delivery latency, per-shard figures and the channels with most subscribers.
+///
+/// # Errors
+/// A shard did not answer the channel query in time.
+pub async fn snapshot(broker: &Broker) -> Result<serde_json::Value, ApiError> {
     let shards: Vec<_> = broker
         .shard_stats
         .iter()
@@ -31,8 +43,21 @@ pub fn stats(broker: &Broker) -> HttpResponse {
             })
         })
         .collect();
+    let mut top: Vec<(String, usize)> = channel_counts(broker)
+        .await?
+        .into_iter()
+        .filter(|(name, _)| !crate::topic::is_broker_topic(name))
+        .collect();
+    // Most subscribers first; ties by name so the list is stable from tick to tick.
+    top.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    top.truncate(TOP_CHANNELS);
+    let top: Vec<_> = top
+        .into_iter()
+        .map(|(channel, subscribers)| json!({ "channel": channel, "subscribers": subscribers }))
+        .collect();
     let latency = metrics::latency(broker);
-    let body = json!({
+    let rates = *broker.rates.lock();
+    Ok(json!({
         "clients": broker.sum(|s| &s.connections_active),
         "channels": broker.router.channel_count(),
         "shards": shards,
@@ -43,13 +68,18 @@ pub fn stats(broker: &Broker) -> HttpResponse {
             "dropped": broker.sum(|s| &s.dropped_queue_full),
             "slow_disconnects": broker.sum(|s| &s.slow_disconnects),
         },
+        "rates": {
+            "received_per_s": rates.received_per_s,
+            "published_per_s": rates.published_per_s,
+            "delivered_per_s": rates.delivered_per_s,
+        },
         "latency_us": {
             "p50": latency.p50, "p99": latency.p99, "p999": latency.p999, "max": latency.max,
             "count": latency.count,
         },
+        "top_channels": top,
         "uptime_s": broker.started.elapsed().as_secs(),
-    });
-    json_response(200, &body)
+    }))
 }
 
 /// Merged channel -> subscriber counts from every shard.

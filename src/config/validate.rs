@@ -139,7 +139,7 @@ fn server(c: &Config) -> Result<(), Violation> {
         )?;
     }
     // The WebSocket shares the port with the API, health, metrics and dashboard routes.
-    let taken = ["/", "/healthz", "/metrics", "/client.js", "/api"];
+    let taken = ["/", "/healthz", "/readyz", "/metrics", "/client.js", "/api"];
     if taken.contains(&path) || path.starts_with("/api/") {
         fail(
             "server.ws_path",

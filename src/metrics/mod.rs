@@ -3,9 +3,9 @@
 
 use crate::api::response;
 use crate::broker::Broker;
-use crate::error::Reject;
+use crate::error::{ErrorClass, Reject};
 use crate::server::http::HttpResponse;
-use crate::shard::stats::{new_histogram, ShardStats};
+use crate::shard::stats::{new_histogram, ShardStats, MESSAGE_KINDS};
 use bytes::Bytes;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,10 +40,67 @@ pub fn latency(broker: &Broker) -> Latency {
     }
 }
 
+/// For counters an index might miss (never, by construction).
+static ZERO: AtomicU64 = AtomicU64::new(0);
+
 fn metric(out: &mut String, name: &str, kind: &str, help: &str, value: u64) {
     let _ = writeln!(
         out,
         "# HELP shardcast_{name} {help}\n# TYPE shardcast_{name} {kind}\nshardcast_{name} {value}"
+    );
+}
+
+/// A metric with one label: `# HELP`, `# TYPE`, then one sample per label value.
+fn labelled<L: std::fmt::Display, V: std::fmt::Display>(
+    out: &mut String,
+    name: &str,
+    kind: &str,
+    help: &str,
+    label: &str,
+    samples: impl IntoIterator<Item = (L, V)>,
+) {
+    let _ = writeln!(
+        out,
+        "# HELP shardcast_{name} {help}\n# TYPE shardcast_{name} {kind}"
+    );
+    for (value, sample) in samples {
+        let _ = writeln!(out, "shardcast_{name}{{{label}=\"{value}\"}} {sample}");
+    }
+}
+
+/// Upper bounds of the delivery-latency histogram buckets, in microseconds.
+const LATENCY_BUCKETS_US: [u64; 15] = [
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000, 2_500_000, 5_000_000,
+];
+
+/// The shards' HDR histograms merged and exposed as a Prometheus histogram in seconds
+/// (cumulative buckets; the sum is count x mean, as HDR keeps no exact sum).
+fn latency_histogram(out: &mut String, broker: &Broker) {
+    let mut merged = new_histogram();
+    for s in &broker.shard_stats {
+        let _ = merged.add(&*s.latency_us.lock());
+    }
+    let _ = writeln!(
+        out,
+        "# HELP shardcast_delivery_latency_seconds Delivery latency, publication accepted to frame written.\n\
+         # TYPE shardcast_delivery_latency_seconds histogram"
+    );
+    for le in LATENCY_BUCKETS_US {
+        let _ = writeln!(
+            out,
+            "shardcast_delivery_latency_seconds_bucket{{le=\"{}\"}} {}",
+            le as f64 / 1e6,
+            merged.count_between(0, le)
+        );
+    }
+    let count = merged.len();
+    let _ = writeln!(
+        out,
+        "shardcast_delivery_latency_seconds_bucket{{le=\"+Inf\"}} {count}\n\
+         shardcast_delivery_latency_seconds_sum {}\n\
+         shardcast_delivery_latency_seconds_count {count}",
+        merged.mean() * count as f64 / 1e6
     );
 }
 
@@ -58,7 +115,7 @@ type ShardMetric = (
 /// `GET /metrics`.
 pub fn render(broker: &Broker) -> HttpResponse {
     let mut out = String::with_capacity(4096);
-    let counters: [ShardMetric; 11] = [
+    let counters: [ShardMetric; 10] = [
         (
             "connections_active",
             "gauge",
@@ -70,12 +127,6 @@ pub fn render(broker: &Broker) -> HttpResponse {
             "counter",
             "WebSocket connections accepted.",
             |s| &s.connections_total,
-        ),
-        (
-            "messages_received_total",
-            "counter",
-            "Client messages received.",
-            |s| &s.messages_in,
         ),
         (
             "publications_total",
@@ -133,31 +184,115 @@ pub fn render(broker: &Broker) -> HttpResponse {
         "Bytes written to sockets.",
         broker.sum(|s| &s.bytes_out),
     );
+    labelled(
+        &mut out,
+        "messages_received_total",
+        "counter",
+        "Client messages received, by what they asked for (invalid: could not be decoded).",
+        "type",
+        MESSAGE_KINDS.iter().enumerate().map(|(i, kind)| {
+            (
+                *kind,
+                broker.sum(|s| s.messages_by_kind.get(i).unwrap_or(&ZERO)),
+            )
+        }),
+    );
+    let refused = |r: Reject| broker.rejections(r.index());
+    let client_invalid: u64 = Reject::all()
+        .iter()
+        .filter(|r| r.class() == ErrorClass::Invalid && !r.is_handshake())
+        .filter(|r| !matches!(r, Reject::PublishNotAllowed | Reject::SubscribeNotAllowed))
+        .map(|&r| refused(r))
+        .sum();
+    labelled(
+        &mut out,
+        "dropped_total",
+        "counter",
+        "Messages not delivered or not accepted, by reason: frames dropped by on_full (queue_full) or discarded with a slow consumer, client messages refused.",
+        "reason",
+        [
+            ("queue_full", broker.sum(|s| &s.dropped_queue_full)),
+            ("slow_consumer", broker.sum(|s| &s.dropped_slow_consumer)),
+            ("rate_limited", refused(Reject::RateLimited)),
+            ("overloaded", refused(Reject::Overloaded)),
+            ("not_allowed", refused(Reject::PublishNotAllowed) + refused(Reject::SubscribeNotAllowed)),
+            ("invalid", client_invalid),
+        ],
+    );
+    labelled(
+        &mut out,
+        "rejections_total",
+        "counter",
+        "Inputs refused, by reason.",
+        "reason",
+        Reject::LABELS
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (*l, broker.rejections(i))),
+    );
+    labelled(
+        &mut out,
+        "handshake_failures_total",
+        "counter",
+        "Connections refused before becoming a WebSocket, by reason.",
+        "reason",
+        Reject::all()
+            .into_iter()
+            .filter(Reject::is_handshake)
+            .map(|r| (r.label(), refused(r))),
+    );
+    let mut by_class = [0u64; ErrorClass::LABELS.len()];
+    for r in Reject::all() {
+        if let Some(n) = by_class.get_mut(r.class() as usize) {
+            *n += refused(r);
+        }
+    }
+    labelled(
+        &mut out,
+        "errors_total",
+        "counter",
+        "Refusals by class: fatal (connection closed), transient (a limit; may pass later), invalid (bad input).",
+        "class",
+        ErrorClass::LABELS.iter().copied().zip(by_class),
+    );
+    let shards = broker.shard_stats.iter().enumerate();
+    labelled(
+        &mut out,
+        "shard_connections_active",
+        "gauge",
+        "Open WebSocket connections per shard.",
+        "shard",
+        shards
+            .clone()
+            .map(|(id, s)| (id, ShardStats::get(&s.connections_active))),
+    );
+    labelled(
+        &mut out,
+        "shard_connections_total",
+        "counter",
+        "WebSocket connections accepted per shard.",
+        "shard",
+        shards
+            .clone()
+            .map(|(id, s)| (id, ShardStats::get(&s.connections_total))),
+    );
+    labelled(
+        &mut out,
+        "shard_outbound_queue_frames",
+        "gauge",
+        "Frames waiting in outbound buffers per shard.",
+        "shard",
+        shards.map(|(id, s)| (id, ShardStats::get(&s.queue_frames))),
+    );
+    let active = broker.sum(|s| &s.connections_active);
+    let capacity = active.max(1) * broker.config.client.queue_frames as u64;
     let _ = writeln!(
         out,
-        "# HELP shardcast_dropped_total Frames dropped.\n# TYPE shardcast_dropped_total counter"
+        "# HELP shardcast_outbound_queue_utilization Frames queued over the outbound capacity of open connections (0..1).\n\
+         # TYPE shardcast_outbound_queue_utilization gauge\n\
+         shardcast_outbound_queue_utilization {}",
+        broker.sum(|s| &s.queue_frames) as f64 / capacity as f64
     );
-    let _ = writeln!(
-        out,
-        "shardcast_dropped_total{{reason=\"queue_full\"}} {}",
-        broker.sum(|s| &s.dropped_queue_full)
-    );
-    let _ = writeln!(out, "# HELP shardcast_rejections_total Inputs refused, by reason.\n# TYPE shardcast_rejections_total counter");
-    for (i, label) in Reject::LABELS.iter().enumerate() {
-        let _ = writeln!(
-            out,
-            "shardcast_rejections_total{{reason=\"{label}\"}} {}",
-            broker.rejections(i)
-        );
-    }
-    let _ = writeln!(out, "# HELP shardcast_shard_connections_active Open WebSocket connections per shard.\n# TYPE shardcast_shard_connections_active gauge");
-    for (id, s) in broker.shard_stats.iter().enumerate() {
-        let _ = writeln!(
-            out,
-            "shardcast_shard_connections_active{{shard=\"{id}\"}} {}",
-            ShardStats::get(&s.connections_active)
-        );
-    }
     metric(
         &mut out,
         "channels",
@@ -172,15 +307,6 @@ pub fn render(broker: &Broker) -> HttpResponse {
         "HTTP API requests.",
         broker.global.api_requests.load(Ordering::Relaxed),
     );
-    let lat = latency(broker);
-    let _ = writeln!(out, "# HELP shardcast_delivery_latency_us Delivery latency percentiles (publish accepted to written), microseconds.\n# TYPE shardcast_delivery_latency_us gauge");
-    for (q, v) in [
-        ("0.5", lat.p50),
-        ("0.99", lat.p99),
-        ("0.999", lat.p999),
-        ("1", lat.max),
-    ] {
-        let _ = writeln!(out, "shardcast_delivery_latency_us{{quantile=\"{q}\"}} {v}");
-    }
+    latency_histogram(&mut out, broker);
     response(200, "text/plain; version=0.0.4", Bytes::from(out))
 }

@@ -83,13 +83,17 @@ impl Server {
             open_sockets: AtomicUsize::new(0),
             ws_connections: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
+            ready: AtomicBool::new(false),
             api_key,
             auth,
             policies,
             ip_limits,
+            rates: parking_lot::Mutex::default(),
             started: Instant::now(),
         });
         let shards = runtime::spawn(&broker, receivers, listeners)?;
+        // `spawn` returns once every shard listens.
+        broker.ready.store(true, Ordering::Release);
         Ok(ServerHandle {
             addr,
             broker,

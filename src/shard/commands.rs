@@ -8,7 +8,7 @@ use crate::conn::Conn;
 use crate::error::Reject;
 use crate::protocol::{self, frame, gows, vws, Command, Dialect};
 use crate::publication::{Kind, Publication};
-use crate::shard::stats::ShardStats;
+use crate::shard::stats::{ShardStats, MESSAGE_KINDS};
 use crate::topic;
 use bytes::Bytes;
 use std::sync::Arc;
@@ -50,8 +50,18 @@ impl Shard {
         );
         let command = match decoded {
             Ok(c) => c,
-            Err(failure) => return self.refuse(conn, failure.reject, failure.id.as_deref()),
+            Err(failure) => {
+                self.count_kind(MESSAGE_KINDS.len() - 1);
+                return self.refuse(conn, failure.reject, failure.id.as_deref());
+            }
         };
+        self.count_kind(match &command {
+            Command::Subscribe { .. } => 0,
+            Command::Unsubscribe { .. } => 1,
+            Command::UnsubscribeAll { .. } => 2,
+            Command::Publish { .. } => 3,
+            Command::Ping => 4,
+        });
         match command {
             Command::Subscribe { topic, id } => {
                 let result = self.subscribe(conn, key, topic);
@@ -87,6 +97,13 @@ impl Shard {
         }
     }
 
+    /// Counts a client message under `MESSAGE_KINDS[kind]`.
+    fn count_kind(&self, kind: usize) {
+        if let Some(c) = self.stats.messages_by_kind.get(kind) {
+            ShardStats::add(c, 1);
+        }
+    }
+
     /// Ack (vws with an id) or refuse.
     fn answer(&self, conn: &mut Conn, result: Result<(), Reject>, id: Option<&str>) -> Flow {
         match result {
@@ -119,7 +136,8 @@ impl Shard {
                 || c.outbox.bytes() > limits.bytes.saturating_mul(2)
         };
         if over(conn) && (self.flush(conn).is_err() || over(conn)) {
-            conn.outbox.clear_unstarted();
+            let dropped = conn.outbox.clear_unstarted() as u64;
+            ShardStats::add(&self.stats.dropped_slow_consumer, dropped);
             ShardStats::add(&self.stats.slow_disconnects, 1);
             self.close_for(conn, Reject::SlowConsumer);
             return Flow::Stop;

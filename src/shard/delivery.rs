@@ -150,6 +150,7 @@ impl Shard {
         let mut frames: [Option<Bytes>; 2] = [None, None];
         let mut delivered = 0u64;
         let mut dropped = 0u64;
+        let mut dropped_slow = 0u64;
         let mut visit = |key: usize, conn: &mut Conn| {
             if conn.last_delivery == seq || conn.is_closing() {
                 return;
@@ -182,7 +183,7 @@ impl Shard {
                 }
                 Pushed::Full => {
                     // SPEC §4: the slow consumer is cut; nobody else waits for it.
-                    dropped += conn.outbox.clear_unstarted() as u64 + 1;
+                    dropped_slow += conn.outbox.clear_unstarted() as u64 + 1;
                     ShardStats::add(&self.stats.slow_disconnects, 1);
                     self.close_for(conn, Reject::SlowConsumer);
                 }
@@ -206,6 +207,9 @@ impl Shard {
         ShardStats::add(&self.stats.delivered, delivered);
         if dropped > 0 {
             ShardStats::add(&self.stats.dropped_queue_full, dropped);
+        }
+        if dropped_slow > 0 {
+            ShardStats::add(&self.stats.dropped_slow_consumer, dropped_slow);
         }
         delivered
     }

@@ -56,6 +56,9 @@ pub fn spawn(
                 let shard = Rc::new(Shard::new(id as u16, broker, stats));
                 let local = tokio::task::LocalSet::new();
                 local.spawn_local(crate::server::accept::run(shard.clone(), listener));
+                if id == 0 {
+                    local.spawn_local(crate::sys_stats::run(shard.clone()));
+                }
                 local.block_on(&runtime, shard.run(inbox));
             })?;
         threads.push(thread);

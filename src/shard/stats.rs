@@ -9,6 +9,17 @@ use hdrhistogram::Histogram;
 use parking_lot::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+/// Labels of `shardcast_messages_received_total{type=...}`: what a client message asked
+/// for, `invalid` when it could not be decoded.
+pub const MESSAGE_KINDS: [&str; 6] = [
+    "subscribe",
+    "unsubscribe",
+    "unsubscribe_all",
+    "publish",
+    "ping",
+    "invalid",
+];
+
 /// Counters one shard owns. All are monotonic totals except the `*_active`/`queue_*` gauges.
 #[derive(Debug)]
 #[repr(align(128))]
@@ -39,6 +50,10 @@ pub struct ShardStats {
     pub frames_written: AtomicU64,
     /// Times a connection's input was left unread because shard inboxes were congested.
     pub read_pauses: AtomicU64,
+    /// Client messages by what they asked for ([`MESSAGE_KINDS`] order).
+    pub messages_by_kind: [AtomicU64; MESSAGE_KINDS.len()],
+    /// Frames discarded from the outbox of a connection closed as a slow consumer.
+    pub dropped_slow_consumer: AtomicU64,
     /// Rejections by reason (`Reject::index`).
     pub rejections: [AtomicU64; Reject::LABELS.len()],
     /// Delivery latency, publish accepted -> frame written, in microseconds.
@@ -61,6 +76,8 @@ impl Default for ShardStats {
             writes: AtomicU64::new(0),
             frames_written: AtomicU64::new(0),
             read_pauses: AtomicU64::new(0),
+            messages_by_kind: std::array::from_fn(|_| AtomicU64::new(0)),
+            dropped_slow_consumer: AtomicU64::new(0),
             rejections: std::array::from_fn(|_| AtomicU64::new(0)),
             latency_us: Mutex::new(new_histogram()),
         }

@@ -150,9 +150,18 @@ impl<V: Copy + Eq + Hash> Index<V> {
         if let Some(subs) = self.exact.get(topic) {
             subs.as_slice().iter().for_each(|&v| f(v));
         }
-        if self.wildcard_patterns > 0 {
-            self.root.for_each_match(Some(topic), &mut f);
+        if self.wildcard_patterns == 0 {
+            return;
         }
+        if super::is_broker_topic(topic) {
+            // Root `#` and `+` do not reach broker topics (see `topic::is_broker_topic`).
+            let (level, tail) = split_level(topic);
+            if let Some(child) = self.root.children.get(level) {
+                child.for_each_match(tail, &mut f);
+            }
+            return;
+        }
+        self.root.for_each_match(Some(topic), &mut f);
     }
 
     /// Number of values subscribed to exactly this pattern (0 when unknown).
@@ -354,6 +363,12 @@ mod tests {
         ("#", "/", true),
         ("#", "a/b/c", true),
         ("#", "process:build-1", true),
+        ("#", "$sys/stats", false),
+        ("+/stats", "$sys/stats", false),
+        ("$sys/#", "$sys/stats", true),
+        ("$sys/+", "$sys/stats", true),
+        ("$sys/stats", "$sys/stats", true),
+        ("a/#", "a/$x", true),
         ("+", "a", true),
         ("+", "a/b", false),
         ("+", "/", false),

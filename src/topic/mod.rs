@@ -112,6 +112,9 @@ pub fn validate_pattern(pattern: &str, limits: &Limits) -> Result<bool, TopicErr
 /// Reference matcher: does `pattern` match `topic`? Written to be obviously right, not
 /// fast; the [`Index`] is the fast path and is tested against this.
 pub fn pattern_matches(pattern: &str, topic: &str) -> bool {
+    if is_broker_topic(topic) && starts_with_wildcard(pattern) {
+        return false;
+    }
     let mut p = pattern.split('/');
     let mut t = topic.split('/');
     loop {
@@ -130,6 +133,9 @@ pub fn pattern_matches(pattern: &str, topic: &str) -> bool {
 /// pattern without wildcards.) Used to decide whether one policy rule or grant governs a
 /// whole subscription.
 pub fn pattern_covers(outer: &str, inner: &str) -> bool {
+    if is_broker_topic(inner) && starts_with_wildcard(outer) {
+        return false;
+    }
     let mut o = outer.split('/');
     let mut i = inner.split('/');
     let mut first = true;
@@ -152,6 +158,11 @@ pub fn pattern_covers(outer: &str, inner: &str) -> bool {
 
 /// Is there a topic both patterns match?
 pub fn patterns_overlap(a: &str, b: &str) -> bool {
+    if (is_broker_topic(a) && starts_with_wildcard(b))
+        || (is_broker_topic(b) && starts_with_wildcard(a))
+    {
+        return false;
+    }
     let mut a = a.split('/');
     let mut b = b.split('/');
     loop {
@@ -162,6 +173,18 @@ pub fn patterns_overlap(a: &str, b: &str) -> bool {
             _ => return false,
         }
     }
+}
+
+/// Topics starting with `$` belong to the broker (`$sys/stats`). As in MQTT, a pattern
+/// whose first level is a wildcard (`#`, `+/...`) does not match them: a client that
+/// subscribes to everything gets the application's topics, not the broker's.
+pub fn is_broker_topic(topic: &str) -> bool {
+    topic.starts_with('$')
+}
+
+/// First level is `+` or `#`.
+fn starts_with_wildcard(pattern: &str) -> bool {
+    matches!(pattern.split('/').next(), Some("+" | "#"))
 }
 
 /// Checks shared by topics and patterns, cheapest first.
@@ -332,6 +355,8 @@ mod tests {
                 .collect();
             all.extend(topics.iter().cloned());
         }
+        all.sort();
+        all.dedup();
         let mut patterns = all.clone();
         for t in &all {
             let levels: Vec<&str> = t.split('/').collect();

@@ -1,0 +1,212 @@
+//! What operators see: `/metrics` moving with real traffic, `$sys/stats` arriving once a
+//! second, `/api/stats` rates and top channels, and `/healthz` / `/readyz` through a
+//! graceful shutdown. Real binary, real clients.
+#![allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
+
+mod common;
+use common::*;
+use serde_json::json;
+use std::time::Duration;
+
+const VWS: Dialect = Dialect::Subprotocol("vws");
+
+async fn metrics(broker: &Broker) -> String {
+    broker.get("/metrics").await.text
+}
+
+#[tokio::test]
+async fn metrics_move_with_real_traffic() {
+    let broker = Broker::start("[server]\nshards = 2\n");
+    let before = metrics(&broker).await;
+    let mut sub = broker.vws_subscriber("news/eu").await; // one subscribe
+    let mut gows = broker.ws(Dialect::Subprotocol("gows")).await;
+    gows.gows_expect_error("{not json").await; // one invalid
+    gows.gows_sync().await; // one ping
+    for n in 0..3 {
+        broker.publish("news/eu", json!(n)).await;
+        assert_eq!(sub.recv().await["d"], n);
+    }
+    let evil = try_ws_with(&broker.ws_url(), VWS, &[("Origin", "http://evil.example")]).await;
+    assert_eq!(evil.err().map(|r| r.status), Some(403));
+
+    let after = metrics(&broker).await;
+    let moved = |name: &str| counter(&after, name) - counter(&before, name);
+    assert_eq!(
+        moved("shardcast_messages_received_total{type=\"subscribe\"}"),
+        1.0
+    );
+    assert_eq!(
+        moved("shardcast_messages_received_total{type=\"invalid\"}"),
+        1.0
+    );
+    assert_eq!(
+        moved("shardcast_messages_received_total{type=\"ping\"}"),
+        1.0
+    );
+    assert_eq!(moved("shardcast_publications_total"), 3.0);
+    assert_eq!(moved("shardcast_deliveries_total"), 3.0);
+    assert_eq!(moved("shardcast_dropped_total{reason=\"invalid\"}"), 1.0);
+    assert_eq!(
+        moved("shardcast_errors_total{class=\"invalid\"}"),
+        2.0,
+        "bad JSON and the origin"
+    );
+    assert_eq!(
+        moved("shardcast_handshake_failures_total{reason=\"origin_not_allowed\"}"),
+        1.0
+    );
+    assert_eq!(counter(&after, "shardcast_connections_active"), 2.0);
+    let per_shard: f64 = (0..2)
+        .map(|s| {
+            counter(
+                &after,
+                &format!("shardcast_shard_connections_active{{shard=\"{s}\"}}"),
+            )
+        })
+        .sum();
+    assert_eq!(per_shard, 2.0, "per-shard gauges add up to the total");
+    assert_eq!(counter(&after, "shardcast_subscriptions"), 1.0);
+    // The latency histogram saw the three deliveries; buckets are cumulative.
+    let count = counter(&after, "shardcast_delivery_latency_seconds_count");
+    assert!(count >= 3.0, "latency count {count}");
+    assert_eq!(
+        counter(
+            &after,
+            "shardcast_delivery_latency_seconds_bucket{le=\"+Inf\"}"
+        ),
+        count
+    );
+    assert!(
+        counter(
+            &after,
+            "shardcast_delivery_latency_seconds_bucket{le=\"0.001\"}"
+        ) <= counter(
+            &after,
+            "shardcast_delivery_latency_seconds_bucket{le=\"0.01\"}"
+        )
+    );
+    for line in after.lines().filter(|l| l.starts_with("# TYPE")) {
+        let kind = line.rsplit(' ').next().unwrap();
+        assert!(["counter", "gauge", "histogram"].contains(&kind), "{line}");
+    }
+}
+
+#[tokio::test]
+async fn sys_stats_arrive_every_second_for_those_who_ask() {
+    let broker = Broker::start("");
+    let mut everything = broker.vws_subscriber("#").await;
+    let mut stats = broker.vws_subscriber("$sys/stats").await;
+    let mut gows = broker.ws(Dialect::Subprotocol("gows")).await;
+    gows.send_json(&json!({"type": "subscribe", "data": "$sys/stats"}))
+        .await;
+    let _crowd = [
+        broker.vws_subscriber("busy").await,
+        broker.vws_subscriber("busy").await,
+    ];
+    broker.publish("busy", json!("x")).await;
+    // A tick gathered before the crowd subscribed may come first; the next one sees it.
+    let mut first = within(Duration::from_secs(3), "a $sys/stats tick", stats.recv()).await;
+    if first["d"]["top_channels"][0]["channel"] != "busy" {
+        first = within(Duration::from_secs(3), "a $sys/stats tick", stats.recv()).await;
+    }
+    assert_eq!(first["t"], "$sys/stats", "{first}");
+    let d = &first["d"];
+    for key in ["clients", "channels", "uptime_s"] {
+        assert!(d[key].is_u64(), "{key} in {d}");
+    }
+    for key in ["received_per_s", "published_per_s", "delivered_per_s"] {
+        assert!(d["rates"][key].is_f64(), "rates.{key} in {d}");
+    }
+    assert!(d["latency_us"]["p99"].is_u64(), "{d}");
+    assert!(d["shards"].as_array().is_some_and(|s| !s.is_empty()), "{d}");
+    let top = d["top_channels"].as_array().unwrap();
+    assert_eq!(top[0], json!({"channel": "busy", "subscribers": 2}), "{d}");
+    assert!(
+        top.iter()
+            .all(|c| !c["channel"].as_str().unwrap().starts_with('$')),
+        "broker topics are not listed: {d}"
+    );
+    // Once a second: the next tick follows within a couple of seconds, and counts on.
+    let second = within(Duration::from_secs(3), "the next tick", stats.recv()).await;
+    assert!(second["d"]["uptime_s"].as_u64() >= first["d"]["uptime_s"].as_u64());
+    let g = within(Duration::from_secs(3), "gows tick", gows.recv()).await;
+    assert_eq!(
+        (g["type"].clone(), g["channel"].clone()),
+        (json!("stats"), json!("$sys/stats"))
+    );
+    // `#` is the application's topics only (MQTT: `$` topics are not matched by it).
+    let v = everything.recv().await;
+    assert_eq!(v["t"], "busy");
+    everything.expect_silence(Duration::from_millis(1500)).await;
+    // Nobody may publish to it.
+    let mut c = broker.ws(VWS).await;
+    c.vws_expect_nack(&json!({"t": "$sys/stats", "d": 1, "i": 1}))
+        .await;
+    // /api/stats is the same object, with rates over the last second.
+    let api = broker.get("/api/stats").await.json();
+    assert_eq!(api["top_channels"][0]["channel"], "busy");
+    assert!(api["rates"]["delivered_per_s"].is_f64());
+}
+
+#[tokio::test]
+async fn health_and_readiness_through_a_graceful_shutdown() {
+    // One shard, so the HTTP connection below lives on the shard that is kept draining.
+    let mut broker = Broker::start("[server]\nshards = 1\nshutdown_grace = \"3s\"\n");
+    let ready = broker.get("/readyz").await;
+    assert_eq!(
+        (ready.status, ready.json()["status"].clone()),
+        (200, json!("listening"))
+    );
+    let health = broker.get("/healthz").await.json();
+    assert_eq!(health["healthy"], true);
+    assert_eq!(health["status"], "listening");
+    assert_eq!(health["details"]["mode"], "server");
+
+    // A client that does not read keeps the broker draining for the grace period.
+    let mut raw = RawWs::connect_with(broker.addr, "/ws", Some("gows"), Some(4096)).await;
+    raw.send_text(r#"{"type":"subscribe","data":"stall"}"#)
+        .await;
+    raw.send_text(r#"{"type":"ping"}"#).await;
+    assert_eq!(raw.recv_json(RECV).await["type"], "pong");
+    let batch: Vec<_> = (0..500)
+        .map(|i| json!({"channel": "stall", "data": "x".repeat(200) + &i.to_string()}))
+        .collect();
+    assert!(broker
+        .post_json("/api/publish", &json!(batch))
+        .await
+        .is_success());
+    // A kept-alive connection made before the signal still gets answers while draining.
+    let mut http = Http::connect(broker.addr).await;
+    assert_eq!(
+        http.request("GET", "/readyz", None, Vec::new())
+            .await
+            .status,
+        200
+    );
+    broker.sigterm();
+    // Polled on the one connection (a new one would be refused: the listener is closed).
+    let deadline = std::time::Instant::now() + RECV;
+    loop {
+        let ready = http.request("GET", "/readyz", None, Vec::new()).await;
+        let health = http.request("GET", "/healthz", None, Vec::new()).await;
+        if ready.status == 503 && health.status == 503 {
+            assert_eq!(ready.json()["status"], "draining");
+            assert_eq!(health.json()["healthy"], false);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still {} / {} after SIGTERM",
+            ready.status,
+            health.status
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        broker
+            .wait_exit(Duration::from_secs(10))
+            .await
+            .and_then(|s| s.code()),
+        Some(0)
+    );
+}
