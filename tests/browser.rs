@@ -406,3 +406,53 @@ async fn dashboard_and_client_are_served() {
     let head = broker.post_json("/client.js", &json!({})).await;
     assert_eq!(head.status, 405, "{}", head.text);
 }
+
+/// Not a check: the README's picture. A minute of traffic on a few channels with different
+/// numbers of subscribers, the page watching `sensors/#`, then `docs/dashboard.png`.
+/// `cargo test --release --test browser -- --ignored docs_screenshot`
+#[tokio::test]
+#[ignore = "writes docs/dashboard.png; run by hand"]
+async fn docs_screenshot() {
+    let Some(bin) = browser() else { return };
+    let broker = Broker::start_with("", &["--shards", "2"], &[]);
+    let channels = [
+        "sensors/kitchen/temp",
+        "process:build-1",
+        "chat/lobby",
+        "sensors/hall/temp",
+        "news/eu",
+        "orders/new",
+    ];
+    let mut readers = Vec::new();
+    for (i, channel) in channels.iter().enumerate() {
+        for _ in 0..(14 - 2 * i) {
+            let mut ws = broker.vws_subscriber(channel).await;
+            readers.push(tokio::spawn(async move {
+                while let Some(Event::Json(_)) = ws.next_event(Duration::from_secs(5)).await {}
+            }));
+        }
+    }
+    let chrome = Chromium::launch(&bin);
+    let mut page = open_dashboard(&chrome, &broker, "#watch=sensors%2F%23").await;
+    let mut api = Http::connect(broker.addr).await;
+    let start = std::time::Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < Duration::from_secs(65) {
+        for (i, channel) in channels.iter().enumerate() {
+            if n % (i as u64 + 1) == 0 {
+                let data = json!({"c": 20.0 + (n % 40) as f64 / 10.0, "n": n});
+                let r = api
+                    .post_json("/api/publish", &json!({"channel": channel, "data": data}))
+                    .await;
+                assert!(r.is_success(), "{}", r.text);
+            }
+        }
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let docs = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs/dashboard.png");
+    page.screenshot(&docs).await;
+    for r in readers {
+        r.abort();
+    }
+}
