@@ -1,6 +1,7 @@
 //! The HTTP API on the WebSocket port (SPEC §2): routing, the API-key / loopback rule for
 //! publishing endpoints, body limits, and JSON errors `{"error": "<reason>"}`.
 
+mod dashboard;
 mod health;
 mod publish;
 pub mod stats;
@@ -89,11 +90,8 @@ pub async fn handle(shard: &Rc<Shard>, peer: SocketAddr, req: Request<Incoming>)
             let name = p.trim_start_matches("/api/channels/");
             stats::channels(broker, Some(&percent_decode(name))).await
         }
-        (Method::GET, "/") => Ok(response(
-            200,
-            "text/html; charset=utf-8",
-            Bytes::from_static(INDEX_HTML),
-        )),
+        (Method::GET, "/") => Ok(dashboard::index(&broker.config.server.ws_path)),
+        (Method::GET, "/client.js") => Ok(dashboard::client_js()),
         (Method::POST, p)
             if p.starts_with("/api/") && is_known(p) && !p.starts_with("/api/channels") =>
         {
@@ -142,6 +140,7 @@ fn is_known(path: &str) -> bool {
             | "/api/publish"
             | "/api/broadcast"
             | "/"
+            | "/client.js"
     ) || path.starts_with("/api/channels/")
         || (path.starts_with("/api/process/")
             && (path.ends_with("/output") || path.ends_with("/status")))
@@ -230,11 +229,6 @@ pub fn percent_decode(s: &str) -> String {
     }
     String::from_utf8_lossy(&out).into_owned()
 }
-
-const INDEX_HTML: &[u8] = b"<!doctype html><meta charset=utf-8><title>shardcast</title>\
-<h1>shardcast</h1><p>The broker is running. WebSocket: <code>/ws</code>. \
-See <a href=/api/stats>/api/stats</a>, <a href=/api/channels>/api/channels</a>, \
-<a href=/healthz>/healthz</a>, <a href=/readyz>/readyz</a>, <a href=/metrics>/metrics</a>.</p>";
 
 #[cfg(test)]
 mod tests {

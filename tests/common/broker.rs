@@ -1,5 +1,5 @@
-//! The broker under test as a child process: start on 127.0.0.1:0, wait for its ready line,
-//! SIGTERM, bounded wait for exit, kill on drop.
+//! The broker under test as a child process: start on 127.0.0.1:0 (or a given address),
+//! wait for its ready line, SIGTERM, bounded wait for exit, kill on drop.
 
 use super::*;
 
@@ -42,13 +42,23 @@ impl Broker {
     /// Like [`Broker::start`] with extra command-line arguments (e.g. `--shards 4`) and
     /// extra environment variables.
     pub fn start_with(toml: &str, extra_args: &[&str], env: &[(&str, &str)]) -> Broker {
+        Broker::launch(toml, "127.0.0.1:0", extra_args, env)
+    }
+
+    /// Like [`Broker::start`] on a fixed address, e.g. the address of a broker that was
+    /// just stopped, to restart "the same" broker under connected clients.
+    pub fn start_on(toml: &str, addr: SocketAddr) -> Broker {
+        Broker::launch(toml, &addr.to_string(), &[], &[])
+    }
+
+    fn launch(toml: &str, listen: &str, extra_args: &[&str], env: &[(&str, &str)]) -> Broker {
         let config = config_file(toml);
         let mut cmd = Command::new(binary());
         cmd.arg("serve")
             .arg("--config")
             .arg(config.path())
             .arg("--listen")
-            .arg("127.0.0.1:0")
+            .arg(listen)
             .args(extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -1,0 +1,458 @@
+//! The people-facing side in a real browser: headless Chromium (tests/chromium, over the
+//! DevTools protocol) loads the dashboard (`GET /`) and the client (`GET /client.js`) from
+//! the real broker binary.
+//!
+//! - the dashboard shows live `$sys/stats` (connections, publish/delivery counters, shards,
+//!   top channels, latency) and a channel typed into its watch box shows its messages;
+//! - the client reconnects under a broker restarted on the same port, subscribes again, and
+//!   receives what is published after the restart (both dialects);
+//! - the client API: acks, nacks with the broker's reason, publish, token, backoff bounds.
+//!
+//! Without Chromium the tests print a notice and pass, unless `SHARDCAST_REQUIRE_BROWSER=1`
+//! (CI sets it), which makes a missing browser a failure. Set `CHROMIUM` to use another
+//! binary. Every wait polls page state against a deadline.
+#![allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
+
+mod chromium;
+mod common;
+
+use chromium::{Chromium, Page};
+use common::*;
+use serde_json::{json, Value};
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Bound for anything the page shows after a live stats tick (published once a second).
+const TICK: Duration = Duration::from_secs(10);
+/// Bound for the client to come back after the broker does (backoff is capped at 5 s).
+const RECONNECT: Duration = Duration::from_secs(20);
+
+/// The Chromium binary, or `None` (with a notice) when there is none and none is required.
+fn browser() -> Option<PathBuf> {
+    if let Some(bin) = chromium::find() {
+        return Some(bin);
+    }
+    let required = std::env::var("SHARDCAST_REQUIRE_BROWSER").is_ok_and(|v| v == "1");
+    assert!(
+        !required,
+        "SHARDCAST_REQUIRE_BROWSER=1 but no Chromium was found (install the chromium package, or set CHROMIUM=/path/to/chrome)"
+    );
+    // Written past the test harness's capture, so the skip is seen in a normal run.
+    let _ = writeln!(
+        std::io::stderr(),
+        "NOTICE: browser tests skipped: no chromium on PATH (apt-get install chromium, or set CHROMIUM; SHARDCAST_REQUIRE_BROWSER=1 makes this a failure)"
+    );
+    None
+}
+
+/// The cargo target directory (screenshots go there).
+fn target_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .expect("CARGO_TARGET_TMPDIR is target/tmp")
+        .to_path_buf()
+}
+
+/// Opens the dashboard of `broker` (with `query`, e.g. `?token=..`) and waits for its
+/// connection indicator to say connected.
+async fn open_dashboard(chrome: &Chromium, broker: &Broker, query: &str) -> Page {
+    let mut page = chrome.new_page(1280, 900).await;
+    page.goto(&format!("{}/{query}", broker.http_url())).await;
+    wait_state(&mut page, "connected", Duration::from_secs(10)).await;
+    page
+}
+
+async fn wait_state(page: &mut Page, state: &str, d: Duration) {
+    page.wait_for(
+        &format!("the connection indicator saying {state}"),
+        &format!(
+            "document.getElementById('conn-state').dataset.state === {}",
+            json!(state)
+        ),
+        d,
+    )
+    .await;
+}
+
+/// Waits until the number shown in element `id` is at least `min`; returns it.
+async fn wait_number(page: &mut Page, id: &str, min: u64) -> u64 {
+    let js = format!(
+        "(() => {{ const n = Number(document.getElementById({}).textContent.replace(/,/g, '')); \
+         return Number.isFinite(n) && n >= {min} ? n : null; }})()",
+        json!(id)
+    );
+    let v = page.wait_for(&format!("#{id} >= {min}"), &js, TICK).await;
+    v.as_f64().unwrap() as u64
+}
+
+/// Watches `topic` through the dashboard's text box, as a person would, and waits for the
+/// broker's ack (the chip turns "subscribed").
+async fn watch_via_text_box(page: &mut Page, topic: &str) {
+    page.type_into("#watch-topic", topic).await;
+    page.click("#watch-button").await;
+    page.wait_for(
+        &format!("the watch chip for {topic} subscribed"),
+        &format!(
+            "[...document.querySelectorAll('#watching .chip')].some(c => c.dataset.topic === {} && c.dataset.status === 'subscribed')",
+            json!(topic)
+        ),
+        TICK,
+    )
+    .await;
+}
+
+/// Waits until the dashboard's message log has a line containing `needle`.
+async fn wait_logged(page: &mut Page, needle: &str) -> String {
+    let js = format!(
+        "[...document.querySelectorAll('#messages li')].map(li => li.textContent).find(t => t.includes({})) ?? null",
+        json!(needle)
+    );
+    let v = page
+        .wait_for(&format!("a logged message with {needle:?}"), &js, TICK)
+        .await;
+    v.as_str().unwrap().to_string()
+}
+
+/// No uncaught exception and no console.error. (Chromium's own log of a refused or failed
+/// WebSocket connection is expected while a broker is down, so `log.*` lines are allowed.)
+fn assert_no_page_errors(page: &Page) {
+    let log = page.log();
+    assert!(
+        !log.contains("uncaught:") && !log.contains("console.error"),
+        "the page reported errors:\n{log}"
+    );
+}
+
+#[tokio::test]
+async fn dashboard_shows_live_stats_and_watched_channels() {
+    let Some(bin) = browser() else { return };
+    let broker = Broker::start_with("", &["--shards", "2"], &[]);
+    let chrome = Chromium::launch(&bin);
+    let mut page = open_dashboard(&chrome, &broker, "").await;
+
+    // Live stats: the page's own connection is counted, the shard table has both shards.
+    page.wait_for(
+        "live $sys/stats",
+        "document.getElementById('stats-age').textContent === 'live'",
+        TICK,
+    )
+    .await;
+    wait_number(&mut page, "clients", 1).await;
+    page.wait_for(
+        "two shard rows",
+        "document.querySelectorAll('#shards tbody tr').length === 2 && document.getElementById('shard-count').textContent === '2'",
+        TICK,
+    )
+    .await;
+    let published_before = wait_number(&mut page, "published-total", 0).await;
+
+    // A person types a pattern into the watch box; a backend subscriber joins too.
+    watch_via_text_box(&mut page, "sensors/+/temp").await;
+    let mut kitchen = broker.vws_subscriber("sensors/kitchen/temp").await;
+    wait_number(&mut page, "clients", 2).await;
+
+    // The README's publish, a few times.
+    for i in 0..5 {
+        broker
+            .publish("sensors/kitchen/temp", json!({"c": 21.5, "n": i}))
+            .await;
+        let got = kitchen.recv().await;
+        assert_eq!(got["d"]["n"], i, "backend subscriber: {got}");
+    }
+    let line = wait_logged(&mut page, r#""n":4"#).await;
+    assert!(line.contains("sensors/kitchen/temp"), "log line: {line}");
+    let logged = page
+        .eval("document.querySelectorAll('#messages li').length")
+        .await;
+    assert_eq!(logged, json!(5), "one log line per message");
+
+    // The counters moved: 5 publications, 10 deliveries (the page and the backend).
+    wait_number(&mut page, "published-total", published_before + 5).await;
+    wait_number(&mut page, "delivered-total", 10).await;
+    page.wait_for(
+        "a delivery latency sample",
+        "document.getElementById('lat-count').textContent !== '–' && document.getElementById('lat-count').textContent !== '0' && document.querySelectorAll('#latency-chart polyline').length === 2",
+        TICK,
+    )
+    .await;
+    page.wait_for(
+        "sensors/kitchen/temp among the top channels",
+        "[...document.querySelectorAll('#top-channels td.name')].some(td => td.textContent === 'sensors/kitchen/temp')",
+        TICK,
+    )
+    .await;
+
+    // The channel under watch survives a reload (kept in the URL fragment).
+    let hash = page.eval("location.hash").await;
+    assert_eq!(hash, json!("#watch=sensors%2F%2B%2Ftemp"));
+
+    page.screenshot(&target_dir().join("dashboard.png")).await;
+    assert_no_page_errors(&page);
+}
+
+#[tokio::test]
+async fn client_reconnects_and_resubscribes_after_a_broker_restart() {
+    let Some(bin) = browser() else { return };
+    let config = "[client]\nallow_publish = true\n";
+    let mut broker = Broker::start(config);
+    let addr = broker.addr;
+    let chrome = Chromium::launch(&bin);
+    let mut page = open_dashboard(&chrome, &broker, "").await;
+
+    // The dashboard's own (vws) client watches one channel; a gows client in the same page
+    // watches another.
+    watch_via_text_box(&mut page, "news/restart").await;
+    page.eval(
+        "(async () => { const { Shardcast } = await import('/client.js'); \
+         window.gows = new Shardcast({ dialect: 'gows', backoffBaseMs: 100, backoffCapMs: 1000 }); \
+         window.gowsGot = []; window.gowsOpens = []; \
+         gows.on('message', (t, d) => gowsGot.push([t, d])); \
+         gows.on('open', (info) => gowsOpens.push(info.reconnected)); \
+         await gows.subscribe('news/gows'); return true; })()",
+    )
+    .await;
+    broker.publish("news/gows", json!("before")).await;
+    page.wait_for(
+        "the gows client's first message",
+        "gowsGot.length === 1",
+        TICK,
+    )
+    .await;
+
+    // Stop the broker under the page; the indicator says so.
+    broker.sigterm();
+    assert!(
+        broker.wait_exit(Duration::from_secs(15)).await.is_some(),
+        "broker did not stop on SIGTERM"
+    );
+    drop(broker);
+    wait_state(&mut page, "reconnecting", TICK).await;
+    let shown = page.text("conn-state").await;
+    assert!(shown.starts_with("reconnecting in"), "indicator: {shown:?}");
+
+    // A new broker on the same port: both clients come back and subscribe again.
+    let broker = Broker::start_on(config, addr);
+    wait_state(&mut page, "connected", RECONNECT).await;
+    page.wait_for(
+        "the gows client reconnected",
+        "gows.state === 'open' && gowsOpens.join() === 'false,true'",
+        RECONNECT,
+    )
+    .await;
+    for channel in ["news/restart", "news/gows"] {
+        eventually(
+            &format!("a subscriber on {channel} after the restart"),
+            RECONNECT,
+            || async {
+                let r = broker
+                    .get(&format!("/api/channels/{}", channel.replace('/', "%2F")))
+                    .await;
+                r.json()["subscribers"] == 1
+            },
+        )
+        .await;
+    }
+    page.wait_for(
+        "the watch chip still subscribed",
+        "document.querySelector('#watching .chip').dataset.status === 'subscribed'",
+        TICK,
+    )
+    .await;
+
+    broker
+        .publish("news/restart", json!({"after": "restart"}))
+        .await;
+    wait_logged(&mut page, r#"{"after":"restart"}"#).await;
+    broker.publish("news/gows", json!("after")).await;
+    let got = page
+        .wait_for(
+            "the gows client's message after the restart",
+            "gowsGot.length === 2 ? gowsGot : null",
+            TICK,
+        )
+        .await;
+    assert_eq!(
+        got,
+        json!([["news/gows", "before"], ["news/gows", "after"]])
+    );
+    // $sys/stats is subscribed again too: the new broker's stats reach the page.
+    page.wait_for(
+        "live stats from the new broker",
+        "document.getElementById('stats-age').textContent === 'live'",
+        TICK,
+    )
+    .await;
+    assert_no_page_errors(&page);
+}
+
+/// Runs the client API script in the page for one dialect; returns what it observed.
+async fn client_api_round(page: &mut Page, dialect: &str) -> Value {
+    let script = r#"(async (dialect) => {
+        const deadline = (ms, what) => new Promise((_, reject) =>
+            setTimeout(() => reject(new Error(`timed out: ${what}`)), ms));
+        const { Shardcast } = await import('/client.js');
+        const c = new Shardcast({ dialect });
+        const got = [];
+        c.on('message', (topic, data, raw) => got.push({ topic, data }));
+        const outcome = (p) => p.then(() => 'ok', (e) => `refused: ${e.message}`);
+        const out = {};
+        out.subscribe = await Promise.race([outcome(c.subscribe(`chat/${dialect}`)), deadline(5000, 'subscribe')]);
+        out.badPattern = await outcome(c.subscribe('a/#/b'));
+        out.publish = await outcome(c.publish(`chat/${dialect}`, { from: dialect }));
+        out.reserved = await outcome(c.publish('$sys/x', 1));
+        await Promise.race([new Promise((r) => { const t = setInterval(() => {
+            if (got.length) { clearInterval(t); r(); } }, 10); }), deadline(5000, 'own message')]);
+        out.got = got;
+        out.unsubscribe = await outcome(c.unsubscribe(`chat/${dialect}`));
+        c.close();
+        out.closed = await outcome(c.publish('chat/x', 1));
+        out.state = c.state;
+        return out;
+    })"#;
+    page.eval(&format!("{script}({})", json!(dialect))).await
+}
+
+#[tokio::test]
+async fn client_api_acks_nacks_and_publishes_in_both_dialects() {
+    let Some(bin) = browser() else { return };
+    let broker = Broker::start("[client]\nallow_publish = true\n");
+    let chrome = Chromium::launch(&bin);
+    let mut page = open_dashboard(&chrome, &broker, "").await;
+
+    let mut backend = broker.vws_subscriber("chat/#").await;
+    for dialect in ["vws", "gows"] {
+        let out = client_api_round(&mut page, dialect).await;
+        assert_eq!(out["subscribe"], "ok", "{dialect}: {out}");
+        assert_eq!(
+            out["badPattern"], "refused: invalid pattern: '#' is only allowed as the last level",
+            "{dialect}: {out}"
+        );
+        assert_eq!(out["publish"], "ok", "{dialect}: {out}");
+        assert_eq!(
+            out["reserved"],
+            "refused: invalid topic: topics starting with '$' are reserved for the broker",
+            "{dialect}: {out}"
+        );
+        assert_eq!(
+            out["got"],
+            json!([{"topic": format!("chat/{dialect}"), "data": {"from": dialect}}]),
+            "{dialect}: the client sees its own publication"
+        );
+        assert_eq!(out["unsubscribe"], "ok", "{dialect}: {out}");
+        assert_eq!(out["closed"], "refused: not connected", "{dialect}: {out}");
+        assert_eq!(out["state"], "closed", "{dialect}: {out}");
+        // The browser's publication reached a backend subscriber of the other rendering.
+        let got = backend.recv().await;
+        assert_eq!(got["t"], format!("chat/{dialect}"), "{got}");
+        assert_eq!(got["d"], json!({"from": dialect}), "{got}");
+    }
+
+    // Full jitter: uniformly in [0, min(cap, base * 2^attempt)).
+    let delays = page
+        .eval(
+            "import('/client.js').then(({ backoffDelay: b }) => [b(0, 500, 30000, () => 0.5), \
+             b(3, 500, 30000, () => 0.5), b(20, 500, 30000, () => 0.5), b(5, 500, 30000, () => 0)])",
+        )
+        .await;
+    let delays: Vec<f64> = delays
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_f64().unwrap())
+        .collect();
+    assert_eq!(delays, [250.0, 2000.0, 15000.0, 0.0]);
+    assert_no_page_errors(&page);
+}
+
+#[tokio::test]
+async fn client_and_dashboard_pass_a_token() {
+    let Some(bin) = browser() else { return };
+    let toml = "[auth]\ntype = \"bearer\"\nbearer_token_env = \"BROWSER_TEST_TOKENS\"\n";
+    let broker = Broker::start_with(toml, &[], &[("BROWSER_TEST_TOKENS", "s3cret/+=")]);
+    let chrome = Chromium::launch(&bin);
+    // The dashboard passes its own ?token= on to the WebSocket.
+    let mut page = open_dashboard(&chrome, &broker, "?token=s3cret%2F%2B%3D").await;
+    let refused = page
+        .eval(
+            "(async () => { const { Shardcast } = await import('/client.js'); \
+             const c = new Shardcast({ token: 'wrong', reconnect: false }); \
+             return await new Promise((r) => c.on('close', (info) => r(info.retryInMs))); })()",
+        )
+        .await;
+    assert_eq!(refused, Value::Null, "a wrong token is refused, no retry");
+    assert_no_page_errors(&page);
+}
+
+/// The pages themselves, without a browser (runs everywhere).
+#[tokio::test]
+async fn dashboard_and_client_are_served() {
+    let broker = Broker::start("[server]\nws_path = \"/live\"\n");
+    let page = broker.get("/").await;
+    assert_eq!(page.status, 200);
+    assert_eq!(page.content_type, "text/html; charset=utf-8");
+    assert!(page
+        .text
+        .contains(r#"import { Shardcast } from "/client.js";"#));
+    assert!(
+        page.text
+            .contains(r#"<meta name="shardcast-ws-path" content="/live">"#),
+        "the page learns server.ws_path"
+    );
+    let js = broker.get("/client.js").await;
+    assert_eq!(js.status, 200);
+    assert_eq!(js.content_type, "text/javascript; charset=utf-8");
+    assert!(js.text.contains("export class Shardcast"));
+    let head = broker.post_json("/client.js", &json!({})).await;
+    assert_eq!(head.status, 405, "{}", head.text);
+}
+
+/// Not a check: the README's picture. A minute of traffic on a few channels with different
+/// numbers of subscribers, the page watching `sensors/#`, then `docs/dashboard.png`.
+/// `cargo test --release --test browser -- --ignored docs_screenshot`
+#[tokio::test]
+#[ignore = "writes docs/dashboard.png; run by hand"]
+async fn docs_screenshot() {
+    let Some(bin) = browser() else { return };
+    let broker = Broker::start_with("", &["--shards", "2"], &[]);
+    let channels = [
+        "sensors/kitchen/temp",
+        "process:build-1",
+        "chat/lobby",
+        "sensors/hall/temp",
+        "news/eu",
+        "orders/new",
+    ];
+    let mut readers = Vec::new();
+    for (i, channel) in channels.iter().enumerate() {
+        for _ in 0..(14 - 2 * i) {
+            let mut ws = broker.vws_subscriber(channel).await;
+            readers.push(tokio::spawn(async move {
+                while let Some(Event::Json(_)) = ws.next_event(Duration::from_secs(5)).await {}
+            }));
+        }
+    }
+    let chrome = Chromium::launch(&bin);
+    let mut page = open_dashboard(&chrome, &broker, "#watch=sensors%2F%23").await;
+    let mut api = Http::connect(broker.addr).await;
+    let start = std::time::Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < Duration::from_secs(65) {
+        for (i, channel) in channels.iter().enumerate() {
+            if n % (i as u64 + 1) == 0 {
+                let data = json!({"c": 20.0 + (n % 40) as f64 / 10.0, "n": n});
+                let r = api
+                    .post_json("/api/publish", &json!({"channel": channel, "data": data}))
+                    .await;
+                assert!(r.is_success(), "{}", r.text);
+            }
+        }
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let docs = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs/dashboard.png");
+    page.screenshot(&docs).await;
+    for r in readers {
+        r.abort();
+    }
+}
