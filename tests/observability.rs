@@ -163,18 +163,7 @@ async fn health_and_readiness_through_a_graceful_shutdown() {
     assert_eq!(health["details"]["mode"], "server");
 
     // A client that does not read keeps the broker draining for the grace period.
-    let mut raw = RawWs::connect_with(broker.addr, "/ws", Some("gows"), Some(4096)).await;
-    raw.send_text(r#"{"type":"subscribe","data":"stall"}"#)
-        .await;
-    raw.send_text(r#"{"type":"ping"}"#).await;
-    assert_eq!(raw.recv_json(RECV).await["type"], "pong");
-    let batch: Vec<_> = (0..500)
-        .map(|i| json!({"channel": "stall", "data": "x".repeat(200) + &i.to_string()}))
-        .collect();
-    assert!(broker
-        .post_json("/api/publish", &json!(batch))
-        .await
-        .is_success());
+    let _raw = RawWs::stalled_with_backlog(&broker, "stall").await;
     // A kept-alive connection made before the signal still gets answers while draining.
     let mut http = Http::connect(broker.addr).await;
     assert_eq!(

@@ -73,16 +73,7 @@ async fn sigterm_with_a_stalled_client_still_exits_within_grace() {
     // A client that never reads cannot hold the broker past shutdown_grace.
     let grace = Duration::from_secs(1);
     let mut broker = Broker::start("[server]\nshutdown_grace = \"1s\"\n");
-    let mut raw = RawWs::connect_with(broker.addr, "/ws", Some("gows"), Some(4096)).await;
-    raw.send_text(r#"{"type":"subscribe","data":"stall"}"#)
-        .await;
-    raw.send_text(r#"{"type":"ping"}"#).await;
-    assert_eq!(raw.recv_json(RECV).await["type"], "pong");
-    let batch: Vec<_> = (0..500)
-        .map(|i| json!({"channel": "stall", "data": "x".repeat(200) + &i.to_string()}))
-        .collect();
-    let r = broker.post_json("/api/publish", &json!(batch)).await;
-    assert!(r.is_success());
+    let _raw = RawWs::stalled_with_backlog(&broker, "stall").await;
     let started = Instant::now();
     broker.sigterm();
     let status = broker

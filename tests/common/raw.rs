@@ -125,6 +125,18 @@ impl RawWs {
         raw
     }
 
+    /// A [`RawWs::stalled_subscriber`] with about 100 KiB published to it that it will
+    /// never read: its outbox stays full, so a graceful shutdown has to wait for it.
+    pub async fn stalled_with_backlog(broker: &Broker, channel: &str) -> RawWs {
+        let raw = RawWs::stalled_subscriber(broker.addr, channel).await;
+        let batch: Vec<_> = (0..500)
+            .map(|i| json!({"channel": channel, "data": "x".repeat(200) + &i.to_string()}))
+            .collect();
+        let r = broker.post_json("/api/publish", &json!(batch)).await;
+        assert!(r.is_success(), "{}", r.text);
+        raw
+    }
+
     pub async fn connect(addr: SocketAddr, protocol: &str) -> RawWs {
         RawWs::connect_with(addr, "/ws", Some(protocol), None).await
     }
