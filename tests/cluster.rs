@@ -9,6 +9,7 @@ use common::*;
 use serde_json::json;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 /// Where Debian and others put the binary (`/usr/sbin` is often not on a user's PATH).
 fn nats_binary() -> Option<PathBuf> {
@@ -202,4 +203,66 @@ async fn node_without_nats_serves_locally_and_joins_when_nats_appears() {
         "cross-node after NATS appeared"
     );
     local.expect_silence(SILENCE).await;
+}
+
+/// Publishes `probe` messages on `from` until `to_sub` receives one (cross-node delivery
+/// is back), then a final marker that must arrive exactly once.
+async fn resumed(from: &Broker, to_sub: &mut Ws, channel: &str) {
+    let deadline = Instant::now() + READY;
+    let mut back = false;
+    while !back {
+        assert!(
+            Instant::now() < deadline,
+            "cross-node delivery never resumed"
+        );
+        assert!(from.publish(channel, json!("probe")).await.is_success());
+        back = to_sub
+            .next_event(Duration::from_millis(200))
+            .await
+            .is_some();
+    }
+    assert!(from.publish(channel, json!("final")).await.is_success());
+    loop {
+        let v = to_sub.recv_json(RECV).await;
+        if v["d"] == "final" {
+            break;
+        }
+        assert_eq!(v["d"], "probe", "{v}");
+    }
+    to_sub.expect_silence(SILENCE).await;
+}
+
+#[tokio::test]
+async fn nats_outage_mid_stream_keeps_local_delivery_and_heals() {
+    let Some(bin) = require_nats() else { return };
+    let port = free_port();
+    let nats = Nats::start(&bin, port).await;
+    let a = node(port, "a");
+    let b = node(port, "b");
+    ready(&a).await;
+    ready(&b).await;
+    let mut a_sub = a.vws_subscriber("feed/+").await;
+    subscriptions(&a, 2.0).await;
+    assert!(b.publish("feed/x", json!(1)).await.is_success());
+    assert_eq!(a_sub.recv_json(RECV).await["d"], 1);
+
+    drop(nats);
+    eventually("a to notice NATS is gone", READY, || async {
+        a.get("/readyz").await.status == 503
+    })
+    .await;
+    // Local delivery goes on; what a publishes meanwhile is counted as not sent.
+    assert!(a.publish("feed/y", json!(2)).await.is_success());
+    assert_eq!(a_sub.recv_json(RECV).await["d"], 2);
+    let m = a.metrics().await;
+    assert!(
+        counter(&m, "shardcast_cluster_dropped_unavailable_total") >= 1.0,
+        "{m}"
+    );
+
+    let _nats = Nats::start(&bin, port).await;
+    ready(&a).await;
+    ready(&b).await;
+    // a re-subscribed its interest by itself: b's publications reach a again, once.
+    resumed(&b, &mut a_sub, "feed/z").await;
 }
