@@ -74,8 +74,12 @@ impl Drop for Nats {
 }
 
 fn node(port: u16, id: &str) -> Broker {
+    node_with(port, id, "")
+}
+
+fn node_with(port: u16, id: &str, extra: &str) -> Broker {
     Broker::start(&format!(
-        "[cluster]\nnats_url = \"nats://127.0.0.1:{port}\"\nnode_id = \"{id}\"\nsubject_prefix = \"sctest\"\n"
+        "{extra}[cluster]\nnats_url = \"nats://127.0.0.1:{port}\"\nnode_id = \"{id}\"\nsubject_prefix = \"sctest\"\n"
     ))
 }
 
@@ -265,4 +269,42 @@ async fn nats_outage_mid_stream_keeps_local_delivery_and_heals() {
     ready(&b).await;
     // a re-subscribed its interest by itself: b's publications reach a again, once.
     resumed(&b, &mut a_sub, "feed/z").await;
+}
+
+#[tokio::test]
+async fn client_publish_with_headers_reaches_two_other_nodes_once() {
+    let Some(bin) = require_nats() else { return };
+    let port = free_port();
+    let _nats = Nats::start(&bin, port).await;
+    let publishing = "[client]\nallow_publish = true\n";
+    let nodes = [
+        node_with(port, "a", publishing),
+        node_with(port, "b", publishing),
+        node_with(port, "c", publishing),
+    ];
+    for n in &nodes {
+        ready(n).await;
+    }
+    let channel = "chat/ünï code.room";
+    let mut a_sub = nodes[0].vws_subscriber(channel).await;
+    let mut b_sub = nodes[1].vws_subscriber("chat/#").await;
+    let mut c_sub = nodes[2].vws_subscriber(channel).await;
+    subscriptions(&nodes[0], 2.0).await;
+    subscriptions(&nodes[1], 3.0).await;
+    subscriptions(&nodes[2], 2.0).await;
+
+    let mut publisher = nodes[2].ws(Dialect::Subprotocol("vws")).await;
+    publisher
+        .send_json(&json!({"t": channel, "d": {"msg": "hi"}, "i": 5, "h": {"trace": "t1"}}))
+        .await;
+    assert_eq!(publisher.recv().await, json!({"k": "a", "i": 5}));
+    for (name, ws) in [("a", &mut a_sub), ("b", &mut b_sub), ("c", &mut c_sub)] {
+        let v = ws.recv_json(RECV).await;
+        assert_eq!(v["t"], channel, "{name}: {v}");
+        assert_eq!(v["d"], json!({"msg": "hi"}), "{name}: {v}");
+        assert_eq!(v["h"], json!({"trace": "t1"}), "{name}: {v}");
+    }
+    for ws in [&mut a_sub, &mut b_sub, &mut c_sub] {
+        ws.expect_silence(SILENCE).await;
+    }
 }

@@ -86,6 +86,9 @@ pub fn decode(payload: &[u8]) -> Result<(Origin, Publication), String> {
         "r" => Kind::BroadcastError,
         other => return Err(format!("unknown kind {other:?}")),
     };
+    if w.h.is_some_and(|h| !h.get().starts_with('{')) {
+        return Err("headers are not a JSON object".into());
+    }
     let headers = w.h.map(|h| Bytes::copy_from_slice(h.get().as_bytes()));
     let data = Bytes::copy_from_slice(w.d.get().as_bytes());
     let origin = Origin {
@@ -136,5 +139,7 @@ mod tests {
     fn foreign_payloads_are_refused() {
         assert!(decode(b"hello").is_err());
         assert!(decode(br#"{"o":"a","i":1,"s":1,"k":"z","n":"","t":"a","d":1}"#).is_err());
+        assert!(decode(br#"{"o":"a","i":1,"s":1,"k":"c","n":"","t":"a","h":[1],"d":1}"#).is_err());
+        assert!(decode(br#"{"o":"a","i":1,"s":1,"k":"c","n":"","t":"a","h":{},"d":1}"#).is_ok());
     }
 }
