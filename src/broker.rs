@@ -69,12 +69,21 @@ pub struct Broker {
     pub rates: parking_lot::Mutex<Rates>,
     /// When the broker started.
     pub started: Instant,
+    /// The NATS link's status and counters, in cluster mode.
+    pub cluster: Option<crate::cluster::Cluster>,
 }
 
 impl Broker {
     /// True once every shard is listening.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
+    }
+
+    /// False only in cluster mode while NATS is not connected.
+    pub fn backplane_up(&self) -> bool {
+        self.cluster
+            .as_ref()
+            .map_or(true, |c| c.stats.connected.load(Ordering::Acquire))
     }
 
     /// True once shutdown has begun.

@@ -20,6 +20,7 @@ pub mod api_client;
 pub mod auth;
 pub mod broker;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod conn;
 pub mod error;

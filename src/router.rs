@@ -9,6 +9,7 @@
 //! A publication goes only to shards with interest, as one `Arc` per shard: the frames
 //! inside are rendered once per dialect and shared by all of them.
 
+use crate::cluster::Outbound;
 use crate::publication::Publication;
 use crate::shard::inbox::{InboxSender, ShardMsg};
 use crate::topic::Index;
@@ -34,6 +35,7 @@ pub struct Router {
     shards: Vec<InboxSender>,
     interest: RwLock<Index<u16>>,
     generation: AtomicU64,
+    cluster: Option<Outbound>,
 }
 
 /// A shard-local cache of topic -> interested shards, valid for one router generation.
@@ -64,7 +66,15 @@ impl Router {
             shards,
             interest: RwLock::new(Index::new()),
             generation: AtomicU64::new(1),
+            cluster: None,
         }
+    }
+
+    /// Also sends local publications and interest changes to the cluster link.
+    #[must_use]
+    pub fn with_cluster(mut self, outbound: Outbound) -> Self {
+        self.cluster = Some(outbound);
+        self
     }
 
     /// Number of shards.
@@ -91,12 +101,18 @@ impl Router {
     pub fn add_interest(&self, shard: u16, pattern: &str) {
         self.interest.write().insert(pattern, shard);
         self.generation.fetch_add(1, Ordering::AcqRel);
+        if let Some(c) = &self.cluster {
+            c.interest(pattern);
+        }
     }
 
     /// Shard `shard` lost its last subscriber of `pattern`.
     pub fn remove_interest(&self, shard: u16, pattern: &str) {
         self.interest.write().remove(pattern, shard);
         self.generation.fetch_add(1, Ordering::AcqRel);
+        if let Some(c) = &self.cluster {
+            c.no_interest(pattern);
+        }
     }
 
     /// Distinct channels/patterns with a subscriber on any shard.
@@ -142,9 +158,14 @@ impl Router {
         routed
     }
 
-    /// Routes a publication: broadcasts to every shard, channel messages to the shards
-    /// with interest.
+    /// Routes a publication accepted on this node: broadcasts to every shard, channel
+    /// messages to the shards with interest, and (in cluster mode) once to the other
+    /// nodes. Retries of the same publication use [`Router::dispatch`], so it is never
+    /// sent to the cluster twice.
     pub fn publish(&self, publication: &Arc<Publication>, cache: &mut MatchCache) -> Routed {
+        if let Some(c) = &self.cluster {
+            c.publish(publication);
+        }
         let targets = if publication.is_broadcast() {
             self.all_shards()
         } else {

@@ -3,13 +3,15 @@
 //!
 //! `/healthz` says whether the process is fine: 503 once it is shutting down (draining).
 //! `/readyz` says whether new clients should be sent here: not while the shards are
-//! still starting, not while draining. (In cluster mode it will also wait for the
-//! backplane.)
+//! still starting, not while draining, and in cluster mode not while NATS is away
+//! (`"no backplane"`: the node serves its local clients, but they would miss
+//! publications made on other nodes).
 
 use super::json_response;
 use crate::broker::Broker;
 use crate::server::http::HttpResponse;
 use serde_json::json;
+use std::sync::atomic::Ordering;
 
 /// Where the broker is in its life, as health and readiness report it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,6 +22,8 @@ pub enum State {
     Listening,
     /// Shutting down: no new connections, queues being flushed.
     Draining,
+    /// Serving local clients, but cluster mode is on and NATS is not connected.
+    NoBackplane,
 }
 
 impl State {
@@ -29,6 +33,8 @@ impl State {
             State::Draining
         } else if !broker.is_ready() {
             State::Starting
+        } else if !broker.backplane_up() {
+            State::NoBackplane
         } else {
             State::Listening
         }
@@ -40,6 +46,7 @@ impl State {
             State::Starting => "starting",
             State::Listening => "listening",
             State::Draining => "draining",
+            State::NoBackplane => "no backplane",
         }
     }
 }
@@ -52,7 +59,7 @@ pub fn healthz(broker: &Broker) -> HttpResponse {
     let depth = broker.sum(|s| &s.queue_frames);
     let capacity = active.max(1) * broker.config.client.queue_frames as u64;
     let utilization = depth as f64 / capacity as f64;
-    let body = json!({
+    let mut body = json!({
         "healthy": healthy,
         "status": state.name(),
         "details": {
@@ -64,6 +71,17 @@ pub fn healthz(broker: &Broker) -> HttpResponse {
             "uptime_s": broker.started.elapsed().as_secs(),
         }
     });
+    if let (Some(c), Some(details)) = (&broker.cluster, body.get_mut("details")) {
+        let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        details["cluster"] = json!({
+            "connected": c.stats.connected.load(Ordering::Relaxed),
+            "node_id": c.node_id,
+            "sent": get(&c.stats.sent),
+            "received": get(&c.stats.received),
+            "dropped_unavailable": get(&c.stats.dropped_unavailable),
+            "subscriptions": get(&c.stats.subscriptions),
+        });
+    }
     json_response(if healthy { 200 } else { 503 }, &body)
 }
 

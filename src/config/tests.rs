@@ -532,9 +532,9 @@ fn every_validation_rule() {
         ),
         ("[api]\nmax_batch = 0", "api.max_batch", "at least 1"),
         (
-            "[cluster]\nnats_url = \"nats://127.0.0.1:4222\"",
+            "[cluster]\nnats_url = \"nats://a b:x\"",
             "cluster.nats_url",
-            "not available",
+            "not a NATS server URL",
         ),
         (
             "[cluster]\nsubject_prefix = \"\"",

@@ -1,8 +1,5 @@
 //! Range and consistency checks on a deserialized [`Config`]: one function, run before
 //! anything starts (STYLE rule 13), so the broker never starts half-configured.
-//!
-//! Features that land in later issues (auth, policy, cluster) are refused here when they
-//! are configured, rather than silently ignored.
 
 use super::{AuthType, Config, MAX_SHARDS};
 use std::time::Duration;
@@ -73,13 +70,6 @@ fn non_zero(key: &'static str, d: Duration) -> Result<(), Violation> {
         return fail(key, "must be longer than 0s");
     }
     Ok(())
-}
-
-fn not_yet(key: &'static str, what: &str) -> Result<(), Violation> {
-    fail(
-        key,
-        format!("{what} is not available in this build yet; remove it to start the broker"),
-    )
 }
 
 /// A name usable as an environment variable: `[A-Za-z_][A-Za-z0-9_]*`, or empty (= unset).
@@ -363,8 +353,13 @@ fn api(c: &Config) -> Result<(), Violation> {
 
 fn cluster(c: &Config) -> Result<(), Violation> {
     let k = &c.cluster;
-    if !k.nats_url.is_empty() {
-        not_yet("cluster.nats_url", "cluster mode (cluster.nats_url)")?;
+    for url in k.nats_url.split(',').filter(|_| !k.nats_url.is_empty()) {
+        if url.trim().parse::<async_nats::ServerAddr>().is_err() {
+            fail(
+                "cluster.nats_url",
+                format!("{url:?} is not a NATS server URL (e.g. nats://127.0.0.1:4222)"),
+            )?;
+        }
     }
     let p = k.subject_prefix.as_str();
     let token_ok = |t: &str| {

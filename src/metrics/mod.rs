@@ -308,5 +308,73 @@ pub fn render(broker: &Broker) -> HttpResponse {
         broker.global.api_requests.load(Ordering::Relaxed),
     );
     latency_histogram(&mut out, broker);
+    if let Some(c) = &broker.cluster {
+        cluster(&mut out, &c.stats);
+    }
     response(200, "text/plain; version=0.0.4", Bytes::from(out))
+}
+
+/// `shardcast_cluster_*`: the NATS link (cluster mode only).
+fn cluster(out: &mut String, c: &crate::cluster::ClusterStats) {
+    let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let connected = u64::from(c.connected.load(Ordering::Relaxed));
+    let rows: [(&str, &str, &str, u64); 9] = [
+        (
+            "cluster_connected",
+            "gauge",
+            "1 while the NATS link is connected.",
+            connected,
+        ),
+        (
+            "cluster_sent_total",
+            "counter",
+            "Publications sent to NATS.",
+            get(&c.sent),
+        ),
+        (
+            "cluster_received_total",
+            "counter",
+            "Publications received from other nodes.",
+            get(&c.received),
+        ),
+        (
+            "cluster_dropped_unavailable_total",
+            "counter",
+            "Publications not sent to other nodes because NATS was not connected.",
+            get(&c.dropped_unavailable),
+        ),
+        (
+            "cluster_duplicates_total",
+            "counter",
+            "Copies from overlapping NATS subscriptions removed.",
+            get(&c.duplicates),
+        ),
+        (
+            "cluster_malformed_total",
+            "counter",
+            "Messages on shardcast subjects that were not shardcast envelopes.",
+            get(&c.malformed),
+        ),
+        (
+            "cluster_dropped_inbox_full_total",
+            "counter",
+            "Publications from other nodes dropped because shard inboxes stayed full.",
+            get(&c.dropped_inbox_full),
+        ),
+        (
+            "cluster_connects_total",
+            "counter",
+            "Times the NATS link (re)connected.",
+            get(&c.connects),
+        ),
+        (
+            "cluster_subscriptions",
+            "gauge",
+            "NATS subscriptions held for local interest.",
+            get(&c.subscriptions),
+        ),
+    ];
+    for (name, kind, help, value) in rows {
+        metric(out, name, kind, help, value);
+    }
 }

@@ -73,9 +73,18 @@ impl Server {
             s.connection_burst_per_ip,
         ));
         let (listeners, addr) = accept::bind(config.server.listen, shard_count)?;
+        let mut router = Router::new(senders);
+        let mut cluster = None;
+        let mut link = None;
+        if !config.cluster.nats_url.is_empty() {
+            let (outbound, c, pending) = crate::cluster::queues(&config.cluster);
+            router = router.with_cluster(outbound);
+            cluster = Some(c);
+            link = Some(pending);
+        }
         let broker = Arc::new(Broker {
             config,
-            router: Router::new(senders),
+            router,
             shard_stats: (0..shard_count)
                 .map(|_| Arc::new(ShardStats::default()))
                 .collect(),
@@ -90,7 +99,11 @@ impl Server {
             ip_limits,
             rates: parking_lot::Mutex::default(),
             started: Instant::now(),
+            cluster,
         });
+        if let Some(link) = link {
+            link.start(Arc::downgrade(&broker))?;
+        }
         let shards = runtime::spawn(&broker, receivers, listeners)?;
         // `spawn` returns once every shard listens.
         broker.ready.store(true, Ordering::Release);

@@ -1,0 +1,273 @@
+//! The link: one NATS connection per node, on its own thread and runtime.
+//!
+//! It sends local publications (each once), keeps one NATS subscription per subject that
+//! local interest needs (reference-counted over shards), and hands publications from
+//! other nodes to the local shards. async-nats reconnects forever with backoff and
+//! re-sends every live subscription after a reconnect, so interest comes back by itself.
+
+use super::dedup::Dedup;
+use super::envelope::{self, Origin};
+use super::subject;
+use super::{ClusterStats, ToLink};
+use crate::broker::Broker;
+use crate::publication::Publication;
+use crate::router::MatchCache;
+use futures_util::StreamExt;
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+/// How often the link looks at the connection state.
+const STATE_POLL: Duration = Duration::from_millis(100);
+/// Messages from NATS waiting for the link loop at most (then NATS sees a slow consumer).
+const INBOUND_CAPACITY: usize = 8192;
+/// How long an interest change waits for NATS to confirm it.
+const FLUSH_WAIT: Duration = Duration::from_millis(500);
+/// How long a received publication waits for full shard inboxes before it is dropped.
+const INBOX_FULL_WAIT: Duration = Duration::from_millis(100);
+
+pub(super) struct Link {
+    pub(super) url: String,
+    pub(super) prefix: String,
+    pub(super) node_id: String,
+    pub(super) instance: u64,
+    pub(super) stats: Arc<ClusterStats>,
+}
+
+/// NATS subscriptions for one pattern, shared by the shards that want it.
+struct Interest {
+    shards: u32,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+fn backoff(attempts: usize) -> Duration {
+    let exp = u32::try_from(attempts.min(5)).unwrap_or(5);
+    Duration::from_millis(50 * 2u64.pow(exp)).min(Duration::from_secs(1))
+}
+
+impl Link {
+    pub(super) async fn run(
+        self,
+        broker: Weak<Broker>,
+        mut publications: mpsc::Receiver<Arc<Publication>>,
+        mut interest: mpsc::UnboundedReceiver<ToLink>,
+    ) {
+        let options = async_nats::ConnectOptions::new()
+            .name(format!("shardcast {}", self.node_id))
+            .no_echo()
+            .retry_on_initial_connect()
+            .max_reconnects(None)
+            .reconnect_delay_callback(backoff);
+        let client = match options.connect(self.url.as_str()).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(url = %self.url, error = %e, "cluster: cannot use NATS; this node stays alone");
+                return;
+            }
+        };
+        let (inbound_tx, mut inbound) = mpsc::channel(INBOUND_CAPACITY);
+        let mut interests: HashMap<Box<str>, Interest> = HashMap::new();
+        let broadcasts = self
+            .subscribe(&client, subject::broadcast_subject(&self.prefix))
+            .await
+            .map(|s| self.forward(s, &inbound_tx));
+        let mut dedup = Dedup::default();
+        let mut cache = MatchCache::default();
+        let mut seq = 0u64;
+        let mut tick = tokio::time::interval(STATE_POLL);
+        loop {
+            tokio::select! {
+                p = publications.recv() => {
+                    let Some(p) = p else { break };
+                    seq += 1;
+                    self.send(&client, &p, seq).await;
+                }
+                change = interest.recv() => {
+                    let Some(change) = change else { break };
+                    self.on_interest(&client, change, &mut interests, &inbound_tx).await;
+                }
+                Some(message) = inbound.recv() => {
+                    let Some(broker) = broker.upgrade() else { break };
+                    self.receive(&broker, &message.payload, &mut dedup, &mut cache).await;
+                }
+                _ = tick.tick() => {
+                    let up = client.connection_state() == async_nats::connection::State::Connected;
+                    if up != self.stats.connected.swap(up, Ordering::AcqRel) {
+                        if up {
+                            self.stats.connects.fetch_add(1, Ordering::Relaxed);
+                            tracing::info!(url = %self.url, node = %self.node_id, "cluster: connected to NATS");
+                        } else {
+                            tracing::warn!(url = %self.url, "cluster: NATS connection lost; delivering locally only");
+                        }
+                    }
+                    if broker.strong_count() == 0 {
+                        break;
+                    }
+                }
+            }
+        }
+        for t in broadcasts
+            .into_iter()
+            .chain(interests.into_values().flat_map(|i| i.tasks))
+        {
+            t.abort();
+        }
+        self.stats.connected.store(false, Ordering::Release);
+    }
+
+    /// Waits (briefly, and only while connected) until NATS has seen what was sent so
+    /// far, e.g. new subscriptions, so `subscriptions` in the metrics means "in place".
+    async fn settle(&self, client: &async_nats::Client) {
+        if self.stats.connected.load(Ordering::Acquire) {
+            let _ = tokio::time::timeout(FLUSH_WAIT, client.flush()).await;
+        }
+    }
+
+    async fn send(&self, client: &async_nats::Client, p: &Publication, seq: u64) {
+        let subject = if p.is_broadcast() {
+            Some(subject::broadcast_subject(&self.prefix))
+        } else {
+            subject::channel_subject(&self.prefix, &p.topic)
+        };
+        let Some(subject) = subject else { return };
+        let origin = Origin {
+            node: self.node_id.clone(),
+            instance: self.instance,
+            seq,
+        };
+        match client.publish(subject, envelope::encode(p, &origin)).await {
+            Ok(()) => self.stats.sent.fetch_add(1, Ordering::Relaxed),
+            Err(_) => self
+                .stats
+                .dropped_unavailable
+                .fetch_add(1, Ordering::Relaxed),
+        };
+    }
+
+    /// Subscribes `subject`; `None` if the client is closed.
+    async fn subscribe(
+        &self,
+        client: &async_nats::Client,
+        subject: String,
+    ) -> Option<async_nats::Subscriber> {
+        match client.subscribe(subject.clone()).await {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(%subject, error = %e, "cluster: NATS subscribe failed");
+                None
+            }
+        }
+    }
+
+    /// Forwards a subscription's messages to `inbound` until it is aborted (which drops
+    /// the subscriber: async-nats then unsubscribes in NATS).
+    fn forward(
+        &self,
+        mut sub: async_nats::Subscriber,
+        inbound: &mpsc::Sender<async_nats::Message>,
+    ) -> JoinHandle<()> {
+        let tx = inbound.clone();
+        // Made outside the task so that aborting it before its first poll still counts down.
+        let count = SubscriptionCount::new(self.stats.clone());
+        tokio::spawn(async move {
+            let _count = count;
+            while let Some(m) = sub.next().await {
+                if tx.send(m).await.is_err() {
+                    break;
+                }
+            }
+        })
+    }
+
+    async fn on_interest(
+        &self,
+        client: &async_nats::Client,
+        change: ToLink,
+        interests: &mut HashMap<Box<str>, Interest>,
+        inbound: &mpsc::Sender<async_nats::Message>,
+    ) {
+        match change {
+            ToLink::Interest(pattern) => {
+                if let Some(i) = interests.get_mut(&pattern) {
+                    i.shards += 1;
+                    return;
+                }
+                let mut subs = Vec::new();
+                for s in subject::pattern_subjects(&self.prefix, &pattern) {
+                    subs.extend(self.subscribe(client, s).await);
+                }
+                self.settle(client).await;
+                let tasks = subs.into_iter().map(|s| self.forward(s, inbound)).collect();
+                interests.insert(pattern, Interest { shards: 1, tasks });
+            }
+            ToLink::NoInterest(pattern) => {
+                let Some(i) = interests.get_mut(&pattern) else {
+                    return;
+                };
+                i.shards = i.shards.saturating_sub(1);
+                if i.shards == 0 {
+                    if let Some(i) = interests.remove(&pattern) {
+                        // Dropping the subscriber (with its task) unsubscribes in NATS.
+                        for t in i.tasks {
+                            t.abort();
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn receive(
+        &self,
+        broker: &Broker,
+        payload: &[u8],
+        dedup: &mut Dedup,
+        cache: &mut MatchCache,
+    ) {
+        let Ok((origin, p)) = envelope::decode(payload) else {
+            self.stats.malformed.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        if origin.node == self.node_id && origin.instance == self.instance {
+            return; // our own (no_echo already keeps these away)
+        }
+        let key = format!("{}/{:x}", origin.node, origin.instance);
+        if !dedup.accept(&key, origin.seq) {
+            self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        self.stats.received.fetch_add(1, Ordering::Relaxed);
+        let p = Arc::new(p);
+        let mut full = super::deliver_remote(&broker.router, &p, cache).full;
+        let deadline = tokio::time::Instant::now() + INBOX_FULL_WAIT;
+        while full != 0 {
+            if tokio::time::Instant::now() >= deadline {
+                self.stats
+                    .dropped_inbox_full
+                    .fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            full = broker.router.dispatch(&p, full).full;
+        }
+    }
+}
+
+/// Counts a NATS subscription down when its forwarding task ends (or is aborted).
+struct SubscriptionCount(Arc<ClusterStats>);
+
+impl SubscriptionCount {
+    fn new(stats: Arc<ClusterStats>) -> Self {
+        stats.subscriptions.fetch_add(1, Ordering::Relaxed);
+        SubscriptionCount(stats)
+    }
+}
+
+impl Drop for SubscriptionCount {
+    fn drop(&mut self) {
+        self.0.subscriptions.fetch_sub(1, Ordering::Relaxed);
+    }
+}

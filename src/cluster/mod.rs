@@ -1,0 +1,188 @@
+//! Cluster mode: publications cross nodes through NATS (`[cluster] nats_url`).
+//!
+//! ```text
+//!  local publish ─► router ─► local shards (no NATS round trip)
+//!                     └─► Outbound (bounded queue) ─► link thread ─► NATS, once
+//!  NATS ─► link (drop own echo, drop duplicates) ─► router.dispatch ─► local shards
+//!  shard's first/last subscriber of a pattern ─► router ─► link: NATS (un)subscribe
+//! ```
+//!
+//! The link runs on its own thread with its own tokio runtime (shards are current-thread
+//! runtimes that must not wait on NATS). Delivery across nodes is core NATS: at most
+//! once. While NATS is away, publications meant for other nodes are counted in
+//! `dropped_unavailable` and not queued; local delivery is untouched.
+
+pub mod dedup;
+pub mod envelope;
+mod link;
+pub mod subject;
+
+use crate::broker::Broker;
+use crate::config::ClusterConfig;
+use crate::publication::Publication;
+use crate::router::Router;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use tokio::sync::mpsc;
+
+/// Publications queued for NATS at most; past it they are counted as dropped.
+const OUTBOUND_CAPACITY: usize = 65_536;
+
+/// What the shards tell the link.
+pub(crate) enum ToLink {
+    /// A shard's first subscriber of this pattern.
+    Interest(Box<str>),
+    /// A shard's last subscriber of this pattern left.
+    NoInterest(Box<str>),
+}
+
+/// Cluster state shared by the broker: link status and counters.
+#[derive(Debug, Default)]
+pub struct ClusterStats {
+    /// Whether the link is connected to NATS now.
+    pub connected: AtomicBool,
+    /// Publications sent to NATS.
+    pub sent: AtomicU64,
+    /// Publications from other nodes received (after duplicate removal).
+    pub received: AtomicU64,
+    /// Publications not sent because NATS was not connected (or the queue to it was full).
+    pub dropped_unavailable: AtomicU64,
+    /// Copies removed because overlapping subscriptions delivered a message twice.
+    pub duplicates: AtomicU64,
+    /// Messages on our subjects that were not envelopes.
+    pub malformed: AtomicU64,
+    /// Received publications not delivered because local shard inboxes stayed full.
+    pub dropped_inbox_full: AtomicU64,
+    /// Times the link (re)connected.
+    pub connects: AtomicU64,
+    /// NATS subjects subscribed now.
+    pub subscriptions: AtomicU64,
+}
+
+/// The router's way to the link: cheap, never blocks.
+pub struct Outbound {
+    publications: mpsc::Sender<Arc<Publication>>,
+    interest: mpsc::UnboundedSender<ToLink>,
+    stats: Arc<ClusterStats>,
+}
+
+impl Outbound {
+    /// Queues a locally accepted publication for the other nodes. Node-local broker
+    /// topics (`$sys/...`) stay here.
+    pub fn publish(&self, p: &Arc<Publication>) {
+        if !p.is_broadcast() && crate::topic::is_broker_topic(&p.topic) {
+            return;
+        }
+        if !self.stats.connected.load(Ordering::Acquire)
+            || self.publications.try_send(p.clone()).is_err()
+        {
+            self.stats
+                .dropped_unavailable
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// A shard's first subscriber of `pattern`.
+    pub fn interest(&self, pattern: &str) {
+        // Fails only once the link thread is gone (shutdown): nothing to tell then.
+        let _ = self.interest.send(ToLink::Interest(pattern.into()));
+    }
+
+    /// A shard's last subscriber of `pattern` left.
+    pub fn no_interest(&self, pattern: &str) {
+        let _ = self.interest.send(ToLink::NoInterest(pattern.into()));
+    }
+}
+
+/// A running cluster link, as the broker holds it.
+pub struct Cluster {
+    /// This node's id (configured or generated).
+    pub node_id: String,
+    /// Status and counters.
+    pub stats: Arc<ClusterStats>,
+}
+
+/// Draws a number that differs between starts (no `rand` dependency needed for this).
+fn draw() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.write_u32(std::process::id());
+    h.finish()
+}
+
+/// The queues the router feeds, before the link starts (the router needs the sending
+/// side when it is built; the link needs the broker, which holds the router).
+pub struct Pending {
+    link: link::Link,
+    publications: mpsc::Receiver<Arc<Publication>>,
+    interest: mpsc::UnboundedReceiver<ToLink>,
+}
+
+/// Makes the queues between router and link for `config` (cluster mode on).
+pub fn queues(config: &ClusterConfig) -> (Outbound, Cluster, Pending) {
+    let stats = Arc::new(ClusterStats::default());
+    let (ptx, prx) = mpsc::channel(OUTBOUND_CAPACITY);
+    let (itx, irx) = mpsc::unbounded_channel();
+    let node_id = if config.node_id.is_empty() {
+        format!("{:016x}", draw())
+    } else {
+        config.node_id.clone()
+    };
+    let link = link::Link {
+        url: config.nats_url.clone(),
+        prefix: config.subject_prefix.clone(),
+        node_id: node_id.clone(),
+        instance: draw(),
+        stats: stats.clone(),
+    };
+    (
+        Outbound {
+            publications: ptx,
+            interest: itx,
+            stats: stats.clone(),
+        },
+        Cluster { node_id, stats },
+        Pending {
+            link,
+            publications: prx,
+            interest: irx,
+        },
+    )
+}
+
+impl Pending {
+    /// Starts the link thread for `broker`.
+    ///
+    /// # Errors
+    /// The thread or its runtime could not be started.
+    pub fn start(self, broker: Weak<Broker>) -> std::io::Result<()> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        std::thread::Builder::new()
+            .name("cluster-link".into())
+            .spawn(move || {
+                runtime.block_on(self.link.run(broker, self.publications, self.interest));
+            })?;
+        Ok(())
+    }
+}
+
+/// Routes a publication from another node to this node's shards (never back to NATS).
+pub(crate) fn deliver_remote(
+    router: &Router,
+    p: &Arc<Publication>,
+    cache: &mut crate::router::MatchCache,
+) -> crate::router::Routed {
+    let targets = if p.is_broadcast() {
+        router.all_shards()
+    } else {
+        router.targets(&p.topic, cache)
+    };
+    router.dispatch(p, targets)
+}
