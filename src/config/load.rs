@@ -37,7 +37,7 @@ pub struct Overrides {
 /// # Errors
 /// [`ConfigError`] naming the file / variable / flag, the key and the reason: unreadable
 /// file, TOML syntax, unknown key, wrong type, out-of-range or inconsistent value,
-/// `api.key_env` naming an unset variable, or a feature not available in this build.
+/// or `api.key_env` naming an unset variable.
 pub fn load(
     file: Option<&Path>,
     env: impl IntoIterator<Item = (String, String)>,
