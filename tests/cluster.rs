@@ -1,39 +1,57 @@
-//! Cluster mode: two or three shardcast processes joined by a real `nats-server` started
-//! on a free port (never the default one). Needs the `nats-server` binary: without it
-//! these tests print a notice and pass, unless `SHARDCAST_REQUIRE_NATS=1` (set by
-//! `.ci/run`, which installs it).
+//! Cluster mode: two or three shardcast processes joined by a real `nats-server` (or a
+//! cluster of three) started on free ports (never the default one), and `haproxy` running
+//! the shipped `config/haproxy.cfg` in front of two nodes. Needs the `nats-server` and
+//! `haproxy` binaries: without one the tests that use it print a notice and pass, unless
+//! `SHARDCAST_REQUIRE_NATS=1` / `SHARDCAST_REQUIRE_HAPROXY=1` (set by `.ci/run`, which
+//! installs both). Every child process is killed when its handle drops.
 #![allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
 
 mod common;
 use common::*;
 use serde_json::json;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Where Debian and others put the binary (`/usr/sbin` is often not on a user's PATH).
-fn nats_binary() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("SHARDCAST_NATS_SERVER") {
+/// A helper server's binary: `env_bin` if set, else `name` on `PATH` or where Debian and
+/// others put it (`/usr/sbin` is often not on a user's PATH).
+fn find_binary(name: &str, env_bin: &str) -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os(env_bin) {
         return Some(p.into());
     }
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain(["/usr/sbin", "/usr/local/sbin", "/usr/local/bin", "/usr/bin"].map(PathBuf::from))
-        .map(|dir| dir.join("nats-server"))
+        .map(|dir| dir.join(name))
         .find(|p| p.is_file())
 }
 
-/// The binary, or `None` after printing why these tests are skipped.
-fn require_nats() -> Option<PathBuf> {
-    let found = nats_binary();
+/// The binary (Debian package of the same name), or `None` after printing why the test is
+/// skipped; a missing binary fails the test when `env_require` is `1`.
+fn require_binary(name: &str, env_bin: &str, env_require: &str) -> Option<PathBuf> {
+    let found = find_binary(name, env_bin);
     if found.is_none() {
         assert!(
-            std::env::var("SHARDCAST_REQUIRE_NATS").as_deref() != Ok("1"),
-            "nats-server not found and SHARDCAST_REQUIRE_NATS=1 (install it: apt-get install nats-server)"
+            std::env::var(env_require).as_deref() != Ok("1"),
+            "{name} not found and {env_require}=1 (install it: apt-get install {name})"
         );
-        eprintln!("SKIPPED: nats-server not found (apt-get install nats-server); cluster tests did not run");
+        eprintln!(
+            "SKIPPED: {name} not found (apt-get install {name}); this cluster test did not run"
+        );
     }
     found
+}
+
+fn require_nats() -> Option<PathBuf> {
+    require_binary(
+        "nats-server",
+        "SHARDCAST_NATS_SERVER",
+        "SHARDCAST_REQUIRE_NATS",
+    )
+}
+
+fn require_haproxy() -> Option<PathBuf> {
+    require_binary("haproxy", "SHARDCAST_HAPROXY", "SHARDCAST_REQUIRE_HAPROXY")
 }
 
 /// A port nobody listens on right now.
@@ -42,44 +60,72 @@ fn free_port() -> u16 {
     l.local_addr().unwrap().port()
 }
 
-/// A `nats-server` child process; killed when dropped.
-struct Nats {
+/// A helper server (`nats-server`, `haproxy`) as a child process; killed when dropped.
+struct Server {
     child: Child,
 }
 
-impl Nats {
-    async fn start(bin: &PathBuf, port: u16) -> Nats {
-        let child = Command::new(bin)
-            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+impl Server {
+    /// Spawns `bin args` and waits until it accepts connections on `port`; if it exits
+    /// instead, fails with what it wrote.
+    async fn start(bin: &Path, args: &[&str], port: u16) -> Server {
+        let mut log = tempfile::tempfile().unwrap();
+        let mut child = Command::new(bin)
+            .args(args)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log.try_clone().unwrap())
             .spawn()
-            .expect("spawn nats-server");
-        eventually("nats-server to listen", READY, || async move {
-            tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
+        let what = format!("{} to listen on {port}", bin.display());
+        until_ok(&what, READY, || {
+            let exited = child.try_wait().unwrap();
+            if let Some(status) = exited {
+                use std::io::{Read, Seek};
+                let mut out = String::new();
+                log.rewind().unwrap();
+                log.read_to_string(&mut out).unwrap();
+                panic!("{} {args:?} exited ({status}):\n{out}", bin.display());
+            }
+            async move {
+                tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            }
         })
         .await;
-        Nats { child }
+        Server { child }
     }
 }
 
-impl Drop for Nats {
+impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
 
-fn node(port: u16, id: &str) -> Broker {
-    node_with(port, id, "")
+/// `nats-server` on 127.0.0.1:`port` with `extra` arguments (e.g. cluster routes).
+async fn start_nats(bin: &Path, port: u16, extra: &[&str]) -> Server {
+    let port_arg = port.to_string();
+    let args = [&["-a", "127.0.0.1", "-p", port_arg.as_str()], extra].concat();
+    Server::start(bin, &args, port).await
 }
 
-fn node_with(port: u16, id: &str, extra: &str) -> Broker {
+fn node(port: u16, id: &str) -> Broker {
+    node_with(&[port], id, "")
+}
+
+/// A node whose `nats_url` lists the NATS servers on `ports`, with `extra` config first.
+fn node_with(ports: &[u16], id: &str, extra: &str) -> Broker {
+    let urls: Vec<String> = ports
+        .iter()
+        .map(|p| format!("nats://127.0.0.1:{p}"))
+        .collect();
+    let urls = urls.join(",");
     Broker::start(&format!(
-        "{extra}[cluster]\nnats_url = \"nats://127.0.0.1:{port}\"\nnode_id = \"{id}\"\nsubject_prefix = \"sctest\"\n"
+        "{extra}[cluster]\nnats_url = \"{urls}\"\nnode_id = \"{id}\"\nsubject_prefix = \"sctest\"\n"
     ))
 }
 
@@ -102,7 +148,7 @@ async fn subscriptions(b: &Broker, n: f64) {
 async fn publication_reaches_every_node_once_without_echo() {
     let Some(bin) = require_nats() else { return };
     let port = free_port();
-    let _nats = Nats::start(&bin, port).await;
+    let _nats = start_nats(&bin, port, &[]).await;
     let a = node(port, "a");
     let b = node(port, "b");
     ready(&a).await;
@@ -160,10 +206,10 @@ async fn publication_reaches_every_node_once_without_echo() {
         1.0,
         "{mb}"
     );
-    assert!(
-        counter(&mb, "shardcast_cluster_duplicates_total") >= 1.0,
-        "{mb}"
-    );
+    eventually("b to count the copies NATS sent", READY, || async {
+        counter(&b.metrics().await, "shardcast_cluster_duplicates_total") >= 1.0
+    })
+    .await;
     let health = b.get("/healthz").await.json();
     assert_eq!(health["details"]["cluster"]["connected"], true, "{health}");
     assert_eq!(health["details"]["cluster"]["node_id"], "b", "{health}");
@@ -195,7 +241,7 @@ async fn node_without_nats_serves_locally_and_joins_when_nats_appears() {
         "{m}"
     );
 
-    let _nats = Nats::start(&bin, port).await;
+    let _nats = start_nats(&bin, port, &[]).await;
     ready(&a).await;
     let b = node(port, "b");
     ready(&b).await;
@@ -209,46 +255,53 @@ async fn node_without_nats_serves_locally_and_joins_when_nats_appears() {
     local.expect_silence(SILENCE).await;
 }
 
-/// Publishes `probe` messages on `from` until `to_sub` receives one (cross-node delivery
-/// is back), then a final marker that must arrive exactly once.
+/// Publishes numbered probes on `from` until `to_sub` receives one (cross-node delivery
+/// is back), then takes what else arrives until silence: each probe at most once and in
+/// order. Probes sent while a link is still finding out about a reconnect may be lost
+/// (delivery across nodes is at most once), so none is required but the first received.
 async fn resumed(from: &Broker, to_sub: &mut Ws, channel: &str) {
     let deadline = Instant::now() + READY;
-    let mut back = false;
-    while !back {
+    let mut sent = 0;
+    let mut last = None;
+    while last.is_none() {
         assert!(
             Instant::now() < deadline,
             "cross-node delivery never resumed"
         );
-        assert!(from.publish(channel, json!("probe")).await.is_success());
-        back = to_sub
-            .next_event(Duration::from_millis(200))
-            .await
-            .is_some();
+        sent += 1;
+        assert!(from.publish(channel, json!(sent)).await.is_success());
+        last = match to_sub.next_event(Duration::from_millis(200)).await {
+            None => None,
+            Some(Event::Json(v)) => Some(v["d"].as_u64().unwrap_or_else(|| panic!("{v}"))),
+            Some(other) => panic!("{other:?}"),
+        };
     }
-    assert!(from.publish(channel, json!("final")).await.is_success());
-    loop {
-        let v = to_sub.recv_json(RECV).await;
-        if v["d"] == "final" {
-            break;
-        }
-        assert_eq!(v["d"], "probe", "{v}");
+    while let Some(event) = to_sub.next_event(SILENCE).await {
+        let Event::Json(v) = event else {
+            panic!("{event:?}")
+        };
+        let n = v["d"].as_u64().unwrap_or_else(|| panic!("{v}"));
+        assert!(
+            last < Some(n) && n <= sent,
+            "probe {n} after probe {last:?} ({sent} sent): a duplicate or out of order"
+        );
+        last = Some(n);
     }
-    to_sub.expect_silence(SILENCE).await;
 }
 
 #[tokio::test]
 async fn nats_outage_mid_stream_keeps_local_delivery_and_heals() {
     let Some(bin) = require_nats() else { return };
     let port = free_port();
-    let nats = Nats::start(&bin, port).await;
+    let nats = start_nats(&bin, port, &[]).await;
     let a = node(port, "a");
     let b = node(port, "b");
     ready(&a).await;
     ready(&b).await;
     let mut a_sub = a.vws_subscriber("feed/+").await;
     subscriptions(&a, 2.0).await;
-    assert!(b.publish("feed/x", json!(1)).await.is_success());
-    assert_eq!(a_sub.recv_json(RECV).await["d"], 1);
+    // Probes: the gauge counts a subscription whose confirmation took over 500 ms too.
+    resumed(&b, &mut a_sub, "feed/x").await;
 
     drop(nats);
     eventually("a to notice NATS is gone", READY, || async {
@@ -256,15 +309,15 @@ async fn nats_outage_mid_stream_keeps_local_delivery_and_heals() {
     })
     .await;
     // Local delivery goes on; what a publishes meanwhile is counted as not sent.
-    assert!(a.publish("feed/y", json!(2)).await.is_success());
-    assert_eq!(a_sub.recv_json(RECV).await["d"], 2);
+    assert!(a.publish("feed/y", json!("local")).await.is_success());
+    assert_eq!(a_sub.recv_json(RECV).await["d"], "local");
     let m = a.metrics().await;
     assert!(
         counter(&m, "shardcast_cluster_dropped_unavailable_total") >= 1.0,
         "{m}"
     );
 
-    let _nats = Nats::start(&bin, port).await;
+    let _nats = start_nats(&bin, port, &[]).await;
     ready(&a).await;
     ready(&b).await;
     // a re-subscribed its interest by itself: b's publications reach a again, once.
@@ -275,12 +328,12 @@ async fn nats_outage_mid_stream_keeps_local_delivery_and_heals() {
 async fn client_publish_with_headers_reaches_two_other_nodes_once() {
     let Some(bin) = require_nats() else { return };
     let port = free_port();
-    let _nats = Nats::start(&bin, port).await;
+    let _nats = start_nats(&bin, port, &[]).await;
     let publishing = "[client]\nallow_publish = true\n";
     let nodes = [
-        node_with(port, "a", publishing),
-        node_with(port, "b", publishing),
-        node_with(port, "c", publishing),
+        node_with(&[port], "a", publishing),
+        node_with(&[port], "b", publishing),
+        node_with(&[port], "c", publishing),
     ];
     for n in &nodes {
         ready(n).await;
@@ -307,4 +360,231 @@ async fn client_publish_with_headers_reaches_two_other_nodes_once() {
     for ws in [&mut a_sub, &mut b_sub, &mut c_sub] {
         ws.expect_silence(SILENCE).await;
     }
+}
+
+/// `haproxy` running the shipped `config/haproxy.cfg` with its `bind` on a free port and
+/// its `server` lines replaced by `nodes`; killed when dropped.
+struct Haproxy {
+    addr: std::net::SocketAddr,
+    _server: Server,
+    _config: tempfile::NamedTempFile,
+}
+
+impl Haproxy {
+    async fn start(bin: &Path, nodes: &[&Broker]) -> Haproxy {
+        let port = free_port();
+        let shipped = include_str!("../config/haproxy.cfg");
+        let (mut binds, mut servers) = (0, 0);
+        let mut cfg = String::new();
+        for line in shipped.lines() {
+            let word = line.split_whitespace().next().unwrap_or("");
+            if word == "bind" {
+                binds += 1;
+                cfg.push_str(&format!("    bind 127.0.0.1:{port}\n"));
+            } else if word == "server" {
+                if servers == 0 {
+                    for (i, n) in nodes.iter().enumerate() {
+                        cfg.push_str(&format!("    server node{i} {}\n", n.addr));
+                    }
+                }
+                servers += 1;
+            } else {
+                cfg.push_str(line);
+                cfg.push('\n');
+            }
+        }
+        assert!(
+            binds == 1 && servers > 0,
+            "config/haproxy.cfg: {binds} bind lines, {servers} server lines"
+        );
+        let config = config_file(&cfg);
+        let path = config.path().to_str().unwrap();
+        let check = Command::new(bin).args(["-c", "-f", path]).output().unwrap();
+        assert!(
+            check.status.success(),
+            "haproxy -c refused the config: {}{}\n{cfg}",
+            String::from_utf8_lossy(&check.stdout),
+            String::from_utf8_lossy(&check.stderr)
+        );
+        let server = Server::start(bin, &["-db", "-f", path], port).await;
+        Haproxy {
+            addr: ([127, 0, 0, 1], port).into(),
+            _server: server,
+            _config: config,
+        }
+    }
+
+    fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    /// Waits until haproxy has sent a request to each of the `n` nodes: every one is in
+    /// rotation (its health check passes) and reachable through haproxy.
+    async fn all_up(&self, n: usize) {
+        let deadline = Instant::now() + READY;
+        let mut seen = std::collections::BTreeSet::new();
+        while seen.len() < n {
+            let r = http(self.addr, "GET", "/healthz", None, Vec::new()).await;
+            assert!(
+                Instant::now() < deadline,
+                "haproxy reached only {seen:?} of {n} nodes; last answer {} {}",
+                r.status,
+                r.text
+            );
+            if r.status == 200 {
+                seen.insert(r.json()["details"]["cluster"]["node_id"].to_string());
+            } else {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn clients_through_haproxy_receive_publications_made_on_any_node() {
+    let Some(nats_bin) = require_nats() else {
+        return;
+    };
+    let Some(haproxy_bin) = require_haproxy() else {
+        return;
+    };
+    let port = free_port();
+    let _nats = start_nats(&nats_bin, port, &[]).await;
+    let nodes = [node(port, "a"), node(port, "b")];
+    for n in &nodes {
+        ready(n).await;
+    }
+    let lb = Haproxy::start(&haproxy_bin, &[&nodes[0], &nodes[1]]).await;
+    lb.all_up(2).await;
+
+    // One at a time, each in place before the next: leastconn spreads them over both nodes.
+    let mut vws = Vec::new();
+    let mut gows = Vec::new();
+    for i in 0..2 {
+        let mut ws = Ws::connect(&lb.ws_url(), Dialect::Subprotocol("vws")).await;
+        ws.vws_subscribe("room/1", 1).await;
+        vws.push(ws);
+        let mut ws = Ws::connect(&lb.ws_url(), Dialect::Subprotocol("gows")).await;
+        ws.gows_subscribe("room/1").await;
+        gows.push(ws);
+        assert_eq!(vws.len() + gows.len(), 2 * (i + 1));
+    }
+    for n in &nodes {
+        assert!(
+            stats_clients(n).await >= 1,
+            "haproxy left a node without clients"
+        );
+        subscriptions(n, 2.0).await;
+    }
+
+    for (i, from) in nodes.iter().enumerate() {
+        from.publish("room/1", json!({"from": i})).await;
+        for ws in &mut vws {
+            let v = ws.recv_json(RECV).await;
+            assert_eq!(v["t"], "room/1", "{v}");
+            assert_eq!(v["d"], json!({"from": i}), "{v}");
+        }
+        for ws in &mut gows {
+            assert_eq!(ws.recv().await["data"], json!({"from": i}));
+        }
+    }
+    for ws in vws.iter_mut().chain(gows.iter_mut()) {
+        ws.expect_silence(SILENCE).await;
+    }
+}
+
+/// Number of client connections a NATS server holds (its monitoring `/connz`).
+async fn nats_clients(monitor: u16) -> u64 {
+    let r = http(
+        ([127, 0, 0, 1], monitor).into(),
+        "GET",
+        "/connz",
+        None,
+        Vec::new(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    r.json()["num_connections"].as_u64().unwrap()
+}
+
+#[tokio::test]
+async fn node_fails_over_to_another_server_of_a_nats_cluster() {
+    let Some(bin) = require_nats() else { return };
+    let client: [u16; 3] = std::array::from_fn(|_| free_port());
+    let route: [u16; 3] = std::array::from_fn(|_| free_port());
+    let monitor: [u16; 3] = std::array::from_fn(|_| free_port());
+    let mut servers = Vec::new();
+    for i in 0..3 {
+        let own = format!("nats://127.0.0.1:{}", route[i]);
+        let routes: Vec<String> = (0..3)
+            .filter(|&j| j != i)
+            .map(|j| format!("nats://127.0.0.1:{}", route[j]))
+            .collect();
+        let routes = routes.join(",");
+        let monitor = monitor[i].to_string();
+        let extra = [
+            "--cluster_name",
+            "sctest",
+            "--cluster",
+            &own,
+            "--routes",
+            &routes,
+            "-m",
+            &monitor,
+        ];
+        servers.push(Some(start_nats(&bin, client[i], &extra).await));
+    }
+    // a lists two of the servers, b the third.
+    let a = node_with(&client[..2], "a", "");
+    let b = node_with(&client[2..], "b", "");
+    ready(&a).await;
+    ready(&b).await;
+    // Each subscribes what only the other publishes.
+    let mut a_sub = a.vws_subscriber("to/a").await;
+    let mut b_sub = b.vws_subscriber("to/b").await;
+    subscriptions(&a, 2.0).await;
+    subscriptions(&b, 2.0).await;
+    // Through the routes between the NATS servers, both ways (once interest has spread).
+    resumed(&b, &mut a_sub, "to/a").await;
+    resumed(&a, &mut b_sub, "to/b").await;
+
+    // Kill the server a is connected to.
+    let mut on = Vec::new();
+    for m in &monitor[..2] {
+        on.push(nats_clients(*m).await);
+    }
+    let used = on.iter().position(|&n| n == 1);
+    let used = used.unwrap_or_else(|| panic!("a is on none of its servers: {on:?}"));
+    assert_eq!(on.iter().sum::<u64>(), 1, "{on:?}");
+    drop(servers[used].take());
+
+    // a reconnects to a surviving server and re-subscribes; delivery resumes, once.
+    let survivors: Vec<u16> = (0..3).filter(|&i| i != used).map(|i| monitor[i]).collect();
+    eventually(
+        "a to reconnect to a surviving NATS server",
+        READY,
+        || async {
+            let mut n = 0;
+            for m in &survivors {
+                n += nats_clients(*m).await;
+            }
+            n == 2
+        },
+    )
+    .await;
+    ready(&a).await;
+    resumed(&b, &mut a_sub, "to/a").await;
+    resumed(&a, &mut b_sub, "to/b").await;
+    let ma = a.metrics().await;
+    let mb = b.metrics().await;
+    assert_eq!(
+        counter(&ma, "shardcast_cluster_duplicates_total"),
+        0.0,
+        "{ma}"
+    );
+    assert_eq!(
+        counter(&mb, "shardcast_cluster_duplicates_total"),
+        0.0,
+        "{mb}"
+    );
 }

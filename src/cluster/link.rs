@@ -61,7 +61,9 @@ impl Link {
             .retry_on_initial_connect()
             .max_reconnects(None)
             .reconnect_delay_callback(backoff);
-        let client = match options.connect(self.url.as_str()).await {
+        // Several servers: comma-separated (each checked by config validation).
+        let servers: Vec<&str> = self.url.split(',').map(str::trim).collect();
+        let client = match options.connect(servers).await {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(url = %self.url, error = %e, "cluster: cannot use NATS; this node stays alone");
