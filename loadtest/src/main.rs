@@ -103,6 +103,11 @@ struct RunArgs {
     /// one abuse window.
     #[arg(long, default_value_t = 4)]
     cycles: usize,
+    /// abuse: the milliseconds added to 2 x the clean p99 to give the most the healthy
+    /// p99 may reach under abuse. Short CI smoke runs, whose 2-second slices a single
+    /// scheduler stall can move, pass more than the default.
+    #[arg(long, default_value_t = 2.0)]
+    p99_floor: f64,
     /// Seconds allowed for all subscribers to connect and subscribe.
     #[arg(long, default_value_t = 60.0)]
     setup_timeout: f64,
@@ -199,6 +204,7 @@ fn plan(a: &RunArgs) -> Result<Plan> {
         prime: seconds("prime", a.prime.unwrap_or(timing.prime))?,
         attacks: a.attacks.clone(),
         cycles: a.cycles,
+        p99_floor_ms: a.p99_floor,
         setup_timeout: seconds("setup-timeout", a.setup_timeout)?,
         threads: a.threads,
         connect_concurrency: a.connect_concurrency,

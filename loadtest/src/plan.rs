@@ -66,6 +66,8 @@ pub struct Plan {
     /// Abuse scenario: the clean and abuse windows are cut into this many slices each
     /// and alternate (clean, abuse, clean, …); 1 = one clean window, then one abuse window.
     pub cycles: usize,
+    /// Abuse scenario: milliseconds added to 2 x the clean p99 for the abuse p99 limit.
+    pub p99_floor_ms: f64,
     pub setup_timeout: Duration,
     pub threads: usize,
     pub connect_concurrency: usize,
@@ -195,6 +197,9 @@ impl Plan {
             }
             if self.cycles == 0 {
                 bail!("--cycles must be at least 1");
+            }
+            if !(self.p99_floor_ms.is_finite() && self.p99_floor_ms >= 0.0) {
+                bail!("--p99-floor must be a number of milliseconds, 0 or more");
             }
             if let Some(k) = self
                 .attacks

@@ -224,7 +224,7 @@ pub fn run(plan: Plan, progress: &Progress) -> Result<Report> {
                 phases,
                 (primed, before, Some(peak)),
                 recovery,
-                &abuse::chosen(&plan),
+                (&abuse::chosen(&plan), plan.p99_floor_ms),
             ))
         }
         _ => None,
@@ -377,6 +377,7 @@ mod tests {
             prime: Duration::ZERO,
             attacks: Vec::new(),
             cycles: 1,
+            p99_floor_ms: 2.0,
             setup_timeout: Duration::ZERO,
             threads: 1,
             connect_concurrency: 1,
