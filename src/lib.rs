@@ -15,6 +15,7 @@
 //! rejection and how it is answered).
 #![deny(unsafe_code)]
 
+pub mod alloc;
 pub mod api;
 pub mod api_client;
 pub mod auth;

@@ -19,46 +19,11 @@ use tokio::signal::unix::{signal, SignalKind};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-// mimalloc's option API (`mimalloc.h`), linked in by the mimalloc crate; declared here
-// because libmimalloc-sys only exposes it behind a feature that needs another crate.
-extern "C" {
-    fn mi_option_get(option: std::os::raw::c_int) -> std::os::raw::c_long;
-    fn mi_option_set(option: std::os::raw::c_int, value: std::os::raw::c_long);
-}
-
-/// `mi_option_purge_delay` in the mimalloc v3 that libmimalloc-sys 0.1.49 bundles.
-const MI_OPTION_PURGE_DELAY: std::os::raw::c_int = 15;
-/// Its built-in default (ms), used to confirm the option number before touching it.
-const MI_PURGE_DELAY_DEFAULT: std::os::raw::c_long = 1000;
-
-/// How long mimalloc keeps freed pages before returning them to the OS (ms).
-///
-/// Purging is lazy: it happens when the freeing thread next calls the allocator after the
-/// delay. With the built-in 1000 ms, a shard that just set up thousands of connections and
-/// then went quiet kept its handshake-time memory resident (about 0.2-0.4 KiB per idle
-/// connection, measured). With 0, a busy shard gave pages back and faulted them in again
-/// for every burst of publications: page faults, zeroing and TLB shootdowns took about 13%
-/// of the broker's CPU in the fan-in profile, and one shard delivered 15-25% less. 10 ms
-/// keeps the idle figure (848 vs 856 B per connection at 19,000, one run each) and the
-/// fan-in rate. An explicit `MIMALLOC_PURGE_DELAY` in the environment wins: the option
-/// then no longer holds its default and is left alone.
-const PURGE_DELAY_MS: std::os::raw::c_long = 10;
-
-#[allow(unsafe_code)]
-fn tune_allocator() {
-    // SAFETY: plain reads/writes of mimalloc's option table; valid at any time, from any thread.
-    unsafe {
-        if mi_option_get(MI_OPTION_PURGE_DELAY) == MI_PURGE_DELAY_DEFAULT {
-            mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS);
-        }
-    }
-}
-
 /// Extra time on top of `server.shutdown_grace` before giving up on a stuck shutdown.
 const SHUTDOWN_MARGIN: Duration = Duration::from_secs(5);
 
 fn main() -> ExitCode {
-    tune_allocator();
+    shardcast::alloc::tune();
     let cli = Cli::parse();
     if cli
         .command

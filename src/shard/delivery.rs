@@ -14,6 +14,10 @@ const HOLD_PER_COST: u32 = 4;
 
 /// How often a shard with paused readers checks whether the inboxes have room again.
 const PAUSED_RECHECK: Duration = Duration::from_millis(1);
+
+/// How often a shard lets the allocator give back what it freed (`crate::alloc`): a
+/// shard that went quiet after a burst of connections would otherwise keep it resident.
+const RELEASE_INTERVAL: Duration = Duration::from_millis(100);
 use crate::conn::outbox::{Pushed, MAX_IOVECS};
 use crate::conn::{Conn, Phase};
 use crate::error::Reject;
@@ -31,6 +35,7 @@ impl Shard {
     /// Runs the shard until it has shut down: inbox drain loop plus the keepalive sweep.
     pub async fn run(self: Rc<Self>, inbox: InboxReceiver) {
         tokio::task::spawn_local(self.clone().sweep_loop());
+        tokio::task::spawn_local(release_loop());
         let coalesce = self.broker.config.server.write_coalesce;
         let mut batch: Vec<(Arc<Publication>, u64)> = Vec::new();
         let mut shutdown_deadline: Option<tokio::time::Instant> = None;
@@ -363,5 +368,16 @@ impl Shard {
                 dirty.push(key);
             }
         }
+    }
+}
+
+/// Runs on each shard thread: mimalloc frees and purges per thread, so the call must
+/// come from the thread that freed the memory.
+async fn release_loop() {
+    let mut interval = tokio::time::interval(RELEASE_INTERVAL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        crate::alloc::release_freed();
     }
 }
