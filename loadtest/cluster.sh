@@ -32,14 +32,8 @@ PIDS=()
 cleanup() { for p in "${PIDS[@]:-}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; PIDS=(); }
 trap cleanup EXIT
 
-wait_for() { # file pattern
-  for _ in $(seq 100); do
-    grep -q "$2" "$1" 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "cluster.sh: process did not start; see $1" >&2
-  return 1
-}
+# shellcheck source=loadtest/common.sh
+. "$ROOT/loadtest/common.sh"
 
 # node NAME PORT [NATS_URL]: a shardcast node; sets LAST_PID.
 node() {

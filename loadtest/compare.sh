@@ -33,14 +33,8 @@ fi
 BPID=""
 URL=""
 
-wait_for() { # file pattern
-  for _ in $(seq 100); do
-    grep -q "$2" "$1" 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "compare.sh: broker did not start; see $1" >&2
-  return 1
-}
+# shellcheck source=loadtest/common.sh
+. "$ROOT/loadtest/common.sh"
 
 # A port below the ephemeral range (so no client socket of the harness holds it) that
 # nothing listens on.
