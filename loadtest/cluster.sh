@@ -74,9 +74,11 @@ run() { # target shape run
       ;;
     cluster)
       "$NATS" -a 127.0.0.1 -p 14222 >"$RESULTS/nats.log" 2>&1 &
-      PIDS+=("$!")
+      local nats=$!
+      PIDS+=("$nats")
       wait_for "$RESULTS/nats.log" "Server is ready"
       node a 18091 nats://127.0.0.1:14222
+      local a=$LAST_PID
       node b 18092 nats://127.0.0.1:14222
       local b=$LAST_PID
       ready 18091 && ready 18092
@@ -84,8 +86,8 @@ run() { # target shape run
         --pid "$b" "${common[@]}"
       # The harness measures node B (the receiver). Node A and nats-server also work for
       # every publication: their CPU over the whole run (set-up included) goes beside it.
-      printf '%s\tnode A %s s\tnats-server %s s\n' "$label" "$(cpu_s "${PIDS[1]}")" \
-        "$(cpu_s "${PIDS[0]}")" | tee -a "$RESULTS/other-cpu.tsv"
+      printf '%s\tnode A %s s\tnats-server %s s\n' "$label" "$(cpu_s "$a")" \
+        "$(cpu_s "$nats")" | tee -a "$RESULTS/other-cpu.tsv"
       ;;
   esac
   cleanup
