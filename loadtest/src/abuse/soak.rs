@@ -463,6 +463,16 @@ mod tests {
     }
 
     fn report(clean_p99: f64, abuse_p99: f64, rss_after: u64, clients_after: u64) -> AbuseReport {
+        report_with_floor(clean_p99, abuse_p99, rss_after, clients_after, 2.0)
+    }
+
+    fn report_with_floor(
+        clean_p99: f64,
+        abuse_p99: f64,
+        rss_after: u64,
+        clients_after: u64,
+        p99_floor_ms: f64,
+    ) -> AbuseReport {
         let attacks = ["a", "b"]
             .iter()
             .map(|k| (k.to_string(), [("x".to_string(), 1)].into()))
@@ -483,7 +493,7 @@ mod tests {
                 after: fp(rss_after, clients_after),
                 settle_s: None,
             },
-            (&["a", "b"], 2.0),
+            (&["a", "b"], p99_floor_ms),
         )
     }
 
@@ -493,6 +503,18 @@ mod tests {
         assert_eq!(report(1.0, 4.1, 1000, 5).failures.len(), 1);
         // The floor: sub-millisecond p99s may triple.
         assert!(report(0.3, 2.5, 1000, 5).failures.is_empty());
+    }
+
+    #[test]
+    fn verdict_uses_the_given_floor() {
+        assert_eq!(report(1.0, 9.0, 1000, 5).failures.len(), 1);
+        let r = report_with_floor(1.0, 9.0, 1000, 5, 10.0);
+        assert!(r.failures.is_empty(), "{:?}", r.failures);
+        assert_eq!(r.p99_limit_ms, 12.0);
+        assert_eq!(
+            report_with_floor(1.0, 12.1, 1000, 5, 10.0).failures.len(),
+            1
+        );
     }
 
     #[test]
