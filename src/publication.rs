@@ -46,16 +46,48 @@ pub struct Publication {
     frames: [OnceLock<Bytes>; 2],
 }
 
+/// When something was accepted, on both clocks: monotonic (latency) and wall (gows
+/// `timestamp`). A shard reads it once per socket read and stamps every publication of
+/// that read with it: reading the clocks per message was 6% of a busy shard's CPU.
+#[derive(Debug, Clone, Copy)]
+pub struct Accepted {
+    /// Monotonic time.
+    pub at: Instant,
+    /// Wall-clock time.
+    pub wall: SystemTime,
+}
+
+impl Accepted {
+    /// Both clocks, now.
+    pub fn now() -> Self {
+        Accepted {
+            at: Instant::now(),
+            wall: SystemTime::now(),
+        }
+    }
+}
+
 impl Publication {
     /// A new publication accepted now.
     pub fn new(topic: Box<str>, kind: Kind, data: Bytes, headers: Option<Bytes>) -> Self {
+        Self::accepted(topic, kind, data, headers, Accepted::now())
+    }
+
+    /// A new publication accepted at `when`.
+    pub fn accepted(
+        topic: Box<str>,
+        kind: Kind,
+        data: Bytes,
+        headers: Option<Bytes>,
+        when: Accepted,
+    ) -> Self {
         Publication {
             topic,
             kind,
             data,
             headers,
-            accepted_at: Instant::now(),
-            accepted_wall: SystemTime::now(),
+            accepted_at: when.at,
+            accepted_wall: when.wall,
             frames: [OnceLock::new(), OnceLock::new()],
         }
     }

@@ -205,22 +205,25 @@ impl Shard {
         {
             return Err(Reject::PublishNotAllowed);
         }
-        if !conn
-            .rate
-            .allow(client.publish_rate, client.publish_burst, self.now_ms())
-        {
+        let read_at = self.read_clock.get();
+        if !conn.rate.allow(
+            client.publish_rate,
+            client.publish_burst,
+            self.ms_at(read_at.at),
+        ) {
             if conn.rate.strikes >= client.rate_limit_strikes {
                 return Err(Reject::RateLimitAbuse);
             }
             return Err(Reject::RateLimited);
         }
-        let publication = Arc::new(Publication::new(
+        let publication = Arc::new(Publication::accepted(
             topic_name.into(),
             Kind::Channel {
                 gows_type: "event".into(),
             },
             data,
             headers,
+            read_at,
         ));
         if self.route(&publication).full != 0 {
             return Err(Reject::Overloaded);

@@ -23,7 +23,7 @@ use crate::conn::reader;
 use crate::conn::{Admission, CloseCause, Conn, ConnTask, Phase};
 use crate::error::Reject;
 use crate::protocol::{frame, Dialect};
-use crate::publication::Publication;
+use crate::publication::{Accepted, Publication};
 use crate::router::MatchCache;
 use crate::topic::{self, Index};
 use slab::Slab;
@@ -68,6 +68,8 @@ pub struct Shard {
     /// Rung when the first connection pauses, so an idle run loop starts rechecking.
     pause_bell: Notify,
     cache: RefCell<MatchCache>,
+    /// When the input being handled was read (one clock reading per read, not per message).
+    read_clock: Cell<Accepted>,
     delivery_seq: Cell<u64>,
     epoch: Instant,
     draining: Cell<bool>,
@@ -102,6 +104,7 @@ impl Shard {
             paused: RefCell::new(Vec::new()),
             pause_bell: Notify::new(),
             cache: RefCell::new(MatchCache::default()),
+            read_clock: Cell::new(Accepted::now()),
             delivery_seq: Cell::new(0),
             epoch: Instant::now(),
             draining: Cell::new(false),
@@ -114,7 +117,12 @@ impl Shard {
 
     /// Milliseconds since the shard started (the shard clock for timeouts).
     pub fn now_ms(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+        self.ms_at(Instant::now())
+    }
+
+    /// `at` on the shard clock.
+    pub fn ms_at(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX)
     }
 
     /// Topic limits from config.
@@ -381,7 +389,9 @@ impl Shard {
                     }
                 }
             };
-            conn.last_seen_ms = self.now_ms();
+            let read_at = Accepted::now();
+            self.read_clock.set(read_at);
+            conn.last_seen_ms = self.ms_at(read_at.at);
             if conn.is_closing() {
                 conn.partial = Vec::new(); // discarding input while closing
                 continue;
