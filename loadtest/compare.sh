@@ -121,7 +121,9 @@ for c in $CASES; do
   case "$c" in
     fanout-1m) run_case "$c" "shardcast shardcast-5ms uws" fanout --subs 1000 --rate 1000 ;;
     fanout-4m) run_case "$c" "shardcast uws" fanout --subs 1000 --rate 4000 ;;
-    many-topics) run_case "$c" "shardcast uws" many-topics --subs 2000 --topics 1000 --pubs 4 --rate 20000 ;;
+    # One shard too: the peer is one thread, and at this load the hand-off between two
+    # shards costs more than the second core gives (BENCHMARKS.md, "What limits each miss").
+    many-topics) run_case "$c" "shardcast shardcast-1shard uws" many-topics --subs 2000 --topics 1000 --pubs 4 --rate 20000 ;;
     # Two harness threads, so the generator is not what limits the setup rate.
     idle) run_case "$c" "shardcast uws" idle --subs 19000 --duration 2 --threads 2 ;;
     fanin) run_case "$c" "shardcast uws" fanin --subs 10 --pubs 500 --rate 20000 ;;
