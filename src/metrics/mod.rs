@@ -115,7 +115,7 @@ type ShardMetric = (
 /// `GET /metrics`.
 pub fn render(broker: &Broker) -> HttpResponse {
     let mut out = String::with_capacity(4096);
-    let counters: [ShardMetric; 10] = [
+    let counters: [ShardMetric; 11] = [
         (
             "connections_active",
             "gauge",
@@ -172,6 +172,12 @@ pub fn render(broker: &Broker) -> HttpResponse {
             "counter",
             "Times a client's input was left unread because shard inboxes were over half full.",
             |s| &s.read_pauses,
+        ),
+        (
+            "connections_moved_total",
+            "counter",
+            "Upgraded connections handed to a shard holding fewer connections than the one that accepted them.",
+            |s| &s.connections_moved,
         ),
     ];
     for (name, kind, help, pick) in counters {

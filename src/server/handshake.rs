@@ -126,7 +126,7 @@ async fn accept(
         return;
     }
     let admission = Admission::boxed(upgrade.identity, ip_slot);
-    shard.add_conn(stream, upgrade.dialect, &leftover, admission, peer);
+    shard.place_conn(stream, upgrade.dialect, &leftover, admission, peer);
 }
 
 /// The outcome of the first read.

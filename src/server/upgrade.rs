@@ -161,7 +161,7 @@ pub fn upgrade(
                 let (stream, unread) = parts.io.into_inner().into_parts();
                 let mut leftover = parts.read_buf.to_vec();
                 leftover.extend_from_slice(&unread);
-                shard.add_conn(stream, dialect, &leftover, admission, peer);
+                shard.place_conn(stream, dialect, &leftover, admission, peer);
             }
             Err(_) => {
                 shard.broker.socket_closed();

@@ -134,6 +134,7 @@ impl Shard {
                         .collect();
                     let _ = reply.send(list);
                 }
+                ShardMsg::Adopt(moving) => self.adopt(*moving, true),
                 ShardMsg::Shutdown => {
                     if shutdown_deadline.is_none() {
                         let grace = self.broker.config.server.shutdown_grace;

@@ -19,6 +19,8 @@ pub enum ShardMsg {
     Channels(oneshot::Sender<Vec<(String, usize)>>),
     /// Begin graceful shutdown.
     Shutdown,
+    /// Adopt a connection accepted by another shard (see `shard::placement`).
+    Adopt(Box<super::placement::Moving>),
 }
 
 struct Doorbell {

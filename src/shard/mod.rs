@@ -16,6 +16,7 @@ pub mod stats;
 
 mod commands;
 mod delivery;
+mod placement;
 
 use crate::broker::Broker;
 use crate::conn::outbox;

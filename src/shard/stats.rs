@@ -50,6 +50,11 @@ pub struct ShardStats {
     pub frames_written: AtomicU64,
     /// Times a connection's input was left unread because shard inboxes were congested.
     pub read_pauses: AtomicU64,
+    /// Upgraded connections handed to a less loaded shard (`shard::placement`).
+    pub connections_moved: AtomicU64,
+    /// Connections other shards have handed here that are not adopted yet (gauge;
+    /// written by those shards, so placement decisions in a burst see each other).
+    pub adopting: AtomicU64,
     /// Client messages by what they asked for ([`MESSAGE_KINDS`] order).
     pub messages_by_kind: [AtomicU64; MESSAGE_KINDS.len()],
     /// Frames discarded from the outbox of a connection closed as a slow consumer.
@@ -76,6 +81,8 @@ impl Default for ShardStats {
             writes: AtomicU64::new(0),
             frames_written: AtomicU64::new(0),
             read_pauses: AtomicU64::new(0),
+            connections_moved: AtomicU64::new(0),
+            adopting: AtomicU64::new(0),
             messages_by_kind: std::array::from_fn(|_| AtomicU64::new(0)),
             dropped_slow_consumer: AtomicU64::new(0),
             rejections: std::array::from_fn(|_| AtomicU64::new(0)),

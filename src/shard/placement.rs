@@ -1,0 +1,121 @@
+//! Where a new connection lives: the shard that accepted it, unless another shard holds
+//! clearly fewer connections.
+//!
+//! Each shard accepts on its own `SO_REUSEPORT` socket, and the kernel picks the socket
+//! by a hash of the addresses. Over thousands of connections that spreads evenly, but a
+//! handful of busy ones (a few backend publishers) can all hash to one shard and leave
+//! the other cores idle. So once a connection is upgraded, the accepting shard compares
+//! connection counts and hands it to the least loaded shard when it is ahead by more
+//! than a small slack. The slack grows with the count, so large populations (where the
+//! hash already balances) almost never pay the hop: moving a socket costs an epoll
+//! removal here, an inbox message, and a registration there.
+
+use super::inbox::ShardMsg;
+use super::stats::ShardStats;
+use super::Shard;
+use crate::conn::Admission;
+use crate::protocol::Dialect;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use tokio::net::TcpStream;
+
+/// A shard keeps a new connection unless it holds more than the least loaded shard plus
+/// its own count divided by this: strict balance for a few connections, about 1.5% of
+/// slack for thousands.
+const SLACK_DIVISOR: u64 = 64;
+
+/// An upgraded connection on its way to another shard.
+pub struct Moving {
+    stream: std::net::TcpStream,
+    dialect: Dialect,
+    leftover: Vec<u8>,
+    admission: Option<Box<Admission>>,
+    peer: SocketAddr,
+}
+
+/// Connections a shard holds or is about to adopt.
+fn load(stats: &ShardStats) -> u64 {
+    stats.connections_active.load(Ordering::Relaxed) + stats.adopting.load(Ordering::Relaxed)
+}
+
+impl Shard {
+    /// The shard a new connection should go to instead of this one, if any.
+    fn less_loaded_shard(&self) -> Option<usize> {
+        let all = &self.broker.shard_stats;
+        let mine = load(all.get(usize::from(self.id))?);
+        let (id, least) = all
+            .iter()
+            .map(|s| load(s))
+            .enumerate()
+            .min_by_key(|&(_, l)| l)?;
+        (id != usize::from(self.id) && mine > least + mine / SLACK_DIVISOR).then_some(id)
+    }
+
+    /// Adopts an upgraded socket as a WebSocket connection here or, when this shard
+    /// holds clearly more connections than another, there (see the module comment).
+    /// `leftover` are bytes the client sent right after its handshake.
+    pub fn place_conn(
+        self: &Rc<Self>,
+        stream: TcpStream,
+        dialect: Dialect,
+        leftover: &[u8],
+        admission: Option<Box<Admission>>,
+        peer: SocketAddr,
+    ) {
+        let Some(target) = self.less_loaded_shard() else {
+            return self.add_conn(stream, dialect, leftover, admission, peer);
+        };
+        let (Some(inbox), Some(target_stats)) = (
+            self.broker.router.inbox(target),
+            self.broker.shard_stats.get(target),
+        ) else {
+            return self.add_conn(stream, dialect, leftover, admission, peer);
+        };
+        let stream = match stream.into_std() {
+            Ok(s) => s,
+            Err(e) => {
+                // The socket could not leave this shard's reactor: it is lost.
+                tracing::debug!(shard = self.id, %peer, error = %e, "cannot move connection");
+                self.broker.socket_closed();
+                self.broker.ws_closed();
+                return;
+            }
+        };
+        ShardStats::add(&target_stats.adopting, 1);
+        let moving = Box::new(Moving {
+            stream,
+            dialect,
+            leftover: leftover.to_vec(),
+            admission,
+            peer,
+        });
+        match inbox.try_send(ShardMsg::Adopt(moving)) {
+            Ok(()) => ShardStats::add(&self.stats.connections_moved, 1),
+            Err(msg) => {
+                // Its inbox is full: that shard is busy enough, keep the connection.
+                ShardStats::sub(&target_stats.adopting, 1);
+                if let ShardMsg::Adopt(m) = msg {
+                    self.adopt(*m, false);
+                }
+            }
+        }
+    }
+
+    /// Takes in a connection handed over by another shard (`handed` true) or one that
+    /// could not be handed over (`handed` false).
+    pub(super) fn adopt(self: &Rc<Self>, m: Moving, handed: bool) {
+        match TcpStream::from_std(m.stream) {
+            Ok(stream) => self.add_conn(stream, m.dialect, &m.leftover, m.admission, m.peer),
+            Err(e) => {
+                tracing::debug!(shard = self.id, peer = %m.peer, error = %e, "cannot adopt connection");
+                self.broker.socket_closed();
+                self.broker.ws_closed();
+            }
+        }
+        // Only now: until it counts as active here, it must count as arriving.
+        if handed {
+            ShardStats::sub(&self.stats.adopting, 1);
+        }
+    }
+}
