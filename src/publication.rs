@@ -7,6 +7,7 @@
 
 use crate::protocol::{gows, vws, Dialect};
 use bytes::Bytes;
+use std::borrow::Cow;
 use std::sync::OnceLock;
 use std::time::{Instant, SystemTime};
 
@@ -17,7 +18,7 @@ pub enum Kind {
     /// publish, e.g. `process_output`). Reaches that channel's subscribers.
     Channel {
         /// gows `type` (e.g. `event`, `process_output`, `process_status`).
-        gows_type: Box<str>,
+        gows_type: Cow<'static, str>,
     },
     /// go-ws `SendEvent`: `{"event":NAME,"data":D}` to every connected client.
     BroadcastEvent {
@@ -44,6 +45,18 @@ pub struct Publication {
     /// Wall-clock time of acceptance (gows `timestamp`).
     pub accepted_wall: SystemTime,
     frames: [OnceLock<Bytes>; 2],
+}
+
+/// The default gows type of a channel message.
+pub const EVENT: &str = "event";
+
+/// A gows type for [`Kind::Channel`]: the usual `"event"` needs no allocation.
+pub fn gows_type(name: &str) -> Cow<'static, str> {
+    if name == EVENT {
+        Cow::Borrowed(EVENT)
+    } else {
+        Cow::Owned(name.to_owned())
+    }
 }
 
 /// When something was accepted, on both clocks: monotonic (latency) and wall (gows

@@ -186,7 +186,7 @@ fn publication_of(shard: &Shard, item: PublishItem<'_>) -> Result<Publication, A
     Ok(Publication::new(
         item.channel.into(),
         Kind::Channel {
-            gows_type: gows_type.into(),
+            gows_type: crate::publication::gows_type(&gows_type),
         },
         data,
         headers,
@@ -235,7 +235,7 @@ fn process_channel(shard: &Shard, id: &str) -> Result<String, ApiError> {
     Ok(channel)
 }
 
-fn process_message(channel: &str, gows_type: &str, data: Bytes) -> Publication {
+fn process_message(channel: &str, gows_type: &'static str, data: Bytes) -> Publication {
     Publication::new(
         channel.into(),
         Kind::Channel {

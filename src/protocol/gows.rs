@@ -160,7 +160,7 @@ mod tests {
 
     fn channel(t: &str) -> Kind {
         Kind::Channel {
-            gows_type: t.into(),
+            gows_type: crate::publication::gows_type(t),
         }
     }
 

@@ -219,7 +219,7 @@ impl Shard {
         let publication = Arc::new(Publication::accepted(
             topic_name.into(),
             Kind::Channel {
-                gows_type: "event".into(),
+                gows_type: std::borrow::Cow::Borrowed(crate::publication::EVENT),
             },
             data,
             headers,
