@@ -7,8 +7,8 @@
 
 use crate::protocol::{gows, vws, Dialect};
 use bytes::Bytes;
+use once_cell::race::OnceBox;
 use std::borrow::Cow;
-use std::sync::OnceLock;
 use std::time::{Instant, SystemTime};
 
 /// What kind of publication this is; decides who receives it and how gows renders it.
@@ -44,7 +44,7 @@ pub struct Publication {
     pub accepted_at: Instant,
     /// Wall-clock time of acceptance (gows `timestamp`).
     pub accepted_wall: SystemTime,
-    frames: [OnceLock<Bytes>; 2],
+    frames: [OnceBox<Bytes>; 2],
 }
 
 /// The default gows type of a channel message.
@@ -101,7 +101,7 @@ impl Publication {
             headers,
             accepted_at: when.at,
             accepted_wall: when.wall,
-            frames: [OnceLock::new(), OnceLock::new()],
+            frames: [OnceBox::new(), OnceBox::new()],
         }
     }
 
@@ -111,15 +111,70 @@ impl Publication {
     }
 
     /// The complete WebSocket frame for `dialect`, rendered on first use and shared after.
+    ///
+    /// Never waits: two shards delivering the same publication at the same moment may
+    /// both render it, and the copy that loses the race is dropped. (With `OnceLock`,
+    /// the second shard slept on a futex until the first had rendered, thousands of
+    /// times a second under cross-shard fan-in.)
     pub fn frame(&self, dialect: Dialect) -> Bytes {
         let cell = match dialect {
             Dialect::Gows => &self.frames[0],
             Dialect::Vws => &self.frames[1],
         };
-        cell.get_or_init(|| match dialect {
-            Dialect::Gows => gows::render_publication(self),
-            Dialect::Vws => vws::render_publication(self),
+        cell.get_or_init(|| {
+            Box::new(match dialect {
+                Dialect::Gows => gows::render_publication(self),
+                Dialect::Vws => vws::render_publication(self),
+            })
         })
         .clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn frames_render_once_per_dialect_even_when_shards_race() {
+        let p = Arc::new(Publication::new(
+            "race/t".into(),
+            Kind::Channel {
+                gows_type: Cow::Borrowed(EVENT),
+            },
+            Bytes::from_static(b"{\"n\":1}"),
+            None,
+        ));
+        // Several "shards" ask for the frame at once; none waits for another, and all
+        // end up queueing the one stored copy.
+        let barrier = Arc::new(std::sync::Barrier::new(4));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let (p, barrier) = (p.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    p.frame(Dialect::Vws)
+                })
+            })
+            .collect();
+        let frames: Vec<Bytes> = threads
+            .into_iter()
+            .map(|t| t.join().expect("thread"))
+            .collect();
+        let stored = p.frame(Dialect::Vws);
+        for f in &frames {
+            assert_eq!(f, &stored, "same bytes");
+        }
+        assert_eq!(
+            stored.as_ptr(),
+            p.frame(Dialect::Vws).as_ptr(),
+            "shared, not re-rendered"
+        );
+        assert_ne!(
+            p.frame(Dialect::Gows),
+            stored,
+            "each dialect has its own frame"
+        );
     }
 }
