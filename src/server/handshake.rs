@@ -19,7 +19,7 @@ use crate::conn::Admission;
 use crate::error::Reject;
 use crate::protocol::Dialect;
 use crate::server::upgrade::choose_dialect;
-use crate::shard::Shard;
+use crate::shard::{Shard, Upgraded};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use sha1::{Digest, Sha1};
@@ -126,7 +126,13 @@ async fn accept(
         return;
     }
     let admission = Admission::boxed(upgrade.identity, ip_slot);
-    shard.place_conn(stream, upgrade.dialect, &leftover, admission, peer);
+    shard.place_conn(Upgraded {
+        stream,
+        dialect: upgrade.dialect,
+        leftover,
+        admission,
+        peer,
+    });
 }
 
 /// The outcome of the first read.

@@ -14,7 +14,7 @@ use crate::auth::{AuthError, Offered};
 use crate::conn::Admission;
 use crate::error::Reject;
 use crate::protocol::Dialect;
-use crate::shard::Shard;
+use crate::shard::{Shard, Upgraded};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, SEC_WEBSOCKET_PROTOCOL};
@@ -161,7 +161,13 @@ pub fn upgrade(
                 let (stream, unread) = parts.io.into_inner().into_parts();
                 let mut leftover = parts.read_buf.to_vec();
                 leftover.extend_from_slice(&unread);
-                shard.place_conn(stream, dialect, &leftover, admission, peer);
+                shard.place_conn(Upgraded {
+                    stream,
+                    dialect,
+                    leftover,
+                    admission,
+                    peer,
+                });
             }
             Err(_) => {
                 shard.broker.socket_closed();

@@ -18,19 +18,20 @@ mod commands;
 mod delivery;
 mod placement;
 
+pub use placement::Upgraded;
+
 use crate::broker::Broker;
 use crate::conn::outbox;
 use crate::conn::reader;
-use crate::conn::{Admission, CloseCause, Conn, ConnTask, Phase};
+use crate::conn::{CloseCause, Conn, ConnTask, Phase};
 use crate::error::Reject;
-use crate::protocol::{frame, Dialect};
+use crate::protocol::frame;
 use crate::publication::{Accepted, Publication};
 use crate::router::MatchCache;
 use crate::topic::{self, Index};
 use slab::Slab;
 use stats::ShardStats;
 use std::cell::{Cell, RefCell};
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
 
@@ -38,7 +39,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 /// Smallest free space offered to one read.
@@ -174,16 +174,16 @@ impl Shard {
         }
     }
 
-    /// Adopts an upgraded socket as a WebSocket connection and starts its task.
-    /// `leftover` are bytes the client sent right after its handshake.
-    pub fn add_conn(
-        self: &Rc<Self>,
-        stream: TcpStream,
-        dialect: Dialect,
-        leftover: &[u8],
-        admission: Option<Box<Admission>>,
-        peer: SocketAddr,
-    ) {
+    /// Adopts an upgraded socket as a WebSocket connection of this shard and starts its
+    /// task (`place_conn` decides which shard).
+    pub fn add_conn(self: &Rc<Self>, up: Upgraded) {
+        let Upgraded {
+            stream,
+            dialect,
+            leftover,
+            admission,
+            peer,
+        } = up;
         if self.draining.get() {
             self.broker.socket_closed();
             self.broker.ws_closed();
@@ -198,7 +198,8 @@ impl Shard {
             admission,
         );
         if !leftover.is_empty() {
-            conn.partial = leftover.to_vec();
+            conn.partial = leftover;
+            conn.partial.shrink_to_fit(); // kept while the connection lives
             conn.unparsed = true;
         }
         let user = conn.identity().map(|id| id.subject.clone());

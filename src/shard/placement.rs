@@ -15,6 +15,7 @@ use super::stats::ShardStats;
 use super::Shard;
 use crate::conn::Admission;
 use crate::protocol::Dialect;
+use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
@@ -25,13 +26,35 @@ use tokio::net::TcpStream;
 /// slack for thousands.
 const SLACK_DIVISOR: u64 = 64;
 
-/// An upgraded connection on its way to another shard.
-pub struct Moving {
-    stream: std::net::TcpStream,
-    dialect: Dialect,
-    leftover: Vec<u8>,
-    admission: Option<Box<Admission>>,
-    peer: SocketAddr,
+/// An upgraded WebSocket socket and what its handshake settled, on its way to becoming a
+/// connection of some shard.
+pub struct Upgraded<S = TcpStream> {
+    /// The socket (a `std` one while it travels to another shard).
+    pub stream: S,
+    /// The dialect the handshake chose.
+    pub dialect: Dialect,
+    /// Bytes the client sent right behind its handshake.
+    pub leftover: Vec<u8>,
+    /// Who the client is and its per-IP slot, when there is any.
+    pub admission: Option<Box<Admission>>,
+    /// The client's address.
+    pub peer: SocketAddr,
+}
+
+/// An upgraded connection handed to another shard.
+pub type Moving = Upgraded<std::net::TcpStream>;
+
+impl<S> Upgraded<S> {
+    /// The same connection with its socket converted (to travel, or to arrive).
+    fn convert<T>(self, convert: impl FnOnce(S) -> io::Result<T>) -> io::Result<Upgraded<T>> {
+        Ok(Upgraded {
+            stream: convert(self.stream)?,
+            dialect: self.dialect,
+            leftover: self.leftover,
+            admission: self.admission,
+            peer: self.peer,
+        })
+    }
 }
 
 /// Connections a shard holds or is about to adopt.
@@ -54,26 +77,19 @@ impl Shard {
 
     /// Adopts an upgraded socket as a WebSocket connection here or, when this shard
     /// holds clearly more connections than another, there (see the module comment).
-    /// `leftover` are bytes the client sent right after its handshake.
-    pub fn place_conn(
-        self: &Rc<Self>,
-        stream: TcpStream,
-        dialect: Dialect,
-        leftover: &[u8],
-        admission: Option<Box<Admission>>,
-        peer: SocketAddr,
-    ) {
+    pub fn place_conn(self: &Rc<Self>, up: Upgraded) {
         let Some(target) = self.less_loaded_shard() else {
-            return self.add_conn(stream, dialect, leftover, admission, peer);
+            return self.add_conn(up);
         };
         let (Some(inbox), Some(target_stats)) = (
             self.broker.router.inbox(target),
             self.broker.shard_stats.get(target),
         ) else {
-            return self.add_conn(stream, dialect, leftover, admission, peer);
+            return self.add_conn(up);
         };
-        let stream = match stream.into_std() {
-            Ok(s) => s,
+        let peer = up.peer;
+        let moving = match up.convert(TcpStream::into_std) {
+            Ok(m) => Box::new(m),
             Err(e) => {
                 // The socket could not leave this shard's reactor: it is lost.
                 tracing::debug!(shard = self.id, %peer, error = %e, "cannot move connection");
@@ -83,13 +99,6 @@ impl Shard {
             }
         };
         ShardStats::add(&target_stats.adopting, 1);
-        let moving = Box::new(Moving {
-            stream,
-            dialect,
-            leftover: leftover.to_vec(),
-            admission,
-            peer,
-        });
         match inbox.try_send(ShardMsg::Adopt(moving)) {
             Ok(()) => ShardStats::add(&self.stats.connections_moved, 1),
             Err(msg) => {
@@ -105,10 +114,11 @@ impl Shard {
     /// Takes in a connection handed over by another shard (`handed` true) or one that
     /// could not be handed over (`handed` false).
     pub(super) fn adopt(self: &Rc<Self>, m: Moving, handed: bool) {
-        match TcpStream::from_std(m.stream) {
-            Ok(stream) => self.add_conn(stream, m.dialect, &m.leftover, m.admission, m.peer),
+        let peer = m.peer;
+        match m.convert(TcpStream::from_std) {
+            Ok(up) => self.add_conn(up),
             Err(e) => {
-                tracing::debug!(shard = self.id, peer = %m.peer, error = %e, "cannot adopt connection");
+                tracing::debug!(shard = self.id, %peer, error = %e, "cannot adopt connection");
                 self.broker.socket_closed();
                 self.broker.ws_closed();
             }
