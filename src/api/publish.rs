@@ -186,7 +186,7 @@ fn publication_of(shard: &Shard, item: PublishItem<'_>) -> Result<Publication, A
     Ok(Publication::new(
         item.channel.into(),
         Kind::Channel {
-            gows_type: crate::publication::gows_type(&gows_type),
+            gows_type: crate::publication::gows_type(gows_type),
         },
         data,
         headers,

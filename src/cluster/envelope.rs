@@ -80,7 +80,7 @@ pub fn decode(payload: &[u8]) -> Result<(Origin, Publication), String> {
     let w: Wire<'_> = serde_json::from_slice(payload).map_err(|e| e.to_string())?;
     let kind = match w.k {
         "c" => Kind::Channel {
-            gows_type: crate::publication::gows_type(&w.n),
+            gows_type: crate::publication::gows_type(w.n),
         },
         "e" => Kind::BroadcastEvent { event: w.n.into() },
         "r" => Kind::BroadcastError,

@@ -205,7 +205,7 @@ impl Shard {
         {
             return Err(Reject::PublishNotAllowed);
         }
-        let read_at = self.read_clock.get();
+        let read_at = self.read_accepted();
         if !conn.rate.allow(
             client.publish_rate,
             client.publish_burst,

@@ -69,8 +69,10 @@ pub struct Shard {
     /// Rung when the first connection pauses, so an idle run loop starts rechecking.
     pause_bell: Notify,
     cache: RefCell<MatchCache>,
-    /// When the input being handled was read (one clock reading per read, not per message).
-    read_clock: Cell<Accepted>,
+    /// When the input being handled was read (one clock reading per read, not per
+    /// message), and the wall-clock time of that read once a publication needed it.
+    read_at: Cell<Instant>,
+    read_wall: Cell<Option<std::time::SystemTime>>,
     delivery_seq: Cell<u64>,
     epoch: Instant,
     draining: Cell<bool>,
@@ -105,7 +107,8 @@ impl Shard {
             paused: RefCell::new(Vec::new()),
             pause_bell: Notify::new(),
             cache: RefCell::new(MatchCache::default()),
-            read_clock: Cell::new(Accepted::now()),
+            read_at: Cell::new(Instant::now()),
+            read_wall: Cell::new(None),
             delivery_seq: Cell::new(0),
             epoch: Instant::now(),
             draining: Cell::new(false),
@@ -119,6 +122,20 @@ impl Shard {
     /// Milliseconds since the shard started (the shard clock for timeouts).
     pub fn now_ms(&self) -> u64 {
         self.ms_at(Instant::now())
+    }
+
+    /// When the input being handled was read: every publication of one read is stamped
+    /// with it. The wall clock is read for the first publication of the read only.
+    pub fn read_accepted(&self) -> Accepted {
+        let wall = self.read_wall.get().unwrap_or_else(|| {
+            let now = std::time::SystemTime::now();
+            self.read_wall.set(Some(now));
+            now
+        });
+        Accepted {
+            at: self.read_at.get(),
+            wall,
+        }
     }
 
     /// `at` on the shard clock.
@@ -391,9 +408,10 @@ impl Shard {
                     }
                 }
             };
-            let read_at = Accepted::now();
-            self.read_clock.set(read_at);
-            conn.last_seen_ms = self.ms_at(read_at.at);
+            let read_at = Instant::now();
+            self.read_at.set(read_at);
+            self.read_wall.set(None);
+            conn.last_seen_ms = self.ms_at(read_at);
             if conn.is_closing() {
                 conn.partial = Vec::new(); // discarding input while closing
                 continue;

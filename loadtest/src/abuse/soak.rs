@@ -4,8 +4,8 @@
 //! Pass means: no healthy delivery lost outside or during the abuse; the healthy p99 in
 //! the abuse slices at most 2 x the clean slices' p99 + 2 ms (the absolute floor keeps
 //! sub-millisecond scheduling noise on a busy machine from failing a run whose p99 went
-//! from, say, 0.4 ms to 1.1 ms; `--p99-floor` changes it for short smoke runs); within `--settle` after the abuse, with the healthy
-//! traffic still flowing, the broker's connections and descriptors back to their count
+//! from, say, 0.4 ms to 1.1 ms; `--p99-floor` changes it for short smoke runs); within
+//! `--settle` after the abuse, with the healthy traffic still flowing, the broker's connections and descriptors back to their count
 //! before the abuse and its RSS back within 10 % of what it was; and every attack kind
 //! having run.
 
@@ -20,9 +20,9 @@ use std::net::SocketAddr;
 use std::thread;
 use std::time::{Duration, Instant};
 
-/// The abuse p99 may be this many times the clean p99 ...
+/// The abuse p99 may be this many times the clean p99, plus a floor in milliseconds
+/// (`--p99-floor`, 2 ms by default).
 const P99_FACTOR: f64 = 2.0;
-/// ... plus a floor in milliseconds (`--p99-floor`, 2 ms by default).
 /// RSS after recovery may exceed RSS before the abuse by this fraction.
 const RSS_SLACK: f64 = 0.10;
 /// Time given to the broker's allocator to hand freed memory back before an RSS reading
