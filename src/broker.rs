@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 /// Broker-wide counters for paths that are not per-shard (HTTP API, accept).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct GlobalStats {
     /// HTTP API requests served.
     pub api_requests: AtomicU64,
@@ -23,6 +23,16 @@ pub struct GlobalStats {
     pub rejections: [AtomicU64; Reject::LABELS.len()],
     /// API requests refused (4xx/5xx), whatever the reason.
     pub api_errors: AtomicU64,
+}
+
+impl Default for GlobalStats {
+    fn default() -> Self {
+        GlobalStats {
+            api_requests: AtomicU64::new(0),
+            rejections: std::array::from_fn(|_| AtomicU64::new(0)),
+            api_errors: AtomicU64::new(0),
+        }
+    }
 }
 
 impl GlobalStats {
@@ -71,6 +81,8 @@ pub struct Broker {
     pub started: Instant,
     /// The NATS link's status and counters, in cluster mode.
     pub cluster: Option<crate::cluster::Cluster>,
+    /// Retained publications of history channels (SPEC §9); the router appends to it.
+    pub history: Arc<crate::history::History>,
 }
 
 impl Broker {

@@ -76,6 +76,10 @@ pub enum Reject {
     /// No complete request (head, or API body) within `server.handshake_timeout`
     /// (slowloris): the socket is closed (an API body gets HTTP 408).
     HandshakeTimeout,
+    /// A subscribe position that is not one (member name, what is wrong with it).
+    BadPosition(&'static str, &'static str),
+    /// A subscribe position on a wildcard pattern.
+    RecoveryNeedsExactChannel,
 }
 
 /// How a refusal is classed for `shardcast_errors_total{class}` (as SemStreams classes
@@ -97,7 +101,7 @@ impl ErrorClass {
 
 impl Reject {
     /// Every variant's metric label, in `index()` order (for per-shard counter arrays).
-    pub const LABELS: [&'static str; 32] = [
+    pub const LABELS: [&'static str; 34] = [
         "malformed_json",
         "not_an_object",
         "unknown_type",
@@ -130,6 +134,8 @@ impl Reject {
         "ip_connection_limit",
         "connect_rate_limited",
         "handshake_timeout",
+        "bad_position",
+        "recovery_needs_exact_channel",
     ];
 
     /// Position of this variant in [`Reject::LABELS`] and in counter arrays.
@@ -167,6 +173,8 @@ impl Reject {
             Reject::IpConnectionLimit => 29,
             Reject::ConnectRateLimited => 30,
             Reject::HandshakeTimeout => 31,
+            Reject::BadPosition(..) => 32,
+            Reject::RecoveryNeedsExactChannel => 33,
         }
     }
 
@@ -276,6 +284,8 @@ impl Reject {
             Reject::IpConnectionLimit,
             Reject::ConnectRateLimited,
             Reject::HandshakeTimeout,
+            Reject::BadPosition("", ""),
+            Reject::RecoveryNeedsExactChannel,
         ]
     }
 
@@ -330,6 +340,8 @@ impl fmt::Display for Reject {
             Reject::HandshakeTimeout => {
                 f.write_str("request not received in time (server.handshake_timeout)")
             }
+            Reject::BadPosition(name, why) => write!(f, "invalid position: '{name}' {why}"),
+            Reject::RecoveryNeedsExactChannel => f.write_str("recovery needs an exact channel"),
             other => f.write_str(other.close_reason()),
         }
     }
@@ -351,7 +363,10 @@ mod tests {
             assert_eq!(Reject::LABELS[r.index()], r.label());
         }
         assert_eq!(Reject::SlowConsumer.label(), "slow_consumer");
-        assert_eq!(Reject::HandshakeTimeout.index(), Reject::LABELS.len() - 1);
+        assert_eq!(
+            Reject::RecoveryNeedsExactChannel.index(),
+            Reject::LABELS.len() - 1
+        );
     }
 
     #[test]

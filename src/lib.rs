@@ -27,6 +27,7 @@ pub mod conn;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod history;
 pub mod metrics;
 pub mod protocol;
 pub mod publication;

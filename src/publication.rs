@@ -9,6 +9,7 @@ use crate::protocol::{gows, vws, Dialect};
 use bytes::Bytes;
 use once_cell::race::OnceBox;
 use std::borrow::Cow;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Instant, SystemTime};
 
 /// What kind of publication this is; decides who receives it and how gows renders it.
@@ -44,6 +45,9 @@ pub struct Publication {
     pub accepted_at: Instant,
     /// Wall-clock time of acceptance (gows `timestamp`).
     pub accepted_wall: SystemTime,
+    /// Position in its channel's history (SPEC §9), 0 = the channel keeps no history.
+    /// Set once, by the history store, before any shard sees the publication.
+    offset: AtomicU64,
     frames: [OnceBox<Bytes>; 2],
 }
 
@@ -103,8 +107,21 @@ impl Publication {
             headers,
             accepted_at: when.at,
             accepted_wall: when.wall,
+            offset: AtomicU64::new(0),
             frames: [OnceBox::new(), OnceBox::new()],
         }
+    }
+
+    /// Its offset in the channel's history; 0 when the channel keeps none.
+    pub fn offset(&self) -> u64 {
+        self.offset.load(Ordering::Relaxed)
+    }
+
+    /// Assigns the history offset. Only the history store calls this, under its lock and
+    /// before the publication is handed to any shard (the hand-off publishes the write),
+    /// so every rendering sees it.
+    pub(crate) fn set_offset(&self, offset: u64) {
+        self.offset.store(offset, Ordering::Relaxed);
     }
 
     /// True for broadcasts that go to every client rather than a channel's subscribers.

@@ -10,6 +10,7 @@
 //! inside are rendered once per dialect and shared by all of them.
 
 use crate::cluster::Outbound;
+use crate::history::History;
 use crate::publication::Publication;
 use crate::shard::inbox::{InboxSender, ShardMsg};
 use crate::topic::Index;
@@ -36,6 +37,7 @@ pub struct Router {
     interest: RwLock<Index<u16>>,
     generation: AtomicU64,
     cluster: Option<Outbound>,
+    history: Option<Arc<History>>,
 }
 
 /// A shard-local cache of topic -> interested shards, valid for one router generation.
@@ -67,7 +69,15 @@ impl Router {
             interest: RwLock::new(Index::new()),
             generation: AtomicU64::new(1),
             cluster: None,
+            history: None,
         }
+    }
+
+    /// Publications on history channels go through `history` (offsets, retention).
+    #[must_use]
+    pub fn with_history(mut self, history: Arc<History>) -> Self {
+        self.history = Some(history);
+        self
     }
 
     /// Also sends local publications and interest changes to the cluster link.
@@ -166,12 +176,35 @@ impl Router {
         if let Some(c) = &self.cluster {
             c.publish(publication);
         }
-        let targets = if publication.is_broadcast() {
-            self.all_shards()
-        } else {
-            self.targets(&publication.topic, cache)
-        };
+        self.deliver(publication, cache)
+    }
+
+    /// Hands a publication to this node's shards (never to the cluster): broadcasts to
+    /// every shard, channel messages to the shards with interest. A history channel's
+    /// publication is first given its offset and retained, and handed over under the
+    /// history lock, so a subscriber attaching at the same time either sees it in the
+    /// store or receives it live (`history::cursor`).
+    pub fn deliver(&self, publication: &Arc<Publication>, cache: &mut MatchCache) -> Routed {
+        if publication.is_broadcast() {
+            return self.dispatch(publication, self.all_shards());
+        }
+        if let Some(h) = &self.history {
+            if let Some(rule) = h.rule_for(&publication.topic) {
+                return h.append(publication, rule, || {
+                    let targets = self.targets(&publication.topic, cache);
+                    self.dispatch(publication, targets)
+                });
+            }
+        }
+        let targets = self.targets(&publication.topic, cache);
         self.dispatch(publication, targets)
+    }
+
+    /// Whether any shard has a subscriber matching `topic` (exact or pattern).
+    pub fn has_subscribers(&self, topic: &str) -> bool {
+        let mut any = false;
+        self.interest.read().for_each_match(topic, |_| any = true);
+        any
     }
 
     /// Asks every shard to shut down.

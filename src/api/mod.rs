@@ -3,6 +3,7 @@
 
 mod dashboard;
 mod health;
+mod history;
 mod publish;
 pub mod stats;
 
@@ -90,10 +91,18 @@ pub async fn handle(shard: &Rc<Shard>, peer: SocketAddr, req: Request<Incoming>)
             let name = p.trim_start_matches("/api/channels/");
             stats::channels(broker, Some(&percent_decode(name))).await
         }
+        (Method::GET, p) if p.starts_with("/api/history/") => {
+            let name = percent_decode(p.trim_start_matches("/api/history/"));
+            authorize(shard, peer, &req)
+                .and_then(|()| history::get(shard, &name, req.uri().query()))
+        }
         (Method::GET, "/") => Ok(dashboard::index(&broker.config.server.ws_path)),
         (Method::GET, "/client.js") => Ok(dashboard::client_js()),
         (Method::POST, p)
-            if p.starts_with("/api/") && is_known(p) && !p.starts_with("/api/channels") =>
+            if p.starts_with("/api/")
+                && is_known(p)
+                && !p.starts_with("/api/channels")
+                && !p.starts_with("/api/history") =>
         {
             match authorize(shard, peer, &req) {
                 Err(e) => Err(e),
@@ -142,11 +151,13 @@ fn is_known(path: &str) -> bool {
             | "/"
             | "/client.js"
     ) || path.starts_with("/api/channels/")
+        || path.starts_with("/api/history/")
         || (path.starts_with("/api/process/")
             && (path.ends_with("/output") || path.ends_with("/status")))
 }
 
-/// Publishing endpoints: Bearer API key when one is configured, else loopback peers only.
+/// Publishing endpoints and history: Bearer API key when one is configured, else
+/// loopback peers only.
 fn authorize(shard: &Shard, peer: SocketAddr, req: &Request<Incoming>) -> Result<(), ApiError> {
     match &shard.broker.api_key {
         None if peer.ip().is_loopback() => Ok(()),

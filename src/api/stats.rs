@@ -78,8 +78,31 @@ pub async fn snapshot(broker: &Broker) -> Result<serde_json::Value, ApiError> {
             "count": latency.count,
         },
         "top_channels": top,
+        "history": history(broker),
         "uptime_s": broker.started.elapsed().as_secs(),
     }))
+}
+
+/// History totals (SPEC §9): what is retained, what was dropped and why, replays and
+/// how resumes went.
+fn history(broker: &Broker) -> serde_json::Value {
+    let h = &broker.history.stats;
+    let get = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    let evicted: serde_json::Map<String, serde_json::Value> = crate::history::Eviction::LABELS
+        .iter()
+        .zip(&h.evicted)
+        .map(|(label, c)| ((*label).to_owned(), get(c).into()))
+        .collect();
+    json!({
+        "channels": get(&h.channels),
+        "retained": get(&h.retained),
+        "retained_bytes": get(&h.retained_bytes),
+        "max_bytes": broker.config.history.max_bytes,
+        "appended": get(&h.appended),
+        "replayed": get(&h.replayed),
+        "evicted": evicted,
+        "resumes": { "recovered": get(&h.recovered[1]), "not_recovered": get(&h.recovered[0]) },
+    })
 }
 
 /// Merged channel -> subscriber counts from every shard.

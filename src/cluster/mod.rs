@@ -179,10 +179,5 @@ pub(crate) fn deliver_remote(
     p: &Arc<Publication>,
     cache: &mut crate::router::MatchCache,
 ) -> crate::router::Routed {
-    let targets = if p.is_broadcast() {
-        router.all_shards()
-    } else {
-        router.targets(&p.topic, cache)
-    };
-    router.dispatch(p, targets)
+    router.deliver(p, cache)
 }

@@ -17,6 +17,20 @@ pub const ENV_PREFIX: &str = "SHARDCAST_";
 /// Keys of one `[[policy]]` rule.
 const POLICY_KEYS: [&str; 3] = ["pattern", "subscribe", "publish"];
 
+/// Keys of one history rule (`[[history]]` or `[[history.rules]]`).
+const HISTORY_RULE_KEYS: [&str; 6] = ["pattern", "prefix", "size", "bytes", "ttl", "replay"];
+
+/// `[[history]]` tables (an array of rules) are the short form of `[history] rules = [..]`:
+/// TOML cannot hold both `[[history]]` and `history.max_bytes`, so the rules may be
+/// written either way and the cap set with `[history]` or `SHARDCAST_HISTORY__MAX_BYTES`.
+fn normalize_history(layer: &mut Table) {
+    if let Some(Value::Array(rules)) = layer.get("history") {
+        let mut t = Table::new();
+        t.insert("rules".to_owned(), Value::Array(rules.clone()));
+        layer.insert("history".to_owned(), Value::Table(t));
+    }
+}
+
 /// Values given on the command line; they win over file and environment.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Overrides {
@@ -116,7 +130,8 @@ struct Stack {
 
 impl Stack {
     /// Checks `layer` for unknown keys and wrong types, then merges it in.
-    fn apply(&mut self, layer: Table, origin: Origin) -> Result<(), ConfigError> {
+    fn apply(&mut self, mut layer: Table, origin: Origin) -> Result<(), ConfigError> {
+        normalize_history(&mut layer);
         check_keys(&self.defaults, &layer, &origin)?;
         self.seq += 1;
         for (name, value) in layer.clone() {
@@ -257,6 +272,9 @@ fn check_keys(defaults: &Table, layer: &Table, origin: &Origin) -> Result<(), Co
                         format!("unknown key; [{name}] has: {}", known_keys(section)),
                     ));
                 }
+                if let (true, Some(Value::Array(rules))) = (name == "history", t.get("rules")) {
+                    check_rule_keys(rules, "history", &HISTORY_RULE_KEYS, origin)?;
+                }
             }
             (Some(Value::Table(_)), _) => {
                 return Err(invalid(
@@ -265,25 +283,38 @@ fn check_keys(defaults: &Table, layer: &Table, origin: &Origin) -> Result<(), Co
                 ))
             }
             (Some(_), Value::Array(rules)) if name == "policy" => {
-                for (i, rule) in rules.iter().enumerate() {
-                    let Some(rule) = rule.as_table() else {
-                        return Err(invalid(
-                            format!("policy[{i}]"),
-                            "must be a table: write it as a [[policy]] section".to_owned(),
-                        ));
-                    };
-                    if let Some(key) = rule.keys().find(|k| !POLICY_KEYS.contains(&k.as_str())) {
-                        return Err(invalid(
-                            format!("policy[{i}].{key}"),
-                            format!(
-                                "unknown key; a [[policy]] rule has: {}",
-                                POLICY_KEYS.join(", ")
-                            ),
-                        ));
-                    }
-                }
+                check_rule_keys(rules, "policy", &POLICY_KEYS, origin)?;
             }
             (Some(_), _) => {}
+        }
+    }
+    Ok(())
+}
+
+/// Each entry of a rules array (`[[policy]]`, `[[history]]`) is a table with known keys.
+fn check_rule_keys(
+    rules: &[Value],
+    name: &str,
+    known: &[&str],
+    origin: &Origin,
+) -> Result<(), ConfigError> {
+    let invalid = |key: String, reason: String| ConfigError::Invalid {
+        origin: origin.clone(),
+        key,
+        reason,
+    };
+    for (i, rule) in rules.iter().enumerate() {
+        let Some(rule) = rule.as_table() else {
+            return Err(invalid(
+                format!("{name}[{i}]"),
+                format!("must be a table: write it as a [[{name}]] section"),
+            ));
+        };
+        if let Some(key) = rule.keys().find(|k| !known.contains(&k.as_str())) {
+            return Err(invalid(
+                format!("{name}[{i}].{key}"),
+                format!("unknown key; a [[{name}]] rule has: {}", known.join(", ")),
+            ));
         }
     }
     Ok(())

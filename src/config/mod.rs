@@ -46,6 +46,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// `[cluster]`: NATS backplane.
     pub cluster: ClusterConfig,
+    /// `[history]` / `[[history]]`: which channels keep history, and the global cap.
+    pub history: HistoryConfig,
 }
 
 /// `[server]` section.
@@ -236,6 +238,88 @@ pub struct ClusterConfig {
     pub node_id: String,
     /// Prefix of every NATS subject.
     pub subject_prefix: String,
+}
+
+/// `[history]` section: the rules (also written as `[[history]]` tables) and the cap.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryConfig {
+    /// All retained history together, in bytes; past it the least recently published
+    /// channels lose their oldest entries first.
+    pub max_bytes: u64,
+    /// Rules, first match wins; the built-in `process:` rule comes after them.
+    pub rules: Vec<HistoryRule>,
+}
+
+/// One history rule: which channels (`pattern` or `prefix`) and how much they keep.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryRule {
+    /// A vws pattern (`+`, `#`) the channel must match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pattern: Option<String>,
+    /// A prefix the channel must start with (e.g. `process:`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// Publications kept per channel; 0 = matching channels keep no history.
+    #[serde(default = "HistoryRule::default_size")]
+    pub size: usize,
+    /// Payload bytes (data + headers) kept per channel.
+    #[serde(default = "HistoryRule::default_bytes")]
+    pub bytes: u64,
+    /// Kept this long after the channel's last publication (unless it has subscribers).
+    #[serde(with = "duration", default = "HistoryRule::default_ttl")]
+    pub ttl: Duration,
+    /// What a plain subscribe (no position) gets first.
+    #[serde(default = "HistoryRule::default_replay")]
+    pub replay: Replay,
+}
+
+impl HistoryRule {
+    fn default_size() -> usize {
+        1000
+    }
+    fn default_bytes() -> u64 {
+        4 * 1024 * 1024
+    }
+    fn default_ttl() -> Duration {
+        Duration::from_secs(15 * 60)
+    }
+    fn default_replay() -> Replay {
+        Replay::None
+    }
+
+    /// The built-in rule for go-ws process channels (SPEC §9): last 10,000 publications /
+    /// 4 MiB for 15 minutes, replayed to a plain subscribe.
+    pub fn builtin_process() -> Self {
+        HistoryRule {
+            pattern: None,
+            prefix: Some(crate::protocol::gows::PROCESS_PREFIX.to_owned()),
+            size: 10_000,
+            bytes: 4 * 1024 * 1024,
+            ttl: Duration::from_secs(15 * 60),
+            replay: Replay::All,
+        }
+    }
+
+    /// Whether this rule selects `channel`.
+    pub fn matches(&self, channel: &str) -> bool {
+        match (&self.pattern, &self.prefix) {
+            (Some(p), _) => crate::topic::pattern_matches(p, channel),
+            (None, Some(prefix)) => channel.starts_with(prefix.as_str()),
+            (None, None) => false,
+        }
+    }
+}
+
+/// What a plain subscribe to a history channel gets before live publications.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Replay {
+    /// Only new publications.
+    None,
+    /// Everything retained, then new publications.
+    All,
 }
 
 impl Default for Config {

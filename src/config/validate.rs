@@ -98,7 +98,8 @@ pub(super) fn check(c: &Config) -> Result<(), Violation> {
     auth(c)?;
     policy(c)?;
     api(c)?;
-    cluster(c)
+    cluster(c)?;
+    history(c)
 }
 
 fn server(c: &Config) -> Result<(), Violation> {
@@ -385,6 +386,57 @@ fn cluster(c: &Config) -> Result<(), Violation> {
                 k.node_id
             ),
         )?;
+    }
+    Ok(())
+}
+
+/// Most publications one history rule may keep per channel.
+pub const MAX_HISTORY_SIZE: usize = 1_000_000;
+
+/// Each history rule names its channels one way (pattern or prefix) and keeps something
+/// sensible; `history.max_bytes` 0 turns history off altogether.
+fn history(c: &Config) -> Result<(), Violation> {
+    let limits = crate::topic::Limits {
+        max_bytes: c.client.max_topic_bytes,
+        max_levels: c.client.max_topic_levels,
+    };
+    for (i, rule) in c.history.rules.iter().enumerate() {
+        let what = match (&rule.pattern, &rule.prefix) {
+            (Some(p), None) => format!("pattern {p:?}"),
+            (None, Some(p)) => format!("prefix {p:?}"),
+            _ => {
+                return fail(
+                    "history.rules",
+                    format!("rule {}: give exactly one of `pattern` and `prefix`", i + 1),
+                )
+            }
+        };
+        let bad = |reason: String| {
+            fail(
+                "history.rules",
+                format!("rule {} ({what}): {reason}", i + 1),
+            )
+        };
+        if let Some(p) = &rule.pattern {
+            if let Err(e) = crate::topic::validate_pattern(p, &limits) {
+                bad(format!("pattern: {e}"))?;
+            }
+        }
+        if rule.prefix.as_deref() == Some("") {
+            bad("prefix must not be empty (use pattern = \"#\" for every channel)".to_owned())?;
+        }
+        if rule.size > MAX_HISTORY_SIZE {
+            bad(format!(
+                "size must be at most {MAX_HISTORY_SIZE} (got {})",
+                rule.size
+            ))?;
+        }
+        if rule.size > 0 && rule.bytes == 0 {
+            bad("bytes must be more than 0 (or set size = 0 to keep no history)".to_owned())?;
+        }
+        if rule.ttl.is_zero() {
+            bad("ttl must be longer than 0s".to_owned())?;
+        }
     }
     Ok(())
 }

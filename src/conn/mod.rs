@@ -152,6 +152,9 @@ pub struct Conn {
     pub close_code: u16,
     /// Who ended the connection, and why.
     pub close_cause: CloseCause,
+    /// Positions in the history channels it subscribes to exactly (`None` until it
+    /// subscribes to one, so other connections pay one pointer).
+    pub cursors: Option<Box<crate::history::cursor::Cursors>>,
 }
 
 impl Conn {
@@ -181,6 +184,7 @@ impl Conn {
             admission,
             close_code: 0,
             close_cause: CloseCause::Lost,
+            cursors: None,
         }
     }
 

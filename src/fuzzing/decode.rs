@@ -96,7 +96,7 @@ fn topic_of<'c>(command: &'c Command<'_>) -> Option<&'c str> {
 fn check_gows(input: &[u8], command: &Command<'_>) {
     let kind = reference_str(input, "type");
     match command {
-        Command::Subscribe { topic, id } | Command::Unsubscribe { topic, id } => {
+        Command::Subscribe { topic, id, .. } | Command::Unsubscribe { topic, id } => {
             let expected = match command {
                 Command::Subscribe { .. } => "subscribe",
                 _ => "unsubscribe",
@@ -124,7 +124,7 @@ fn check_gows(input: &[u8], command: &Command<'_>) {
 fn check_vws(input: &[u8], command: &Command<'_>) {
     let kind = reference_member(input, "k").map(|k| string_of(&k));
     let (expected_kind, id) = match command {
-        Command::Subscribe { topic, id } | Command::Unsubscribe { topic, id } => {
+        Command::Subscribe { topic, id, .. } | Command::Unsubscribe { topic, id } => {
             assert_eq!(reference_str(input, "t").as_deref(), Some(*topic));
             let k = match command {
                 Command::Subscribe { .. } => "s",

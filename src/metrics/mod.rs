@@ -314,10 +314,73 @@ pub fn render(broker: &Broker) -> HttpResponse {
         broker.global.api_requests.load(Ordering::Relaxed),
     );
     latency_histogram(&mut out, broker);
+    history(&mut out, &broker.history.stats);
     if let Some(c) = &broker.cluster {
         cluster(&mut out, &c.stats);
     }
     response(200, "text/plain; version=0.0.4", Bytes::from(out))
+}
+
+/// `shardcast_history_*`: retained publications, evictions, replays, resumes (SPEC §9).
+fn history(out: &mut String, h: &crate::history::HistoryStats) {
+    let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let rows: [(&str, &str, &str, u64); 5] = [
+        (
+            "history_channels",
+            "gauge",
+            "Channels holding history state (offsets, epoch).",
+            get(&h.channels),
+        ),
+        (
+            "history_retained_publications",
+            "gauge",
+            "Publications retained in history.",
+            get(&h.retained),
+        ),
+        (
+            "history_retained_bytes",
+            "gauge",
+            "Bytes retained in history (payload plus per-entry overhead).",
+            get(&h.retained_bytes),
+        ),
+        (
+            "history_appended_total",
+            "counter",
+            "Publications appended to history.",
+            get(&h.appended),
+        ),
+        (
+            "history_replayed_total",
+            "counter",
+            "Publications sent to subscribers from history (replays and catch-ups).",
+            get(&h.replayed),
+        ),
+    ];
+    for (name, kind, help, value) in rows {
+        metric(out, name, kind, help, value);
+    }
+    labelled(
+        out,
+        "history_evicted_total",
+        "counter",
+        "Retained publications dropped, by reason (size, bytes, ttl, max_bytes).",
+        "reason",
+        crate::history::Eviction::LABELS
+            .iter()
+            .zip(&h.evicted)
+            .map(|(label, c)| (label, get(c))),
+    );
+    labelled(
+        out,
+        "history_resumes_total",
+        "counter",
+        "Subscribes with a position, by whether every missed publication was replayed.",
+        "recovered",
+        [
+            ("true", get(&h.recovered[1])),
+            ("false", get(&h.recovered[0])),
+        ],
+    );
 }
 
 /// `shardcast_cluster_*`: the NATS link (cluster mode only).

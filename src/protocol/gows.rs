@@ -8,7 +8,8 @@
 
 use crate::error::Reject;
 use crate::protocol::{
-    compact_bytes, frame, json, timestamp, topic_span, Buffers, Command, DecodeFailure, Parsed,
+    compact_bytes, frame, json, since, timestamp, topic_span, Buffers, Command, DecodeFailure,
+    Parsed, Since,
 };
 use crate::publication::{Kind, Publication};
 use bytes::Bytes;
@@ -36,13 +37,17 @@ pub fn decode<'a>(
 
 /// The request in `payload`, its channel still a span of it.
 fn parse(payload: &[u8], scratch: &mut Vec<u8>) -> Result<Parsed, Reject> {
-    let [kind, channel, data] = json::parse_members(payload, &["type", "channel", "data"])?;
+    let [kind, channel, data, since_raw] =
+        json::parse_members(payload, &["type", "channel", "data", "since"])?;
     let kind = kind.ok_or(Reject::MissingField("type"))?;
     match json::str_value(kind)?
         .ok_or(Reject::BadField("type"))?
         .as_ref()
     {
-        "subscribe" => Ok(Parsed::Subscribe(topic_span(payload, data, "data")?)),
+        "subscribe" => Ok(Parsed::Subscribe(
+            topic_span(payload, data, "data")?,
+            since_position(since_raw)?,
+        )),
         "unsubscribe" => Ok(Parsed::Unsubscribe(topic_span(payload, data, "data")?)),
         "ping" => Ok(Parsed::Ping),
         "publish" => {
@@ -56,6 +61,40 @@ fn parse(payload: &[u8], scratch: &mut Vec<u8>) -> Result<Parsed, Reject> {
         }
         _ => Err(Reject::UnknownType),
     }
+}
+
+/// The gows `since` member, `{"offset":N,"epoch":E?}` (`null` = none).
+fn since_position(raw: Option<&serde_json::value::RawValue>) -> Result<Option<Since>, Reject> {
+    let Some(raw) = raw.filter(|r| r.get() != "null") else {
+        return Ok(None);
+    };
+    let [offset, epoch] =
+        json::parse_members(raw.get().as_bytes(), &["offset", "epoch"]).map_err(|_| {
+            Reject::BadPosition("since", "must be an object {\"offset\":N,\"epoch\":E}")
+        })?;
+    if offset.is_none() {
+        return Err(Reject::BadPosition("since.offset", "is required"));
+    }
+    since(offset, epoch, ["since.offset", "since.epoch"])
+}
+
+/// `{"type":"subscribed","channel":C,"data":{"offset":TOP,"epoch":E,"recovered":R},..}`:
+/// the answer to a subscribe with `since` (SPEC §9).
+pub fn render_subscribed(channel: &str, top: u64, epoch: &str, recovered: bool) -> Bytes {
+    frame::build_text_frame(|out| {
+        out.extend_from_slice(b"{\"type\":\"subscribed\",\"channel\":");
+        json::write_str(out, channel);
+        out.extend_from_slice(b",\"data\":{\"offset\":");
+        out.extend_from_slice(itoa::Buffer::new().format(top).as_bytes());
+        out.extend_from_slice(b",\"epoch\":");
+        json::write_str(out, epoch);
+        out.extend_from_slice(if recovered {
+            b",\"recovered\":true}"
+        } else {
+            b",\"recovered\":false}"
+        });
+        close_with_timestamp(out, SystemTime::now());
+    })
 }
 
 /// Appends `,"timestamp":"<RFC 3339>"}` (the last field of every server message).
@@ -92,6 +131,11 @@ pub fn render_publication(p: &Publication) -> Bytes {
                 if let Some(headers) = &p.headers {
                     out.extend_from_slice(b",\"headers\":");
                     out.extend_from_slice(headers);
+                }
+                let offset = p.offset();
+                if offset != 0 {
+                    out.extend_from_slice(b",\"offset\":");
+                    out.extend_from_slice(itoa::Buffer::new().format(offset).as_bytes());
                 }
             }
             Kind::BroadcastEvent { event } => {

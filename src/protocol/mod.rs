@@ -58,6 +58,16 @@ impl Dialect {
 /// The raw JSON text of a vws request id `i` (string or number), echoed back verbatim.
 pub type RequestId = Box<str>;
 
+/// Where a subscriber wants to resume a history channel (SPEC §9): after `offset` of
+/// `epoch`; `offset` 0 with no epoch means from the oldest retained publication.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Since {
+    /// Last offset the client has (0 = none).
+    pub offset: u64,
+    /// The epoch that offset belongs to, when the client knows it.
+    pub epoch: Option<Box<str>>,
+}
+
 /// A client request, whatever the dialect. Borrows from the (unmasked) frame payload.
 #[derive(Debug, PartialEq)]
 pub enum Command<'a> {
@@ -67,6 +77,8 @@ pub enum Command<'a> {
         topic: &'a str,
         /// vws `i`, when given.
         id: Option<RequestId>,
+        /// Resume position (vws `o`/`e`, gows `since`), when given.
+        since: Option<Since>,
     },
     /// Unsubscribe from one channel/pattern.
     Unsubscribe {
@@ -132,7 +144,7 @@ pub struct Buffers {
 /// A decoded request whose topic is still a span of the payload: parsing borrows the
 /// payload, so the topic is only borrowed from it (and unescaped in place) afterwards.
 enum Parsed {
-    Subscribe(json::StrSpan),
+    Subscribe(json::StrSpan, Option<Since>),
     Unsubscribe(json::StrSpan),
     UnsubscribeAll,
     Publish {
@@ -152,7 +164,7 @@ impl Parsed {
         id: Option<RequestId>,
     ) -> Result<Command<'a>, DecodeFailure> {
         let span = match &self {
-            Parsed::Subscribe(span) | Parsed::Unsubscribe(span) => Some(*span),
+            Parsed::Subscribe(span, _) | Parsed::Unsubscribe(span) => Some(*span),
             Parsed::Publish { topic, .. } => Some(*topic),
             Parsed::UnsubscribeAll | Parsed::Ping => None,
         };
@@ -162,7 +174,7 @@ impl Parsed {
             None => "",
         };
         Ok(match self {
-            Parsed::Subscribe(_) => Command::Subscribe { topic, id },
+            Parsed::Subscribe(_, since) => Command::Subscribe { topic, id, since },
             Parsed::Unsubscribe(_) => Command::Unsubscribe { topic, id },
             Parsed::UnsubscribeAll => Command::UnsubscribeAll { id },
             Parsed::Publish { data, headers, .. } => Command::Publish {
@@ -187,6 +199,45 @@ fn topic_span(
 ) -> Result<json::StrSpan, Reject> {
     let raw = raw.ok_or(Reject::MissingField(name))?;
     json::str_span(payload, raw).ok_or(Reject::BadField(name))
+}
+
+/// A history position from its offset and epoch members (vws `o`/`e`, gows
+/// `since.offset`/`since.epoch`).
+///
+/// # Errors
+/// `BadPosition` naming what is wrong: an offset that is not a whole number >= 0, an
+/// epoch that is not a string, or an epoch without an offset.
+fn since(
+    offset: Option<&serde_json::value::RawValue>,
+    epoch: Option<&serde_json::value::RawValue>,
+    names: [&'static str; 2],
+) -> Result<Option<Since>, Reject> {
+    let [offset_name, epoch_name] = names;
+    let epoch = match epoch {
+        None => None,
+        Some(raw) if raw.get() == "null" => None,
+        Some(raw) => match json::str_value(raw)? {
+            Some(e) => Some(Box::<str>::from(e.as_ref())),
+            None => return Err(Reject::BadPosition(epoch_name, "must be a string")),
+        },
+    };
+    let Some(raw) = offset else {
+        if epoch.is_some() {
+            return Err(Reject::BadPosition(
+                offset_name,
+                "is required with an epoch",
+            ));
+        }
+        return Ok(None);
+    };
+    let text = raw.get();
+    if text.starts_with('-') && json::is_number(raw) {
+        return Err(Reject::BadPosition(offset_name, "must not be negative"));
+    }
+    let offset = text
+        .parse::<u64>()
+        .map_err(|_| Reject::BadPosition(offset_name, "must be a whole number >= 0"))?;
+    Ok(Some(Since { offset, epoch }))
 }
 
 /// `raw` compacted (see [`json::compact`]) into its own `Bytes`: one copy, one allocation.

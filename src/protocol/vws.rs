@@ -8,7 +8,8 @@
 
 use crate::error::Reject;
 use crate::protocol::{
-    compact_bytes, frame, json, topic_span, Buffers, Command, DecodeFailure, Parsed, RequestId,
+    compact_bytes, frame, json, since, topic_span, Buffers, Command, DecodeFailure, Parsed,
+    RequestId,
 };
 use crate::publication::{Kind, Publication};
 use bytes::Bytes;
@@ -42,13 +43,13 @@ fn parse(
     payload: &[u8],
     scratch: &mut Vec<u8>,
 ) -> Result<(Parsed, Option<RequestId>), DecodeFailure> {
-    let [k, t, d, i, h] =
-        json::parse_members(payload, &["k", "t", "d", "i", "h"]).map_err(DecodeFailure::new)?;
+    let [k, t, d, i, h, o, e] = json::parse_members(payload, &["k", "t", "d", "i", "h", "o", "e"])
+        .map_err(DecodeFailure::new)?;
     let id = match i {
         None => None,
         Some(i) => Some(request_id(i, scratch).map_err(DecodeFailure::new)?),
     };
-    match parse_request(payload, [k, t, d, h], scratch) {
+    match parse_request(payload, [k, t, d, h, o, e], scratch) {
         Ok(parsed) => Ok((parsed, id)),
         Err(reject) => Err(DecodeFailure::with_id(reject, id)),
     }
@@ -57,7 +58,7 @@ fn parse(
 /// The request given its members `k`, `t`, `d` and `h`.
 fn parse_request(
     payload: &[u8],
-    [k, t, d, h]: [Option<&RawValue>; 4],
+    [k, t, d, h, o, e]: [Option<&RawValue>; 6],
     scratch: &mut Vec<u8>,
 ) -> Result<Parsed, Reject> {
     let kind = match k {
@@ -65,7 +66,10 @@ fn parse_request(
         Some(k) => Some(json::str_value(k)?.ok_or(Reject::BadField("k"))?),
     };
     match kind.as_deref().unwrap_or("") {
-        "s" => Ok(Parsed::Subscribe(topic_span(payload, t, "t")?)),
+        "s" => Ok(Parsed::Subscribe(
+            topic_span(payload, t, "t")?,
+            since(o, e, ["o", "e"])?,
+        )),
         "u" => Ok(Parsed::Unsubscribe(topic_span(payload, t, "t")?)),
         "U" => Ok(Parsed::UnsubscribeAll),
         "" => {
@@ -148,6 +152,11 @@ pub fn render_publication(p: &Publication) -> Bytes {
             out.extend_from_slice(b",\"d\":");
             out.extend_from_slice(&p.data);
             write_channel_headers(out, gows_type, p.headers.as_ref());
+            let offset = p.offset();
+            if offset != 0 {
+                out.extend_from_slice(b",\"o\":");
+                out.extend_from_slice(itoa::Buffer::new().format(offset).as_bytes());
+            }
             out.push(b'}');
         }
         Kind::BroadcastEvent { event } => {
@@ -174,6 +183,25 @@ pub fn render_ack(id: &str) -> Bytes {
     frame::build_text_frame(|out| {
         out.extend_from_slice(b"{\"k\":\"a\",\"i\":");
         out.extend_from_slice(id.as_bytes());
+        out.push(b'}');
+    })
+}
+
+/// `{"k":"a","i":<id>,"o":TOP,"e":EPOCH,"r"?:R}`: the ack of a subscribe to a history
+/// channel (SPEC §9); `r` only when the client asked to resume from a position.
+pub fn render_ack_position(id: &str, top: u64, epoch: &str, recovered: Option<bool>) -> Bytes {
+    frame::build_text_frame(|out| {
+        out.extend_from_slice(b"{\"k\":\"a\",\"i\":");
+        out.extend_from_slice(id.as_bytes());
+        out.extend_from_slice(b",\"o\":");
+        out.extend_from_slice(itoa::Buffer::new().format(top).as_bytes());
+        out.extend_from_slice(b",\"e\":");
+        json::write_str(out, epoch);
+        match recovered {
+            Some(true) => out.extend_from_slice(b",\"r\":true"),
+            Some(false) => out.extend_from_slice(b",\"r\":false"),
+            None => {}
+        }
         out.push(b'}');
     })
 }

@@ -73,7 +73,8 @@ impl Server {
             s.connection_burst_per_ip,
         ));
         let (listeners, addr) = accept::bind(config.server.listen, shard_count)?;
-        let mut router = Router::new(senders);
+        let history = Arc::new(crate::history::History::new(&config.history));
+        let mut router = Router::new(senders).with_history(history.clone());
         let mut cluster = None;
         let mut link = None;
         if !config.cluster.nats_url.is_empty() {
@@ -100,6 +101,7 @@ impl Server {
             rates: parking_lot::Mutex::default(),
             started: Instant::now(),
             cluster,
+            history,
         });
         if let Some(link) = link {
             link.start(Arc::downgrade(&broker))?;

@@ -6,7 +6,7 @@ use super::Shard;
 use crate::conn::reader::{Flow, Incoming};
 use crate::conn::Conn;
 use crate::error::Reject;
-use crate::protocol::{self, frame, gows, vws, Command, Dialect};
+use crate::protocol::{self, frame, gows, vws, Command, Dialect, Since};
 use crate::publication::{Kind, Publication};
 use crate::shard::stats::{ShardStats, MESSAGE_KINDS};
 use crate::topic;
@@ -64,9 +64,11 @@ impl Shard {
             Command::Ping => 4,
         });
         match command {
-            Command::Subscribe { topic, id } => {
-                let result = self.subscribe(conn, key, topic);
-                self.answer(conn, result, id.as_deref())
+            Command::Subscribe { topic, id, since } => {
+                match self.subscribe(conn, key, topic, since.is_some()) {
+                    Ok(added) => self.attach_history(conn, topic, since, added, id.as_deref()),
+                    Err(reject) => self.refuse(conn, reject, id.as_deref()),
+                }
             }
             Command::Unsubscribe { topic, id } => {
                 let result = self.unsubscribe(conn, key, topic);
@@ -146,10 +148,21 @@ impl Shard {
         Flow::Continue
     }
 
-    fn subscribe(&self, conn: &mut Conn, key: usize, pattern: &str) -> Result<(), Reject> {
-        topic::validate_pattern(pattern, self.topic_limits()).map_err(Reject::InvalidPattern)?;
+    /// Subscribes `conn` to `pattern`; `Ok(false)` when it already was.
+    fn subscribe(
+        &self,
+        conn: &mut Conn,
+        key: usize,
+        pattern: &str,
+        resume: bool,
+    ) -> Result<bool, Reject> {
+        let wildcard = topic::validate_pattern(pattern, self.topic_limits())
+            .map_err(Reject::InvalidPattern)?;
+        if wildcard && resume {
+            return Err(Reject::RecoveryNeedsExactChannel);
+        }
         if conn.subs.iter().any(|s| &**s == pattern) {
-            return Ok(()); // already subscribed: idempotent, as in MQTT
+            return Ok(false); // already subscribed: idempotent, as in MQTT
         }
         if !self.broker.policies.may_subscribe(conn.identity(), pattern) {
             return Err(Reject::SubscribeNotAllowed);
@@ -167,13 +180,80 @@ impl Shard {
             // Before the ack goes out, so a publish made after the ack finds this shard.
             self.broker.router.add_interest(self.id, pattern);
         }
-        Ok(())
+        Ok(true)
+    }
+
+    /// After a successful subscribe: on a history channel, places the connection's
+    /// cursor (from its position, or where a plain subscribe starts) and answers with
+    /// the channel's position (vws ack with `o`/`e`/`r`, gows `subscribed` for a resume);
+    /// the replay itself is queued by the pump as the outbox has room. Other channels
+    /// get the plain answer. `added` is false for a repeated subscribe, which keeps its
+    /// cursor unless it brings a position.
+    fn attach_history(
+        &self,
+        conn: &mut Conn,
+        channel: &str,
+        since: Option<Since>,
+        added: bool,
+        id: Option<&str>,
+    ) -> Flow {
+        let history = &self.broker.history;
+        let rule = match &since {
+            // `subscribe` refused positions on patterns already.
+            Some(_) => history.rule_for(channel),
+            None if channel.contains(['+', '#']) => None,
+            None => history.rule_for(channel),
+        };
+        let Some(rule) = rule else {
+            if since.is_none() {
+                return self.answer(conn, Ok(()), id);
+            }
+            // A resume on a channel that keeps no history: nothing can be recovered.
+            history.stats.count_resume(false);
+            return match (conn.dialect, id) {
+                (Dialect::Vws, Some(id)) => {
+                    self.reply(conn, vws::render_ack_position(id, 0, "", Some(false)))
+                }
+                (Dialect::Vws, None) => Flow::Continue,
+                (Dialect::Gows, _) => {
+                    self.reply(conn, gows::render_subscribed(channel, 0, "", false))
+                }
+            };
+        };
+        let at = history.attach(channel, rule);
+        let cursors = conn.cursors.get_or_insert_with(Box::default);
+        let recovered = match &since {
+            Some(s) => {
+                let start = at.resume(s.offset, s.epoch.as_deref());
+                history.stats.count_resume(start.recovered);
+                cursors.set(channel, start.next, at.top);
+                Some(start.recovered)
+            }
+            None => {
+                if added || cursors.get_mut(channel).is_none() {
+                    cursors.set(channel, at.plain(), at.top);
+                }
+                None
+            }
+        };
+        match (conn.dialect, id, recovered) {
+            (Dialect::Vws, Some(id), r) => {
+                self.reply(conn, vws::render_ack_position(id, at.top, &at.epoch, r))
+            }
+            (Dialect::Gows, _, Some(r)) => {
+                self.reply(conn, gows::render_subscribed(channel, at.top, &at.epoch, r))
+            }
+            _ => Flow::Continue,
+        }
     }
 
     fn unsubscribe(&self, conn: &mut Conn, key: usize, pattern: &str) -> Result<(), Reject> {
         topic::validate_pattern(pattern, self.topic_limits()).map_err(Reject::InvalidPattern)?;
         if let Some(pos) = conn.subs.iter().position(|s| &**s == pattern) {
             conn.subs.swap_remove(pos);
+            if conn.cursors.as_mut().is_some_and(|c| c.remove(pattern)) {
+                conn.cursors = None;
+            }
             ShardStats::sub(&self.stats.subscriptions, 1);
             self.unindex(&mut self.index.borrow_mut(), pattern, key);
         }
@@ -187,6 +267,7 @@ impl Shard {
             self.unindex(&mut index, &pattern, key);
         }
         conn.subs = Vec::new();
+        conn.cursors = None;
     }
 
     fn client_publish(

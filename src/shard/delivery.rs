@@ -15,12 +15,16 @@ const HOLD_PER_COST: u32 = 4;
 /// How often a shard with paused readers checks whether the inboxes have room again.
 const PAUSED_RECHECK: Duration = Duration::from_millis(1);
 
+/// How often shard 0 drops history channels whose `ttl` has passed.
+const HISTORY_EXPIRY_INTERVAL: Duration = Duration::from_secs(1);
+
 /// How often a shard lets the allocator give back what it freed (`crate::alloc`): a
 /// shard that went quiet after a burst of connections would otherwise keep it resident.
 const RELEASE_INTERVAL: Duration = Duration::from_millis(100);
 use crate::conn::outbox::{Pushed, MAX_IOVECS};
 use crate::conn::{Conn, Phase};
 use crate::error::Reject;
+use crate::history::cursor::Live;
 use crate::protocol::frame;
 use crate::publication::Publication;
 use crate::shard::inbox::{InboxReceiver, ShardMsg};
@@ -154,6 +158,9 @@ impl Shard {
         let mut conns = self.conns.borrow_mut();
         let mut dirty = self.dirty.borrow_mut();
         let mut frames: [Option<Bytes>; 2] = [None, None];
+        // History channels only: a connection with a cursor on this channel takes the
+        // publication only when it is the next offset it needs (`history::cursor`).
+        let offset = p.offset();
         let mut delivered = 0u64;
         let mut dropped = 0u64;
         let mut dropped_slow = 0u64;
@@ -162,6 +169,24 @@ impl Shard {
                 return;
             }
             conn.last_delivery = seq;
+            if offset != 0 {
+                let cursor = conn
+                    .cursors
+                    .as_deref_mut()
+                    .and_then(|c| c.get_mut(&p.topic));
+                match cursor.map(|c| c.on_live(offset)) {
+                    None | Some(Live::Deliver) => {}
+                    Some(Live::Skip) => return,
+                    Some(Live::CatchUp) => {
+                        // The pump (in `poll_conn`) sends the missing ones, then this.
+                        if !conn.dirty {
+                            conn.dirty = true;
+                            dirty.push(key);
+                        }
+                        return;
+                    }
+                }
+            }
             let slot = frames.get_mut(conn.dialect.index());
             let frame = match slot {
                 Some(Some(f)) => f.clone(),
@@ -239,6 +264,8 @@ impl Shard {
             } else if !conn.outbox.is_empty() || conn.is_closing() {
                 queued += conn.outbox.len() as u64;
                 conn.wake();
+            } else if conn.cursors.as_ref().is_some_and(|c| c.behind()) {
+                conn.wake(); // its task pumps the history it is missing
             }
         }
         self.stats
@@ -304,9 +331,18 @@ impl Shard {
             .clamp(Duration::from_millis(50), Duration::from_secs(1));
         let mut interval = tokio::time::interval(tick);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_expiry = Instant::now();
         loop {
             interval.tick().await;
             self.sweep();
+            // One shard expires history channels for the node, about once a second.
+            if self.id == 0 && last_expiry.elapsed() >= HISTORY_EXPIRY_INTERVAL {
+                last_expiry = Instant::now();
+                let router = &self.broker.router;
+                self.broker
+                    .history
+                    .expire(last_expiry, |channel| router.has_subscribers(channel));
+            }
         }
     }
 

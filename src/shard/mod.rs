@@ -283,6 +283,20 @@ impl Shard {
         }
     }
 
+    /// Queues what `conn` is missing from history, paced by its outbox.
+    fn pump_history(&self, conn: &mut Conn) {
+        if let Some(cursors) = conn.cursors.as_deref_mut() {
+            // Counted by the store (`history.stats.replayed`).
+            crate::history::cursor::pump(
+                &self.broker.history,
+                cursors,
+                conn.dialect,
+                &mut conn.outbox,
+                &self.outbox_limits,
+            );
+        }
+    }
+
     fn unindex(&self, index: &mut Index<u32>, pattern: &str, key: usize) {
         if index.remove(pattern, key as u32) {
             self.broker.router.remove_interest(self.id, pattern);
@@ -334,6 +348,11 @@ impl Shard {
             }
             budget -= 1;
 
+            // History this connection is behind on goes into its outbox as it has room.
+            let behind = conn.cursors.as_ref().is_some_and(|c| c.behind()) && !conn.is_closing();
+            if behind {
+                self.pump_history(conn);
+            }
             // Write side: flush, and register for writability when the socket is full.
             if !conn.outbox.is_empty() {
                 if self.flush(conn).is_err() {
@@ -349,6 +368,8 @@ impl Shard {
                         }
                         Poll::Pending => {}
                     }
+                } else if behind {
+                    continue; // all written and more to replay (within the poll budget)
                 }
             }
             if let Phase::Closing { deadline_ms } = conn.phase {

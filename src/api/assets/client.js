@@ -1,11 +1,13 @@
 // shardcast browser client: an ES module with no dependencies, served by the broker at
 // GET /client.js (docs/CLIENT.md). It speaks either wire dialect (docs/PROTOCOL.md),
 // reconnects with exponential backoff and full jitter, and subscribes again to every topic
-// after a reconnect.
+// after a reconnect: on a channel that keeps history, from the last offset it saw, so
+// nothing published in between is missed.
 //
 //   import { Shardcast } from "/client.js";
 //   const sc = new Shardcast({ dialect: "vws" });
-//   sc.on("message", (topic, data) => console.log(topic, data));
+//   sc.on("message", (topic, data, raw, meta) => console.log(topic, meta.offset, data));
+//   sc.on("resume", (topic, { recovered }) => recovered || console.warn("missed some", topic));
 //   await sc.subscribe("sensors/+/temp");
 
 /**
@@ -17,6 +19,14 @@
  * @property {boolean} [reconnect] reconnect when the connection drops; default true.
  * @property {number} [backoffBaseMs] first reconnect delay bound; default 500.
  * @property {number} [backoffCapMs] largest reconnect delay bound; default 30000.
+ */
+
+/**
+ * A place in a channel's history: after `offset` of `epoch`. `offset` 0 without an epoch
+ * means "from the oldest publication the broker still has".
+ * @typedef {object} Position
+ * @property {number} offset
+ * @property {string} [epoch]
  */
 
 /**
@@ -52,6 +62,10 @@ export class Shardcast {
     this._waiting = new Map(); // topic -> [{resolve, reject}] until its subscribe is answered
     this._inflight = new Map(); // vws request id -> entry
     this._fifo = []; // gows: entries answered in order by the pong that follows each request
+    // Exact channel -> {epoch, offset, top}: `offset` is the last one delivered (null until
+    // the first event after an attach), `top` the channel's last offset when the broker
+    // attached us (null when unknown). What a reconnect resumes from.
+    this._positions = new Map();
     this._nextId = 1;
     this._timer = null;
     this._ws = null;
@@ -62,8 +76,10 @@ export class Shardcast {
   /**
    * Adds an event handler. Events: `open` (info `{reconnected}`), `close` (info
    * `{code, reason, retryInMs}`; retryInMs is null when no retry follows), `error` (an
-   * Error), `message` (topic, data, raw). Broadcasts arrive as topic `$broadcast`.
-   * @param {"open"|"close"|"error"|"message"} event
+   * Error), `message` (topic, data, raw, meta `{offset, epoch, replayed}`), `resume`
+   * (topic, `{recovered, after, offset, epoch}`) and `gap` (topic, `{from, to, epoch}`).
+   * Broadcasts arrive as topic `$broadcast`.
+   * @param {"open"|"close"|"error"|"message"|"resume"|"gap"} event
    * @param {Function} fn
    * @returns {() => void} removes the handler
    */
@@ -77,10 +93,26 @@ export class Shardcast {
    * Subscribes to a topic or pattern, now and after every reconnect. Resolves when the
    * broker has accepted it (vws ack; gows: the pong after the request), rejects with the
    * broker's reason when refused. Called while disconnected, it is sent on the next connect.
+   * On a channel that keeps history it resolves with `{offset, epoch, recovered?}` (the
+   * channel's last offset when we were attached), else with undefined; gows tells this
+   * only for a subscribe with a position.
+   *
+   * `options.since` (exact channels only) starts from a position instead of "now": the
+   * broker first replays what came after it. `{offset: 0}` is the oldest retained.
    * @param {string} topic
-   * @returns {Promise<void>}
+   * @param {{since?: Position}} [options]
+   * @returns {Promise<{offset: number, epoch: string, recovered?: boolean}|undefined>}
    */
-  subscribe(topic) {
+  subscribe(topic, options = {}) {
+    const since = options.since;
+    if (since !== undefined && since !== null) {
+      // Refused here rather than by the broker, so both dialects say the same thing.
+      if (!isExact(topic)) return Promise.reject(new Error("recovery needs an exact channel"));
+      if (!Number.isSafeInteger(since.offset) || since.offset < 0) {
+        return Promise.reject(new Error("since.offset must be a whole number >= 0"));
+      }
+      this._positions.set(topic, { epoch: since.epoch ?? null, offset: since.offset, top: null });
+    }
     this._topics.add(topic);
     return new Promise((resolve, reject) => {
       if (!this._waiting.has(topic)) this._waiting.set(topic, []);
@@ -97,11 +129,27 @@ export class Shardcast {
    */
   unsubscribe(topic) {
     this._topics.delete(topic);
+    this._positions.delete(topic);
     this._settle(topic, new Error(`unsubscribed from ${topic}`));
     if (this.state !== "open") return Promise.resolve();
     const frame =
       this.dialect === "vws" ? { k: "u", t: topic } : { type: "unsubscribe", data: topic };
     return this._request(frame, {});
+  }
+
+  /**
+   * Where a subscribed exact channel stands: `{offset, epoch}` of the last publication
+   * delivered (or of the channel's top when we were attached, before any arrived), or null
+   * when the channel keeps no history or nothing is known yet. Pass it back as
+   * `subscribe(topic, {since})`, e.g. after a page reload.
+   * @param {string} topic
+   * @returns {Position|null}
+   */
+  position(topic) {
+    const p = this._positions.get(topic);
+    const offset = p ? p.offset ?? p.top : null;
+    if (offset === null || offset === undefined) return null;
+    return p.epoch === null ? { offset } : { offset, epoch: p.epoch };
   }
 
   /**
@@ -154,7 +202,12 @@ export class Shardcast {
       this._opened = true;
       this.attempt = 0;
       this.state = "open";
-      for (const topic of this._topics) this._sendSubscribe(topic);
+      // Resumes go first: a pattern attached before one of them could deliver a live
+      // publication on its channel ahead of its replay, which would then look like old news.
+      const topics = [...this._topics];
+      const resuming = (t) => this._resumeFrom(t) !== null;
+      for (const topic of topics.filter(resuming)) this._sendSubscribe(topic);
+      for (const topic of topics.filter((t) => !resuming(t))) this._sendSubscribe(topic);
       this._emit("open", { reconnected });
     };
     ws.onmessage = (ev) => this._receive(ev.data);
@@ -194,10 +247,31 @@ export class Shardcast {
     for (const entry of entries) if (entry.reject) entry.reject(err);
   }
 
+  // The position a subscribe to `topic` resumes from, or null for a plain subscribe.
+  _resumeFrom(topic) {
+    const p = this._positions.get(topic);
+    if (!p || !this._topics.has(topic)) return null;
+    const offset = p.offset ?? p.top;
+    if (offset === null) return null;
+    return { offset, epoch: p.epoch };
+  }
+
   _sendSubscribe(topic) {
-    const frame =
-      this.dialect === "vws" ? { k: "s", t: topic } : { type: "subscribe", data: topic };
-    this._request(frame, { topic }).catch(() => {});
+    const since = this._resumeFrom(topic);
+    let frame;
+    if (this.dialect === "vws") {
+      frame = { k: "s", t: topic };
+      if (since) {
+        frame.o = since.offset;
+        if (since.epoch !== null) frame.e = since.epoch;
+      }
+    } else {
+      frame = { type: "subscribe", data: topic };
+      if (since) {
+        frame.since = since.epoch !== null ? since : { offset: since.offset };
+      }
+    }
+    this._request(frame, { topic, since }).catch(() => {});
   }
 
   // Sends one request and returns a promise for its answer. `entry.topic` marks a
@@ -226,20 +300,101 @@ export class Shardcast {
 
   _answer(entry, error) {
     if (entry.topic !== undefined) {
-      if (error) this._topics.delete(entry.topic);
-      this._settle(entry.topic, error);
+      if (error) {
+        this._topics.delete(entry.topic);
+        this._positions.delete(entry.topic);
+      }
+      this._settle(entry.topic, error, entry.info);
     }
     if (error) entry.reject(error);
-    else entry.resolve();
+    else entry.resolve(entry.info);
   }
 
-  _settle(topic, error) {
+  _settle(topic, error, info) {
     const waiters = this._waiting.get(topic) ?? [];
     this._waiting.delete(topic);
     for (const w of waiters) {
       if (error) w.reject(error);
-      else w.resolve();
+      else w.resolve(info);
     }
+  }
+
+  // The broker attached a subscribe to a history channel whose last offset is `top`
+  // (vws ack with "o", gows "subscribed"). Called before any replayed event arrives.
+  _attached(entry, top, epoch = null, recovered) {
+    const topic = entry.topic;
+    entry.info =
+      recovered === undefined ? { offset: top, epoch } : { offset: top, epoch, recovered };
+    if (!this._topics.has(topic) || !isExact(topic)) return;
+    const since = entry.since;
+    if (!since) {
+      // Plain subscribe: the first event is at most top + 1 (older ones when the channel
+      // replays its history to plain subscribes).
+      this._positions.set(topic, { epoch, offset: null, top });
+      return;
+    }
+    const resume = { recovered: recovered === true, after: since.offset, offset: top, epoch };
+    if (since.epoch === null && since.offset > 0) {
+      // An offset without its epoch (a gows plain subscribe never tells it): the broker
+      // cannot vouch for it and replays everything it has. Taken as this epoch's unless the
+      // channel is not even there yet; then the first new offset shows whether any is missing.
+      if (top < since.offset) {
+        this._positions.set(topic, { epoch, offset: null, top });
+        this._emit("resume", topic, resume);
+      } else if (top === since.offset) {
+        this._positions.set(topic, { epoch, offset: since.offset, top });
+        this._emit("resume", topic, { ...resume, recovered: true });
+      } else {
+        this._positions.set(topic, { epoch, offset: since.offset, top, pending: resume });
+      }
+      return;
+    }
+    // `offset: 0` without an epoch asks for the oldest: `recovered` says whether that is 1.
+    const sameEpoch = since.epoch !== null ? since.epoch === epoch : recovered === true;
+    this._positions.set(topic, { epoch, offset: sameEpoch ? since.offset : null, top });
+    this._emit("resume", topic, resume);
+  }
+
+  // A subscribe answered without a position: the channel keeps no history (any more).
+  _attachedPlain(entry) {
+    const had = entry.since;
+    this._positions.delete(entry.topic);
+    if (had && this._topics.has(entry.topic)) {
+      const info = { recovered: false, after: had.offset, offset: null, epoch: null };
+      this._emit("resume", entry.topic, info);
+    }
+  }
+
+  // Every channel event goes through here: offsets are checked against the channel's
+  // position (duplicates dropped, holes reported) before the application sees them.
+  _event(topic, data, raw, offset) {
+    const meta = { offset: null, epoch: null, replayed: false };
+    if (typeof offset !== "number" || typeof topic !== "string") {
+      this._emit("message", topic, data, raw, meta);
+      return;
+    }
+    meta.offset = offset;
+    let p = this._positions.get(topic);
+    if (!p && this._topics.has(topic) && isExact(topic)) {
+      // gows plain subscribes are not answered: the first event starts the position.
+      p = { epoch: null, offset: null, top: null };
+      this._positions.set(topic, p);
+    }
+    if (p) {
+      if (p.offset !== null && offset <= p.offset) return; // already delivered
+      if (p.pending) {
+        this._emit("resume", topic, { ...p.pending, recovered: offset === p.offset + 1 });
+        p.pending = null;
+      }
+      const expected = p.offset !== null ? p.offset + 1 : p.top !== null ? p.top + 1 : offset;
+      if (offset > expected) {
+        this._emit("gap", topic, { from: expected, to: offset - 1, epoch: p.epoch });
+      }
+      p.offset = offset;
+      meta.epoch = p.epoch;
+      meta.replayed = p.top !== null && offset <= p.top;
+    }
+    this._emit("message", topic, data, raw, meta);
   }
 
   _receive(text) {
@@ -260,19 +415,26 @@ export class Shardcast {
       const entry = this._inflight.get(msg.i);
       if (entry) {
         this._inflight.delete(msg.i);
+        if (!error && entry.topic !== undefined) {
+          if (typeof msg.o === "number") this._attached(entry, msg.o, msg.e, msg.r);
+          else this._attachedPlain(entry);
+        }
         this._answer(entry, error);
       } else if (error) {
         this._emit("error", error);
       }
       return;
     }
-    this._emit("message", msg.t, msg.d, msg);
+    this._event(msg.t, msg.d, msg, msg.o);
   }
 
   _receiveGows(msg) {
     if (msg.type === "pong") {
       const entry = this._fifo.shift();
-      if (entry) this._answer(entry, entry.error ?? null);
+      if (!entry) return;
+      // A subscribe with `since` that got no "subscribed" first: no history on that channel.
+      if (!entry.error && entry.since && entry.info === undefined) this._attachedPlain(entry);
+      this._answer(entry, entry.error ?? null);
       return;
     }
     if (msg.type === "error" && this._fifo.length > 0) {
@@ -280,9 +442,23 @@ export class Shardcast {
       if (!head.error) head.error = new Error(msg.data ?? "refused");
       return;
     }
+    if (msg.type === "subscribed") {
+      // The answer to a subscribe with `since`; its pong is still to come (after the replay).
+      const entry = this._fifo.find((e) => e.topic === msg.channel && e.info === undefined);
+      const d = msg.data ?? {};
+      if (entry && typeof d.offset === "number") {
+        this._attached(entry, d.offset, d.epoch, d.recovered);
+      }
+      return;
+    }
     // Channel-less events and errors are broadcasts; vws shows them on `$broadcast`.
-    this._emit("message", msg.channel ?? "$broadcast", msg.data, msg);
+    this._event(msg.channel ?? "$broadcast", msg.data, msg, msg.offset);
   }
+}
+
+/** True for a topic without wildcard levels: only those have history positions. */
+function isExact(topic) {
+  return !topic.split("/").some((level) => level === "+" || level === "#");
 }
 
 function buildUrl(url, token) {
