@@ -6,7 +6,10 @@
 //!   top channels, latency) and a channel typed into its watch box shows its messages;
 //! - the client reconnects under a broker restarted on the same port, subscribes again, and
 //!   receives what is published after the restart (both dialects);
-//! - the client API: acks, nacks with the broker's reason, publish, token, backoff bounds.
+//! - the client API: acks, nacks with the broker's reason, publish, token, backoff bounds;
+//! - history: a client whose connection is cut (by a TCP proxy between the page and the
+//!   broker) while publications go on resumes and has every offset exactly once, in order
+//!   (both dialects); the dashboard's watch box shows a channel's retained history first.
 //!
 //! Without Chromium the tests print a notice and pass, unless `SHARDCAST_REQUIRE_BROWSER=1`
 //! (CI sets it), which makes a missing browser a failure. Set `CHROMIUM` to use another
@@ -17,10 +20,13 @@ mod chromium;
 mod common;
 
 use chromium::{Chromium, Page};
+use common::proxy::Proxy;
 use common::*;
 use serde_json::{json, Value};
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Bound for anything the page shows after a live stats tick (published once a second).
@@ -283,6 +289,216 @@ async fn client_reconnects_and_resubscribes_after_a_broker_restart() {
         TICK,
     )
     .await;
+    assert_no_page_errors(&page);
+}
+
+/// Channels under `chat/` keep history; a plain subscribe gets only new publications.
+const HISTORY_CONFIG: &str = "[[history]]\npattern = \"chat/#\"\nsize = 10000\nreplay = \"none\"\n";
+
+#[tokio::test]
+async fn client_resumes_a_history_channel_after_a_cut_connection() {
+    let Some(bin) = browser() else { return };
+    let broker = Broker::start(HISTORY_CONFIG);
+    // The page, and so its WebSockets, reach the broker only through the proxy.
+    let proxy = Proxy::start(broker.addr).await;
+    let chrome = Chromium::launch(&bin);
+    let mut page = chrome.new_page(1280, 900).await;
+    page.goto(&format!("{}/", proxy.http_url())).await;
+    wait_state(&mut page, "connected", Duration::from_secs(10)).await;
+
+    // One client per dialect on the same channel; each records (offset, n) per message.
+    let acks = page
+        .eval(
+            "(async () => { const { Shardcast } = await import('/client.js'); window.h = {}; const acks = {}; \
+             for (const dialect of ['vws', 'gows']) { \
+               const c = new Shardcast({ dialect, backoffBaseMs: 100, backoffCapMs: 1000 }); \
+               const s = { c, got: [], replayed: 0, resumes: [], gaps: [], opens: [] }; \
+               c.on('message', (t, d, raw, m) => { if (t !== 'chat/room') return; \
+                 s.got.push([m.offset, d.n]); if (m.replayed) s.replayed += 1; }); \
+               c.on('resume', (t, r) => s.resumes.push(r)); \
+               c.on('gap', (t, g) => s.gaps.push(g)); \
+               c.on('open', (i) => s.opens.push(i.reconnected)); \
+               h[dialect] = s; acks[dialect] = (await c.subscribe('chat/room')) ?? null; } \
+             return acks; })()",
+        )
+        .await;
+    assert_eq!(
+        acks["vws"]["offset"], 0,
+        "vws ack of a fresh channel: {acks}"
+    );
+    assert!(acks["vws"]["epoch"].is_string(), "vws ack: {acks}");
+    assert_eq!(
+        acks["gows"],
+        Value::Null,
+        "a plain gows subscribe is not answered"
+    );
+
+    // Publications through the HTTP API, one after another, until told where to stop.
+    let published = Arc::new(AtomicU64::new(0));
+    let stop_at = Arc::new(AtomicU64::new(u64::MAX));
+    let publisher = {
+        let (published, stop_at) = (Arc::clone(&published), Arc::clone(&stop_at));
+        let mut api = Http::connect(broker.addr).await;
+        tokio::spawn(async move {
+            let mut n = 1;
+            while n <= stop_at.load(Ordering::SeqCst) {
+                let body = json!({"channel": "chat/room", "data": {"n": n}});
+                let r = api.post_json("/api/publish", &body).await;
+                assert!(r.is_success(), "publish {n}: {} {}", r.status, r.text);
+                published.store(n, Ordering::SeqCst);
+                n += 1;
+                // A steady stream, so the outage and the resume happen in the middle of it.
+                tokio::time::sleep(Duration::from_millis(3)).await;
+            }
+        })
+    };
+    page.wait_for(
+        "both clients receiving",
+        "h.vws.got.length >= 30 && h.gows.got.length >= 30",
+        TICK,
+    )
+    .await;
+
+    // The cut: both sockets of every live connection closed; publications go on.
+    let cut = proxy.cut().await;
+    assert!(cut >= 2, "only {cut} connections were cut");
+    let at_cut = published.load(Ordering::SeqCst);
+    page.wait_for(
+        "both clients to notice the cut",
+        "h.vws.c.state !== 'open' && h.gows.c.state !== 'open'",
+        TICK,
+    )
+    .await;
+    eventually("50 publications while cut off", TICK, || {
+        let n = published.load(Ordering::SeqCst);
+        async move { n >= at_cut + 50 }
+    })
+    .await;
+    proxy.restore();
+
+    // Both reconnect through the proxy and resume; the stream goes on a while after that.
+    let resumes = page
+        .wait_for(
+            "both clients resumed",
+            "h.vws.resumes.length && h.gows.resumes.length ? [h.vws.resumes, h.gows.resumes] : null",
+            RECONNECT,
+        )
+        .await;
+    let after_resume = published.load(Ordering::SeqCst);
+    stop_at.store(after_resume + 100, Ordering::SeqCst);
+    within(TICK, "the publisher to finish", publisher)
+        .await
+        .expect("publisher task");
+    let total = published.load(Ordering::SeqCst);
+    assert_eq!(total, after_resume + 100);
+
+    for (i, dialect) in ["vws", "gows"].iter().enumerate() {
+        let resume = &resumes[i];
+        assert_eq!(
+            resume.as_array().map(Vec::len),
+            Some(1),
+            "{dialect}: {resumes}"
+        );
+        let resume = &resume[0];
+        assert_eq!(resume["recovered"], true, "{dialect}: {resume}");
+        assert!(resume["epoch"].is_string(), "{dialect}: {resume}");
+        let (after, top) = (
+            resume["after"].as_u64().unwrap(),
+            resume["offset"].as_u64().unwrap(),
+        );
+        // `at_cut` was read after the cut; the publication in flight then may have got through.
+        assert!(
+            after <= at_cut + 1 && top >= at_cut + 50,
+            "{dialect}: resumed after {after} up to {top}, cut at {at_cut}"
+        );
+        let got = page
+            .wait_for(
+                &format!("{dialect}: every publication"),
+                &format!("h.{dialect}.got.length >= {total} ? h.{dialect} : null"),
+                TICK,
+            )
+            .await;
+        let want: Vec<Value> = (1..=total).map(|n| json!([n, n])).collect();
+        let got_list = got["got"].as_array().unwrap();
+        if let Some(k) = (0..got_list.len()).find(|&k| got_list.get(k) != want.get(k)) {
+            panic!(
+                "{dialect}: message {k} is {} where [{n}, {n}] was due (of {total}; {} received)",
+                got_list[k],
+                got_list.len(),
+                n = k + 1
+            );
+        }
+        assert_eq!(got_list.len() as u64, total, "{dialect}: nothing more");
+        assert_eq!(got["gaps"], json!([]), "{dialect}: no gap reported");
+        assert_eq!(
+            got["opens"],
+            json!([false, true]),
+            "{dialect}: one reconnect"
+        );
+        assert_eq!(
+            got["replayed"].as_u64(),
+            Some(top - after),
+            "{dialect}: the outage came as a replay"
+        );
+        let position = page
+            .eval(&format!("h.{dialect}.c.position('chat/room')"))
+            .await;
+        assert_eq!(position["offset"], total, "{dialect}: {position}");
+        assert_eq!(position["epoch"], resume["epoch"], "{dialect}: {position}");
+    }
+    assert!(
+        proxy.accepted() > cut,
+        "the clients came back through the proxy"
+    );
+    assert_no_page_errors(&page);
+}
+
+#[tokio::test]
+async fn dashboard_watch_shows_retained_history_first() {
+    let Some(bin) = browser() else { return };
+    let broker = Broker::start(HISTORY_CONFIG);
+    // Published before the page exists.
+    for n in 1..=3 {
+        broker.publish("chat/early", json!({"n": n})).await;
+    }
+    let chrome = Chromium::launch(&bin);
+    let mut page = open_dashboard(&chrome, &broker, "").await;
+    watch_via_text_box(&mut page, "chat/early").await;
+    wait_logged(&mut page, r#"{"n":3}"#).await;
+    broker.publish("chat/early", json!({"n": 4})).await;
+    wait_logged(&mut page, r#"{"n":4}"#).await;
+
+    // Newest first: the live one on top, the three retained ones under it, each with its
+    // offset; nothing twice.
+    let lines = page
+        .eval(
+            "[...document.querySelectorAll('#messages li')].map(li => \
+             [li.dataset.offset ?? null, li.classList.contains('replayed'), li.querySelector('.data').textContent])",
+        )
+        .await;
+    assert_eq!(
+        lines,
+        json!([
+            ["4", false, r##"#4{"n":4}"##],
+            ["3", true, r##"#3{"n":3}"##],
+            ["2", true, r##"#2{"n":2}"##],
+            ["1", true, r##"#1{"n":1}"##]
+        ])
+    );
+
+    // A pattern has no position: it is watched from now on, as before.
+    watch_via_text_box(&mut page, "chat/+").await;
+    broker.publish("chat/late", json!({"n": 5})).await;
+    let line = wait_logged(&mut page, r#"{"n":5}"#).await;
+    assert!(line.contains("chat/late") && line.contains("#1"), "{line}");
+    let logged = page
+        .eval("document.querySelectorAll('#messages li').length")
+        .await;
+    assert_eq!(
+        logged,
+        json!(5),
+        "one line per message, none replayed twice"
+    );
     assert_no_page_errors(&page);
 }
 

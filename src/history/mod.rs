@@ -149,13 +149,11 @@ pub struct Start {
 impl Attached {
     /// Where a subscriber resuming after `offset` of `epoch` starts (SPEC §9): right
     /// after its offset when the epoch is the channel's and nothing in between has gone;
-    /// else from the oldest retained, with `recovered: false`. `offset` 0 without an
-    /// epoch asks for everything retained (complete when nothing was ever dropped).
+    /// else from the oldest retained, with `recovered: false`. Without an epoch the
+    /// offset is taken in the current one (`o: 0` asks for everything retained, which
+    /// is complete when nothing was ever dropped).
     pub fn resume(&self, offset: u64, epoch: Option<&str>) -> Start {
-        let same_epoch = match epoch {
-            Some(e) => e == &*self.epoch,
-            None => offset == 0,
-        };
+        let same_epoch = epoch.map_or(true, |e| e == &*self.epoch);
         if !same_epoch {
             return Start {
                 next: self.first,

@@ -11,8 +11,9 @@
 //! an observable counter (e.g. `/api/stats` clients) where the broker offers no event.
 //!
 //! Files: `broker` (the process), `cli` (bounded CLI runs), `http`, `ws` (tokio-tungstenite
-//! client + gows/vws helpers + canary), `raw` (hand-made frames). Set `SHARDCAST_TEST_BIN`
-//! to run the suite against another build of the binary (e.g. `target/release/shardcast`).
+//! client + gows/vws helpers + canary), `raw` (hand-made frames), `proxy` (a TCP proxy that
+//! cuts connections). Set `SHARDCAST_TEST_BIN` to run the suite against another build of
+//! the binary (e.g. `target/release/shardcast`).
 
 #![allow(dead_code, unused_imports)]
 
@@ -97,6 +98,7 @@ pub async fn stats_clients(broker: &Broker) -> u64 {
 mod broker;
 mod cli;
 mod http;
+pub mod proxy;
 mod raw;
 mod ws;
 
