@@ -1,6 +1,6 @@
-//! The command line: `shardcast [serve] | publish | run` (clap derive), and the
-//! `publish` command itself. `main.rs` dispatches; `serve` lives there because it owns
-//! the process (signals, exit codes).
+//! The command line: `shardcast [serve] | publish | run | subscribe` (clap derive), and
+//! the `publish` command itself. `main.rs` dispatches; `serve` lives there because it owns
+//! the process (signals, exit codes); `run` and `subscribe` have their own modules.
 
 use crate::api_client;
 use crate::config::Overrides;
@@ -36,6 +36,34 @@ pub enum Command {
     Publish(PublishArgs),
     /// Run a command, streaming its output and status to `process:ID`.
     Run(RunArgs),
+    /// Print a channel: its history first, then live publications, until Ctrl-C.
+    ///
+    /// Subscribes over the broker's WebSocket (vws dialect) and prints one line per
+    /// publication to stdout, in offset order:
+    ///
+    ///   process_output   the line itself (the data string, unquoted)
+    ///   process_status   [running], [exited, code N], [killed] or [failed]
+    ///   anything else    its data as compact JSON
+    ///
+    /// With a wildcard pattern (+ or #) each line starts with the channel and a tab.
+    /// --json prints one JSON object per line instead:
+    ///   {"offset":17,"channel":"process:b1","type":"process_output","data":"line"}
+    /// ("offset" is null on channels without history; "headers" is added when the
+    /// publication has headers other than its type).
+    ///
+    /// Channels with history and replay = "all" (every process: channel by default) are
+    /// printed from the oldest retained publication; --since N prints only those after
+    /// offset N. Notices go to stderr: a --since that could not be honoured completely,
+    /// missed offsets, why the connection ended.
+    ///
+    /// Exit status: 0 after Ctrl-C (SIGINT) or SIGTERM, when --until-exit saw the end
+    /// of the process, or when stdout was closed; 1 when the broker cannot be reached,
+    /// refuses the connection or the subscription, or the connection ends; 2 for bad
+    /// arguments.
+    ///
+    /// Example: shardcast subscribe --url ws://127.0.0.1:8080/ws --channel process:b1
+    #[command(verbatim_doc_comment)]
+    Subscribe(SubscribeArgs),
 }
 
 /// `shardcast serve`.
@@ -107,6 +135,35 @@ pub struct RunArgs {
     /// The command and its arguments, after `--`.
     #[arg(last = true, required = true, num_args = 1.., value_name = "CMD")]
     pub command: Vec<String>,
+}
+
+/// `shardcast subscribe`.
+#[derive(Debug, Args)]
+pub struct SubscribeArgs {
+    /// Broker WebSocket URL: ws://host:port/path (a URL without a path gets /ws).
+    #[arg(long, value_name = "WS_URL", default_value = crate::subscribe::DEFAULT_WS_URL)]
+    pub url: String,
+    /// Channel to print: an exact channel (process:ID), or a pattern with + and #.
+    #[arg(long, value_name = "C")]
+    pub channel: String,
+    /// Print only publications after offset N of the channel's history (0 = all retained).
+    #[arg(long, value_name = "N")]
+    pub since: Option<u64>,
+    /// Print each publication as one JSON object per line (offset, channel, type, data).
+    #[arg(long)]
+    pub json: bool,
+    /// Stop after the process's final status (exited, killed or failed), with exit 0.
+    /// A final status replayed from history ends it only when nothing came after it.
+    #[arg(long)]
+    pub until_exit: bool,
+    /// Credential for the broker's [auth] (bearer token, JWT), sent as ?token=.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "SHARDCAST_TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
 }
 
 /// The JSON body `shardcast publish` sends: `{"channel", "data", "type"?}`.
@@ -212,6 +269,35 @@ mod tests {
         assert_eq!(r.id, "b1");
         assert_eq!(r.command, ["sh", "-c", "echo hi; exit 3"]);
         assert!(Cli::try_parse_from(["shardcast", "run", "--id", "b1"]).is_err());
+    }
+
+    #[test]
+    fn subscribe_flags() {
+        let cli = parse(&[
+            "shardcast",
+            "subscribe",
+            "--channel",
+            "process:b1",
+            "--since",
+            "17",
+            "--json",
+            "--until-exit",
+        ]);
+        let s = match cli.command {
+            Some(Command::Subscribe(s)) => Some(s),
+            _ => None,
+        }
+        .expect("subscribe expected");
+        assert_eq!(s.url, crate::subscribe::DEFAULT_WS_URL);
+        assert_eq!(
+            (s.channel.as_str(), s.since, s.json, s.until_exit),
+            ("process:b1", Some(17), true, true)
+        );
+        assert!(Cli::try_parse_from(["shardcast", "subscribe"]).is_err());
+        assert!(
+            Cli::try_parse_from(["shardcast", "subscribe", "--channel", "c", "--since", "-1"])
+                .is_err()
+        );
     }
 
     #[test]

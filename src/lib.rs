@@ -35,5 +35,6 @@ pub mod router;
 pub mod runner;
 pub mod server;
 pub mod shard;
+pub mod subscribe;
 pub mod sys_stats;
 pub mod topic;

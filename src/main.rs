@@ -3,7 +3,9 @@
 //! down gracefully). Everything else lives in the library.
 //!
 //! Exit codes: 0 clean shutdown; 1 runtime failure (cannot bind, publish refused); 2 bad
-//! configuration; `run` exits with the command's code (125 when `run` itself failed).
+//! configuration; `run` exits with the command's code (125 when `run` itself failed);
+//! `subscribe` exits 0 when stopped (SIGINT/SIGTERM, `--until-exit`), 1 when it failed or
+//! the connection ended.
 
 use anyhow::{bail, Context};
 use clap::Parser;
@@ -11,6 +13,7 @@ use shardcast::cli::{self, Cli, Command, ServeArgs};
 use shardcast::config;
 use shardcast::runner;
 use shardcast::server::Server;
+use shardcast::subscribe;
 use std::io::Write as _;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -56,6 +59,10 @@ fn main() -> ExitCode {
                 Err(e) => fail(&e, runner::EXIT_RUNNER_FAILED),
             }
         }
+        Some(Command::Subscribe(args)) => match block_on(subscribe::run(&args)) {
+            Ok(_) => ExitCode::SUCCESS,
+            Err(e) => fail(&e, 1),
+        },
     }
 }
 
@@ -78,7 +85,7 @@ fn fail(e: &anyhow::Error, code: i32) -> ExitCode {
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
 
-/// Runs a client-side future (`publish`, `run`) on a current-thread runtime.
+/// Runs a client-side future (`publish`, `run`, `subscribe`) on a current-thread runtime.
 fn block_on<T>(future: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()

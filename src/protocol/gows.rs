@@ -214,7 +214,8 @@ mod tests {
             dec(r#"{"type":"subscribe","data":"process:build-1"}"#),
             Ok(Command::Subscribe {
                 topic: "process:build-1",
-                id: None
+                id: None,
+                since: None,
             })
         );
         assert_eq!(
@@ -252,7 +253,8 @@ mod tests {
             dec(r#"{"type":"subscribe","data":"caf\u00e9\/\"x\""}"#),
             Ok(Command::Subscribe {
                 topic: "café/\"x\"",
-                id: None
+                id: None,
+                since: None,
             })
         );
     }

@@ -263,14 +263,16 @@ mod tests {
             dec(r#"{"k":"s","t":"a/+/c"}"#),
             Ok(Command::Subscribe {
                 topic: "a/+/c",
-                id: None
+                id: None,
+                since: None,
             })
         );
         assert_eq!(
             dec(r#"{"k":"s","t":"a/#","i":"req-1"}"#),
             Ok(Command::Subscribe {
                 topic: "a/#",
-                id: id("\"req-1\"")
+                id: id("\"req-1\""),
+                since: None,
             })
         );
         assert_eq!(
@@ -300,7 +302,8 @@ mod tests {
             dec(r#"{"k":"s","t":"x","i":"a\"b\u00e9"}"#),
             Ok(Command::Subscribe {
                 topic: "x",
-                id: id("\"a\\\"bé\"")
+                id: id("\"a\\\"bé\""),
+                since: None,
             })
         );
     }
@@ -317,7 +320,8 @@ mod tests {
             dec(r#"{"k":"\u0073","\u0074":"a\/b\u00e9","i":"x"}"#),
             Ok(Command::Subscribe {
                 topic: "a/bé",
-                id: id("\"x\"")
+                id: id("\"x\""),
+                since: None,
             })
         );
         assert_eq!(
@@ -334,7 +338,8 @@ mod tests {
             dec(r#"{"k":"s","t":"first","t":"second"}"#),
             Ok(Command::Subscribe {
                 topic: "first",
-                id: None
+                id: None,
+                since: None,
             })
         );
     }

@@ -416,7 +416,8 @@ export class Shardcast {
       if (entry) {
         this._inflight.delete(msg.i);
         if (!error && entry.topic !== undefined) {
-          if (typeof msg.o === "number") this._attached(entry, msg.o, msg.e, msg.r);
+          // A resume on a channel without history is acked with epoch "": no position.
+          if (typeof msg.o === "number" && msg.e) this._attached(entry, msg.o, msg.e, msg.r);
           else this._attachedPlain(entry);
         }
         this._answer(entry, error);
@@ -433,7 +434,7 @@ export class Shardcast {
       const entry = this._fifo.shift();
       if (!entry) return;
       // A subscribe with `since` that got no "subscribed" first: no history on that channel.
-      if (!entry.error && entry.since && entry.info === undefined) this._attachedPlain(entry);
+      if (!entry.error && entry.since && !entry.attached) this._attachedPlain(entry);
       this._answer(entry, entry.error ?? null);
       return;
     }
@@ -444,10 +445,16 @@ export class Shardcast {
     }
     if (msg.type === "subscribed") {
       // The answer to a subscribe with `since`; its pong is still to come (after the replay).
-      const entry = this._fifo.find((e) => e.topic === msg.channel && e.info === undefined);
+      const entry = this._fifo.find((e) => e.topic === msg.channel && !e.attached);
       const d = msg.data ?? {};
-      if (entry && typeof d.offset === "number") {
-        this._attached(entry, d.offset, d.epoch, d.recovered);
+      if (entry) {
+        entry.attached = true;
+        // Epoch "": the channel keeps no history, so there is no position to keep.
+        if (typeof d.offset === "number" && d.epoch) {
+          this._attached(entry, d.offset, d.epoch, d.recovered);
+        } else {
+          this._attachedPlain(entry);
+        }
       }
       return;
     }
