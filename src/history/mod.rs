@@ -25,10 +25,23 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// What one retained entry costs beyond its payload, counted against
-/// `history.max_bytes`: the `Publication` and its `Arc`, the deque slot, the topic
-/// copy's share, allocator rounding (BENCHMARKS.md has the measured figure).
+/// What one retained entry costs beyond its payload and topic, counted against
+/// `history.max_bytes`: the `Publication` and its `Arc`, the deque slot, allocator
+/// rounding (BENCHMARKS.md has the measured figure).
 pub const ENTRY_OVERHEAD: u64 = 192;
+
+/// The envelope of one rendered frame beyond payload and topic (gows: type, channel,
+/// processId, offset, timestamp; vws: keys, headers type, offset; the frame header).
+const FRAME_ENVELOPE: u64 = 128;
+
+/// What a retained publication counts against `history.max_bytes`: its payload and
+/// topic, the bookkeeping, and a rendered frame for each dialect. Frames are rendered
+/// only for dialects someone received it in, but a stored publication keeps those it
+/// has, so counting both makes the cap a bound on memory rather than an estimate.
+pub fn memory_cost(p: &Publication) -> u64 {
+    let body = payload_len(p) + p.topic.len() as u64;
+    ENTRY_OVERHEAD + body + 2 * (body + FRAME_ENVELOPE)
+}
 
 /// Why retained publications were dropped (`shardcast_history_evicted_total{reason}`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,7 +66,7 @@ impl Eviction {
 pub struct HistoryStats {
     /// Publications retained now.
     pub retained: AtomicU64,
-    /// Bytes retained now (payload plus [`ENTRY_OVERHEAD`] each).
+    /// Bytes retained now, as counted against `history.max_bytes` ([`memory_cost`]).
     pub retained_bytes: AtomicU64,
     /// Channels with history state (offsets and epoch) now.
     pub channels: AtomicU64,
@@ -322,7 +335,7 @@ impl History {
             store.lru.insert(seq, p.topic.clone());
         }
         store.entries += 1;
-        store.bytes += payload + ENTRY_OVERHEAD;
+        store.bytes += memory_cost(p);
         HistoryStats::add(&self.stats.appended, 1);
         self.evict_over_cap(store, &mut freed);
         store.entries = store.entries.saturating_sub(freed.entries);
@@ -467,9 +480,8 @@ struct Freed {
 impl Freed {
     fn pop(&mut self, log: &mut ChannelLog, why: Eviction) {
         if let Some(p) = log.entries.pop_front() {
-            let payload = payload_len(&p);
-            log.payload -= payload;
-            self.bytes += payload + ENTRY_OVERHEAD;
+            log.payload -= payload_len(&p);
+            self.bytes += memory_cost(&p);
             self.entries += 1;
             if let Some(n) = self.by_reason.get_mut(why as usize) {
                 *n += 1;

@@ -132,8 +132,10 @@ fn offsets_stay_gap_free_with_concurrent_publishers() {
 
 #[test]
 fn bytes_and_max_bytes_evict_oldest_of_least_recently_published() {
-    // Each entry costs 10 payload bytes + ENTRY_OVERHEAD; six fit under the cap.
-    let cost = 10 + ENTRY_OVERHEAD;
+    // Every entry has the same cost; six fit under the cap.
+    let cost = memory_cost(&publication("old", "0123456789"));
+    assert_eq!(cost, memory_cost(&publication("new", "0123456789")));
+    assert_eq!(cost, ENTRY_OVERHEAD + 13 + 2 * (13 + 128));
     let h = store(
         vec![
             rule("small", 1000, 35, Replay::None),
