@@ -333,25 +333,14 @@ export class Shardcast {
       this._positions.set(topic, { epoch, offset: null, top });
       return;
     }
+    // Our offsets still count when the epoch is ours. An offset without its epoch (a gows
+    // plain subscribe never tells it) the broker takes in the current epoch, as we do
+    // unless the channel has not even got that far; `offset: 0` without one asks for the
+    // oldest retained, whichever that is, so there is nothing to hold it against.
+    const ours =
+      since.epoch !== null ? since.epoch === epoch : since.offset > 0 && since.offset <= top;
+    this._positions.set(topic, { epoch, offset: ours ? since.offset : null, top });
     const resume = { recovered: recovered === true, after: since.offset, offset: top, epoch };
-    if (since.epoch === null && since.offset > 0) {
-      // An offset without its epoch (a gows plain subscribe never tells it): the broker
-      // cannot vouch for it and replays everything it has. Taken as this epoch's unless the
-      // channel is not even there yet; then the first new offset shows whether any is missing.
-      if (top < since.offset) {
-        this._positions.set(topic, { epoch, offset: null, top });
-        this._emit("resume", topic, resume);
-      } else if (top === since.offset) {
-        this._positions.set(topic, { epoch, offset: since.offset, top });
-        this._emit("resume", topic, { ...resume, recovered: true });
-      } else {
-        this._positions.set(topic, { epoch, offset: since.offset, top, pending: resume });
-      }
-      return;
-    }
-    // `offset: 0` without an epoch asks for the oldest: `recovered` says whether that is 1.
-    const sameEpoch = since.epoch !== null ? since.epoch === epoch : recovered === true;
-    this._positions.set(topic, { epoch, offset: sameEpoch ? since.offset : null, top });
     this._emit("resume", topic, resume);
   }
 
@@ -382,10 +371,6 @@ export class Shardcast {
     }
     if (p) {
       if (p.offset !== null && offset <= p.offset) return; // already delivered
-      if (p.pending) {
-        this._emit("resume", topic, { ...p.pending, recovered: offset === p.offset + 1 });
-        p.pending = null;
-      }
       const expected = p.offset !== null ? p.offset + 1 : p.top !== null ? p.top + 1 : offset;
       if (offset > expected) {
         this._emit("gap", topic, { from: expected, to: offset - 1, epoch: p.epoch });
