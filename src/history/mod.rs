@@ -270,7 +270,7 @@ impl History {
         channel: &str,
         rule: RuleId,
         now: Instant,
-    ) -> &'s mut ChannelLog {
+    ) -> Option<&'s mut ChannelLog> {
         if !store.channels.contains_key(channel) {
             store.created += 1;
             let epoch = self.new_epoch(store.created);
@@ -290,11 +290,7 @@ impl History {
                 .channels
                 .store(store.channels.len() as u64, Ordering::Relaxed);
         }
-        #[allow(clippy::expect_used)]
-        store
-            .channels
-            .get_mut(channel)
-            .expect("invariant: inserted above")
+        store.channels.get_mut(channel)
     }
 
     /// Assigns `p` the next offset of its channel, retains it, evicts what the limits
@@ -310,7 +306,9 @@ impl History {
         let store = &mut *guard;
         store.seq += 1;
         let seq = store.seq;
-        let log = self.log_mut(store, &p.topic, rule, now);
+        let Some(log) = self.log_mut(store, &p.topic, rule, now) else {
+            return deliver(); // unreachable: the channel was just found or inserted
+        };
         log.top += 1;
         p.set_offset(log.top);
         log.entries.push_back(p.clone());
@@ -378,12 +376,20 @@ impl History {
     pub fn attach(&self, channel: &str, rule: RuleId) -> Attached {
         let replay = self.rule(rule).map_or(Replay::None, |r| r.replay);
         let mut store = self.store.lock();
-        let log = self.log_mut(&mut store, channel, rule, Instant::now());
-        Attached {
-            top: log.top,
-            first: log.first(),
-            epoch: log.epoch.clone(),
-            replay,
+        match self.log_mut(&mut store, channel, rule, Instant::now()) {
+            Some(log) => Attached {
+                top: log.top,
+                first: log.first(),
+                epoch: log.epoch.clone(),
+                replay,
+            },
+            // Unreachable (the channel was just found or inserted); an empty channel.
+            None => Attached {
+                top: 0,
+                first: 1,
+                epoch: Arc::from(""),
+                replay,
+            },
         }
     }
 
