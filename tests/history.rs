@@ -564,3 +564,51 @@ async fn a_big_replay_is_paced_through_a_small_outbox() {
         0.0
     );
 }
+
+/// The broker's resident memory in KiB, from `/proc/<pid>/status`.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+#[tokio::test]
+async fn a_flood_of_history_channels_is_bounded_and_memory_returns_after_expiry() {
+    // 8 MiB of history at most; 20,000 distinct channels of 1 KiB publications.
+    let broker = Broker::start(
+        "[history]\nmax_bytes = 8388608\n\n[[history.rules]]\npattern = \"flood/+\"\nttl = \"1s\"\n",
+    );
+    let baseline = rss_kib(broker.pid());
+    let blob = "y".repeat(1000);
+    let mut peak = baseline;
+    for chunk in 0..20 {
+        let batch: Value = (0..1000)
+            .map(|i| json!({"channel": format!("flood/{}", chunk * 1000 + i), "data": blob}))
+            .collect();
+        let r = broker.post_json("/api/publish", &batch).await;
+        assert!(r.is_success(), "{}", r.text);
+        peak = peak.max(rss_kib(broker.pid()));
+    }
+    let h = broker.stats().await["history"].clone();
+    assert!(h["retained_bytes"].as_u64().unwrap() <= 8_388_608, "{h}");
+    assert!(h["evicted"]["max_bytes"].as_u64().unwrap() > 15_000, "{h}");
+    // 20 MB of payload went through; history held at most its 8 MiB (plus the channels'
+    // small records and what the HTTP path and allocator keep in flight).
+    assert!(
+        peak < baseline + 40 * 1024,
+        "RSS grew from {baseline} KiB to {peak} KiB"
+    );
+    eventually("every flood channel to expire", STREAM, || {
+        let broker = &broker;
+        async move { broker.stats().await["history"]["channels"] == 0 }
+    })
+    .await;
+    eventually("RSS back near its baseline", STREAM, || {
+        let pid = broker.pid();
+        async move { rss_kib(pid) < baseline + 6 * 1024 }
+    })
+    .await;
+}
