@@ -196,6 +196,56 @@ async fn jwt_needs_hs256_a_good_signature_and_exp() {
 }
 
 #[tokio::test]
+async fn claim_rules_are_exact_zero_is_false_and_nested_arrays_do_not_match() {
+    let broker = Broker::start_with(
+        "[auth]\ntype = \"jwt\"\njwt_secret_env = \"TEST_JWT\"\n\
+         [[policy]]\npattern = \"vault/#\"\nsubscribe = \"claim:clearance\"\npublish = \"nobody\"\n\
+         [[policy]]\npattern = \"ops/#\"\nsubscribe = \"claim:role=admin\"\npublish = \"nobody\"\n",
+        &[],
+        &[("TEST_JWT", SECRET)],
+    );
+    let url = broker.ws_url();
+    let may = |claims: Value, topic: &'static str| {
+        let url = url.clone();
+        async move {
+            let token = format!("Bearer {}", jwt(claims));
+            let mut ws = try_ws_with(&url, VWS, &[("Authorization", &token)])
+                .await
+                .unwrap();
+            ws.send_json(&json!({"k": "s", "t": topic, "i": 1})).await;
+            ws.recv().await["k"] == "a"
+        }
+    };
+    let exp = now() + 600;
+    for (clearance, allowed) in [
+        (json!(0), false),
+        (json!(0.0), false),
+        (json!(false), false),
+        (json!(""), false),
+        (json!([]), false),
+        (json!({}), false),
+        (json!(null), false),
+        (json!(2), true),
+        (json!(true), true),
+        (json!("top"), true),
+        (json!(["x"]), true),
+    ] {
+        let claims = json!({"sub": "u", "exp": exp, "clearance": clearance});
+        assert_eq!(may(claims, "vault/x").await, allowed, "clearance {clearance}");
+    }
+    for (role, allowed) in [
+        (json!("admin"), true),
+        (json!(["dev", "admin"]), true),
+        (json!([["admin"]]), false),
+        (json!([{"admin": true}]), false),
+        (json!("administrator"), false),
+    ] {
+        let claims = json!({"sub": "u", "exp": exp, "role": role});
+        assert_eq!(may(claims, "ops/x").await, allowed, "role {role}");
+    }
+}
+
+#[tokio::test]
 async fn policies_claims_and_grants_decide_who_subscribes_and_publishes() {
     let broker = Broker::start_with(
         "[auth]\ntype = \"jwt\"\njwt_secret_env = \"TEST_JWT\"\n\

@@ -80,16 +80,35 @@ impl Who {
     }
 }
 
+/// `claim:NAME` admits a claim that is true, a non-zero number, or a non-empty string,
+/// array or object. `claim:NAME=VALUE` admits a string, number or boolean whose text is
+/// VALUE, or an array with such an element (one level: arrays inside arrays never match).
 fn claim_admits(claim: &Value, want: Option<&str>) -> bool {
-    match (claim, want) {
-        (Value::Null | Value::Bool(false), None) => false,
-        (Value::String(s), None) => !s.is_empty(),
-        (Value::Array(a), None) => !a.is_empty(),
-        (_, None) => true,
-        (Value::String(s), Some(w)) => s == w,
-        (Value::Array(items), Some(w)) => items.iter().any(|i| claim_admits(i, Some(w))),
-        (Value::Number(n), Some(w)) => n.to_string() == w,
-        (Value::Bool(b), Some(w)) => b.to_string() == w,
+    match want {
+        None => truthy(claim),
+        Some(w) => match claim {
+            Value::Array(items) => items.iter().any(|i| scalar_is(i, w)),
+            other => scalar_is(other, w),
+        },
+    }
+}
+
+fn truthy(v: &Value) -> bool {
+    match v {
+        Value::Null => false,
+        Value::Bool(b) => *b,
+        Value::Number(n) => n.as_f64().is_some_and(|f| f != 0.0),
+        Value::String(s) => !s.is_empty(),
+        Value::Array(a) => !a.is_empty(),
+        Value::Object(o) => !o.is_empty(),
+    }
+}
+
+fn scalar_is(v: &Value, want: &str) -> bool {
+    match v {
+        Value::String(s) => s == want,
+        Value::Number(n) => n.to_string() == want,
+        Value::Bool(b) => b.to_string() == want,
         _ => false,
     }
 }
