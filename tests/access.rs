@@ -58,6 +58,13 @@ async fn publishing_requires_the_bearer_key_when_one_is_configured() {
     let v = sub.recv_json(RECV).await;
     assert_eq!(v["t"], "news");
     assert_eq!(v["d"], 1);
+    // The scheme is case-insensitive (RFC 7235), as on the WebSocket upgrade.
+    for scheme in ["bearer", "BEARER"] {
+        let auth = format!("{scheme} s3cret-key");
+        let (status, text) = post_with_auth(&broker, Some(&auth), &body).await;
+        assert_eq!(status, 200, "{scheme}: {text}");
+        assert_eq!(sub.recv_json(RECV).await["d"], 1);
+    }
 
     // Reads do not need the key.
     assert_eq!(broker.get("/healthz").await.status, 200);

@@ -170,7 +170,7 @@ fn authorize(shard: &Shard, peer: SocketAddr, req: &Request<Incoming>) -> Result
                 .headers()
                 .get(AUTHORIZATION)
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
+                .and_then(bearer_token)
                 .unwrap_or("");
             if key.matches(given.as_bytes()) {
                 Ok(())
@@ -182,6 +182,15 @@ fn authorize(shard: &Shard, peer: SocketAddr, req: &Request<Incoming>) -> Result
             }
         }
     }
+}
+
+/// The token of an `Authorization: Bearer <token>` value; the scheme is
+/// case-insensitive (RFC 7235 §2.1), the token is taken as sent.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim_start())
 }
 
 async fn read_body(shard: &Shard, req: Request<Incoming>) -> Result<Bytes, ApiError> {
