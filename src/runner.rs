@@ -148,7 +148,11 @@ pub async fn run(
     let output_path = format!("/api/process/{segment}/output");
 
     let (code, text) = client
-        .post(&status_path, "application/json", status_body("running", 0))
+        .post(
+            &status_path,
+            "application/json",
+            Bytes::from_static(br#"{"status":"running"}"#),
+        )
         .await
         .with_context(|| {
             format!("the broker at {url} is not reachable; not running the command")

@@ -74,7 +74,11 @@ pub async fn handle(shard: &Rc<Shard>, peer: SocketAddr, req: Request<Incoming>)
     let broker = &shard.broker;
     broker.global.api_requests.fetch_add(1, Ordering::Relaxed);
     let path = req.uri().path().to_owned();
-    let method = req.method().clone();
+    // HEAD is GET without the body (uptime checkers use it); hyper leaves the body out.
+    let method = match req.method() {
+        &Method::HEAD => Method::GET,
+        m => m.clone(),
+    };
     let result = match (method.clone(), path.as_str()) {
         (Method::GET, "/healthz") => Ok(health::healthz(broker)),
         (Method::GET, "/readyz") => Ok(health::readyz(broker)),

@@ -56,7 +56,7 @@ struct OutputBody {
 struct StatusBody {
     status: String,
     #[serde(rename = "exitCode", default)]
-    exit_code: i64,
+    exit_code: Option<i64>,
 }
 
 /// Handles a POST under `/api/`.
@@ -290,9 +290,15 @@ fn process_status(shard: &Shard, id: &str, body: &[u8]) -> Result<Publication, A
             "status must be one of running, exited, killed, failed",
         ));
     }
-    let data =
-        serde_json::to_vec(&serde_json::json!({ "status": b.status, "exitCode": b.exit_code }))
-            .unwrap_or_default();
+    // A process that is still running has no exit code yet: `running` carries none.
+    let data = if b.status == "running" {
+        serde_json::to_vec(&serde_json::json!({ "status": b.status }))
+    } else {
+        serde_json::to_vec(
+            &serde_json::json!({ "status": b.status, "exitCode": b.exit_code.unwrap_or(0) }),
+        )
+    }
+    .unwrap_or_default();
     Ok(process_message(
         &channel,
         "process_status",
