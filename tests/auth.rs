@@ -231,7 +231,11 @@ async fn claim_rules_are_exact_zero_is_false_and_nested_arrays_do_not_match() {
         (json!(["x"]), true),
     ] {
         let claims = json!({"sub": "u", "exp": exp, "clearance": clearance});
-        assert_eq!(may(claims, "vault/x").await, allowed, "clearance {clearance}");
+        assert_eq!(
+            may(claims, "vault/x").await,
+            allowed,
+            "clearance {clearance}"
+        );
     }
     for (role, allowed) in [
         (json!("admin"), true),
@@ -401,5 +405,45 @@ async fn a_missing_secret_stops_the_broker_at_start() {
             .contains("auth.jwt_secret_env: environment variable TEST_UNSET_SECRET_VAR is not set"),
         "{}",
         out.stderr
+    );
+}
+
+#[tokio::test]
+async fn anonymous_reads_and_signed_in_writes_with_auth_anonymous() {
+    // The README's JWT example: everyone reads chat, signed-in clients write it.
+    let broker = Broker::start_with(
+        "[auth]\ntype = \"jwt\"\njwt_secret_env = \"TEST_JWT\"\nanonymous = true\n\
+         [[policy]]\npattern = \"chat/#\"\nsubscribe = \"anyone\"\npublish = \"authenticated\"\n",
+        &[],
+        &[("TEST_JWT", SECRET)],
+    );
+    let url = broker.ws_url();
+    // No credentials at all: in, as anonymous, and may read but not write.
+    let mut reader = try_ws_with(&url, VWS, &[]).await.unwrap();
+    reader.vws_subscribe("chat/lobby", 1).await;
+    let e = reader
+        .vws_expect_nack(&json!({"t": "chat/lobby", "d": "hi", "i": 2}))
+        .await;
+    assert!(e.contains("not allowed to publish"), "{e}");
+    // Wrong credentials are still refused: anonymous is not a fallback for bad tokens.
+    refused_401(&broker, &url, &[("Authorization", "Bearer a.b.c")], "").await;
+    let expired = jwt(json!({"sub": "old", "exp": now() - 3600}));
+    refused_401(&broker, &format!("{url}?token={expired}"), &[], "expired").await;
+    // A signed-in client writes, and the anonymous reader receives it.
+    let token = format!(
+        "Bearer {}",
+        jwt(json!({"sub": "alice", "exp": now() + 600}))
+    );
+    let mut writer = try_ws_with(&url, VWS, &[("Authorization", &token)])
+        .await
+        .unwrap();
+    writer
+        .send_json(&json!({"t": "chat/lobby", "d": "hello", "i": 1}))
+        .await;
+    assert_eq!(writer.recv().await, json!({"k": "a", "i": 1}));
+    let got = reader.recv().await;
+    assert_eq!(
+        (&got["t"], &got["d"]),
+        (&json!("chat/lobby"), &json!("hello"))
     );
 }

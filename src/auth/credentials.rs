@@ -59,6 +59,8 @@ pub struct Offered<'a> {
 /// Checks credentials the way `[auth]` says.
 pub struct Authenticator {
     method: Method,
+    /// `auth.anonymous`: no credentials at all = an anonymous client, not a 401.
+    anonymous: bool,
     /// For `WWW-Authenticate` on 401.
     kind: AuthType,
 }
@@ -188,6 +190,7 @@ impl Authenticator {
         };
         Ok(Authenticator {
             method,
+            anonymous: auth.anonymous,
             kind: auth.kind,
         })
     }
@@ -206,7 +209,8 @@ impl Authenticator {
         }
     }
 
-    /// Who the request is. `Ok(None)` is an anonymous client under `auth.type = "none"`.
+    /// Who the request is. `Ok(None)` is an anonymous client: under `auth.type = "none"`,
+    /// or one that offered no credentials at all under `auth.anonymous = true`.
     ///
     /// # Errors
     /// Missing or refused credentials (answer 401).
@@ -214,7 +218,10 @@ impl Authenticator {
         if matches!(self.method, Method::None) {
             return Ok(None);
         }
-        let (scheme, credential) = credential(offered)?;
+        let (scheme, credential) = match credential(offered) {
+            Err(AuthError::Missing) if self.anonymous => return Ok(None),
+            other => other?,
+        };
         match &self.method {
             Method::None => Ok(None),
             Method::Bearer(tokens) => {

@@ -156,6 +156,9 @@ pub struct AuthConfig {
     /// `auth.type`: none | bearer | basic | jwt.
     #[serde(rename = "type")]
     pub kind: AuthType,
+    /// A client with no credentials at all connects as anonymous (wrong ones are still
+    /// refused), so `[[policy]]` rules can tell `anyone` from `authenticated`.
+    pub anonymous: bool,
     /// Variable holding the bearer token.
     pub bearer_token_env: String,
     /// Variable holding the basic-auth user name.

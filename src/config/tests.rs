@@ -341,6 +341,46 @@ fn every_validation_rule() {
     let cases: &[(&str, &str, &str)] = &[
         ("[server]\nshards = 129", "server.shards", "at most 128"),
         (
+            "[auth]\nanonymous = true",
+            "auth.anonymous",
+            "only means something with auth.type",
+        ),
+        (
+            "[[history]]\nsize = 5",
+            "history.rules",
+            "exactly one of `pattern` and `prefix`",
+        ),
+        (
+            "[[history]]\npattern = \"a/#\"\nprefix = \"a/\"",
+            "history.rules",
+            "exactly one of",
+        ),
+        (
+            "[[history]]\npattern = \"a/#/b\"",
+            "history.rules",
+            "pattern:",
+        ),
+        (
+            "[[history]]\nprefix = \"\"",
+            "history.rules",
+            "must not be empty",
+        ),
+        (
+            "[[history]]\nprefix = \"x\"\nsize = 2000000",
+            "history.rules",
+            "at most 1000000",
+        ),
+        (
+            "[[history]]\nprefix = \"x\"\nbytes = 0",
+            "history.rules",
+            "bytes must be more than 0",
+        ),
+        (
+            "[[history]]\nprefix = \"x\"\nttl = \"0s\"",
+            "history.rules",
+            "ttl must be longer than 0s",
+        ),
+        (
             "[server]\nws_path = \"ws\"",
             "server.ws_path",
             "must start with '/'",
@@ -404,6 +444,41 @@ fn every_validation_rule() {
             "[server]\nallowed_origins = [\"*\", \"https://a.com\"]",
             "server.allowed_origins",
             "only entry",
+        ),
+        (
+            "[server]\nallowed_origins = [\"https://*.example.com\"]",
+            "server.allowed_origins",
+            "only stand for the port",
+        ),
+        (
+            "[server]\nallowed_origins = [\"http://*:3000\"]",
+            "server.allowed_origins",
+            "only stand for the port",
+        ),
+        (
+            "[server]\nallowed_origins = [\"file:///home/me/page.html\"]",
+            "server.allowed_origins",
+            "add \"null\"",
+        ),
+        (
+            "[server]\nallowed_origins = [\"https://a.com/app\"]",
+            "server.allowed_origins",
+            "no path",
+        ),
+        (
+            "[server]\nallowed_origins = [\"http://localhost:x\"]",
+            "server.allowed_origins",
+            "port must be a number or '*'",
+        ),
+        (
+            "[server]\nallowed_origins = [\"http://:3000\"]",
+            "server.allowed_origins",
+            "no host",
+        ),
+        (
+            "[server]\nallowed_origins = [\"nul\"]",
+            "server.allowed_origins",
+            "\"null\", scheme://host[:port] or scheme://host:*",
         ),
         (
             "[server]\nhandshake_timeout = 0",
@@ -555,6 +630,12 @@ fn every_validation_rule() {
             "names the file: {text}"
         );
     }
+    // Origins: exact, any port of one host, the opaque origin of file:// pages, IPv6.
+    let c = defaults_with(
+        "[server]\nallowed_origins = [\"null\", \"http://localhost:*\", \"https://app.example.com:8443\", \"http://[::1]:*\", \"http://[::1]:3000\"]",
+    )
+    .expect("every entry form is accepted");
+    assert_eq!(c.server.allowed_origins.len(), 5);
     // Zero grace is meaningful: close at once.
     defaults_with("[server]\nshutdown_grace = \"0s\"").expect("zero grace is allowed");
     defaults_with("[client]\npublish_rate = 0\npublish_burst = 0").expect("unlimited");
@@ -572,4 +653,42 @@ fn api_key_env_must_be_set() {
     )
     .expect("loads");
     assert_eq!(c.api.key_env, "MY_API_KEY");
+}
+
+#[test]
+fn history_rules_in_either_form_and_the_cap_from_the_environment() {
+    let (_f, short) = load_file("[[history]]\npattern = \"chat/+\"\nsize = 50\nreplay = \"all\"\n");
+    let short = short.expect("[[history]] form");
+    assert_eq!(short.history.rules.len(), 1);
+    assert_eq!(short.history.rules[0].size, 50);
+    assert_eq!(short.history.rules[0].replay, crate::config::Replay::All);
+    assert_eq!(
+        short.history.max_bytes, 268_435_456,
+        "the default cap stays"
+    );
+
+    let (_f, long) = load_file(
+        "[history]\nmax_bytes = 1000\n\n[[history.rules]]\nprefix = \"logs/\"\nttl = \"1h\"\n",
+    );
+    let long = long.expect("[history] form");
+    assert_eq!(long.history.max_bytes, 1000);
+    assert_eq!(long.history.rules[0].prefix.as_deref(), Some("logs/"));
+    assert_eq!(long.history.rules[0].ttl, Duration::from_secs(3600));
+    assert_eq!(long.history.rules[0].size, 1000, "rule defaults");
+
+    let f = file("[[history]]\nprefix = \"x/\"\n");
+    let both = load(
+        Some(f.path()),
+        env(&[("SHARDCAST_HISTORY__MAX_BYTES", "4096")]),
+        &Overrides::default(),
+    )
+    .expect("env cap with [[history]] rules");
+    assert_eq!(
+        (both.history.max_bytes, both.history.rules.len()),
+        (4096, 1)
+    );
+
+    let (_f, bad) = load_file("[[history]]\npattern = \"a\"\nsizes = 3\n");
+    let msg = invalid(bad, "history[0].sizes", "unknown key");
+    assert!(msg.contains("size, bytes, ttl, replay"), "{msg}");
 }

@@ -96,6 +96,7 @@ pub(super) fn check(c: &Config) -> Result<(), Violation> {
     server(c)?;
     client(c)?;
     auth(c)?;
+    auth_anonymous(c)?;
     policy(c)?;
     api(c)?;
     cluster(c)?;
@@ -179,18 +180,8 @@ fn server(c: &Config) -> Result<(), Violation> {
         )?;
     }
     for origin in &s.allowed_origins {
-        let o = origin.as_str();
-        let well_formed = o == "*"
-            || ((o.starts_with("http://") || o.starts_with("https://"))
-                && !o.ends_with('/')
-                && !o.chars().any(char::is_whitespace));
-        if !well_formed {
-            fail(
-                "server.allowed_origins",
-                format!(
-                    "{o:?} is not an origin; use \"*\" or scheme://host[:port] without a trailing '/'"
-                ),
-            )?;
+        if let Err(reason) = origin_entry(origin) {
+            fail("server.allowed_origins", reason)?;
         }
     }
     if s.allowed_origins.len() > 1 && s.allowed_origins.iter().any(|o| o == "*") {
@@ -207,6 +198,60 @@ fn server(c: &Config) -> Result<(), Violation> {
         )?;
     }
     at_least("server.inbox_capacity", s.inbox_capacity, 1)
+}
+
+/// One `server.allowed_origins` entry: `"*"`, `"null"`, `scheme://host[:port]` or
+/// `scheme://host:*` (any port), scheme `http` or `https` (src/auth/origin.rs).
+fn origin_entry(o: &str) -> Result<(), String> {
+    const FORMS: &str = "use \"*\", \"null\", scheme://host[:port] or scheme://host:* (any port)";
+    if o == "*" || o == "null" {
+        return Ok(());
+    }
+    if o.starts_with("file:") {
+        return Err(format!(
+            "{o:?} is not an origin: file:// pages send Origin null; add \"null\" (for development only)"
+        ));
+    }
+    let Some(authority) = o
+        .strip_prefix("http://")
+        .or_else(|| o.strip_prefix("https://"))
+    else {
+        return Err(format!("{o:?} is not an origin; {FORMS}"));
+    };
+    if o.ends_with('/') {
+        return Err(format!(
+            "{o:?} is not an origin: no trailing '/' (an Origin has no path); {FORMS}"
+        ));
+    }
+    if o.chars().any(char::is_whitespace) || authority.contains(['/', '?', '#', '@']) {
+        return Err(format!(
+            "{o:?} is not an origin: only scheme, host and port, no path, query or user; {FORMS}"
+        ));
+    }
+    let host = authority.strip_suffix(":*").unwrap_or(authority);
+    if host.contains('*') {
+        return Err(format!(
+            "{o:?}: '*' may only stand for the port (scheme://host:*), not for part of a host; list each host, or use \"*\" alone for every origin"
+        ));
+    }
+    // host[:port]; an IPv6 host is bracketed.
+    let (name, port) = match host.find(']') {
+        Some(end) if host.starts_with('[') => host.split_at(end + 1),
+        _ => host.split_at(host.find(':').unwrap_or(host.len())),
+    };
+    if name.is_empty() || (name.contains(['[', ']']) && !name.starts_with('[')) {
+        return Err(format!("{o:?} is not an origin: no host; {FORMS}"));
+    }
+    let port_ok = port.is_empty()
+        || port
+            .strip_prefix(':')
+            .is_some_and(|p| (1..=5).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_digit()));
+    if !port_ok {
+        return Err(format!(
+            "{o:?} is not an origin: the port must be a number or '*'; {FORMS}"
+        ));
+    }
+    Ok(())
 }
 
 fn client(c: &Config) -> Result<(), Violation> {
@@ -298,6 +343,17 @@ fn auth(c: &Config) -> Result<(), Violation> {
 
 /// Each rule's pattern is a valid pattern and its `subscribe`/`publish` parse; rules that
 /// can never apply under the configured `auth.type` are refused rather than ignored.
+fn auth_anonymous(c: &Config) -> Result<(), Violation> {
+    if c.auth.anonymous && c.auth.kind == AuthType::None {
+        return fail_with(
+            "auth.anonymous",
+            "auth.type",
+            "only means something with auth.type = \"bearer\", \"basic\" or \"jwt\" (with \"none\" every client is anonymous already)",
+        );
+    }
+    Ok(())
+}
+
 fn policy(c: &Config) -> Result<(), Violation> {
     let limits = crate::topic::Limits {
         max_bytes: c.client.max_topic_bytes,
