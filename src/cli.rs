@@ -36,7 +36,7 @@ pub enum Command {
     Publish(PublishArgs),
     /// Run a command, streaming its output and status to `process:ID`.
     Run(RunArgs),
-    /// Print a channel: its history first, then live publications, until Ctrl-C.
+    /// Print a channel: its history first, then live publications, until Ctrl-C
     ///
     /// Subscribes over the broker's WebSocket (vws dialect) and prints one line per
     /// publication to stdout, in offset order:
@@ -156,7 +156,8 @@ pub struct SubscribeArgs {
     /// A final status replayed from history ends it only when nothing came after it.
     #[arg(long)]
     pub until_exit: bool,
-    /// Credential for the broker's [auth] (bearer token, JWT), sent as ?token=.
+    /// Credential for the broker's [auth] (token, JWT, or base64 user:password for basic),
+    /// sent as ?token=.
     #[arg(
         long,
         value_name = "TOKEN",

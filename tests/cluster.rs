@@ -63,6 +63,8 @@ fn free_port() -> u16 {
 /// A helper server (`nats-server`, `haproxy`) as a child process; killed when dropped.
 struct Server {
     child: Child,
+    /// What the process wrote to stdout and stderr.
+    log: std::fs::File,
 }
 
 impl Server {
@@ -95,7 +97,17 @@ impl Server {
             }
         })
         .await;
-        Server { child }
+        Server { child, log }
+    }
+
+    /// Everything the process has written so far.
+    fn output(&self) -> String {
+        use std::io::{Read, Seek};
+        let mut log = self.log.try_clone().unwrap();
+        let mut out = String::new();
+        log.rewind().unwrap();
+        log.read_to_string(&mut out).unwrap();
+        out
     }
 }
 
@@ -366,7 +378,7 @@ async fn client_publish_with_headers_reaches_two_other_nodes_once() {
 /// its `server` lines replaced by `nodes`; killed when dropped.
 struct Haproxy {
     addr: std::net::SocketAddr,
-    _server: Server,
+    server: Server,
     _config: tempfile::NamedTempFile,
 }
 
@@ -409,7 +421,7 @@ impl Haproxy {
         let server = Server::start(bin, &["-db", "-f", path], port).await;
         Haproxy {
             addr: ([127, 0, 0, 1], port).into(),
-            _server: server,
+            server,
             _config: config,
         }
     }
@@ -438,6 +450,39 @@ impl Haproxy {
             }
         }
     }
+}
+
+#[tokio::test]
+async fn the_shipped_haproxy_config_keeps_tokens_out_of_its_log() {
+    let Some(haproxy_bin) = require_haproxy() else {
+        return;
+    };
+    let node = Broker::start("");
+    let lb = Haproxy::start(&haproxy_bin, &[&node]).await;
+    lb.all_up(1).await;
+    // Browsers send their credentials in the query of the upgrade request.
+    let ws = Ws::connect(
+        &format!("{}?token=very-secret-token", lb.ws_url()),
+        Dialect::Subprotocol("vws"),
+    )
+    .await;
+    ws.close().await;
+    until_ok("haproxy to log the upgrade", READY, || {
+        let log = lb.server.output();
+        async move {
+            if log.contains("\"GET /ws") {
+                Ok(())
+            } else {
+                Err(log)
+            }
+        }
+    })
+    .await;
+    let log = lb.server.output();
+    assert!(
+        !log.contains("very-secret-token"),
+        "token in the haproxy log:\n{log}"
+    );
 }
 
 #[tokio::test]
