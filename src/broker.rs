@@ -95,7 +95,7 @@ impl Broker {
     pub fn backplane_up(&self) -> bool {
         self.cluster
             .as_ref()
-            .map_or(true, |c| c.stats.connected.load(Ordering::Acquire))
+            .is_none_or(|c| c.stats.connected.load(Ordering::Acquire))
     }
 
     /// True once shutdown has begun.

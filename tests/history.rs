@@ -215,7 +215,7 @@ async fn joining_under_full_speed_publishing_neither_loses_nor_duplicates() {
             while !stop.load(Ordering::Relaxed) {
                 n += 1;
                 ws.send_json(&json!({"t": "feed/race", "d": n})).await;
-                if n % 32 == 0 {
+                if n.is_multiple_of(32) {
                     published.fetch_add(32, Ordering::Relaxed);
                     tokio::time::sleep(Duration::from_millis(2)).await;
                 }
@@ -252,7 +252,7 @@ async fn joining_under_full_speed_publishing_neither_loses_nor_duplicates() {
         joiners.push(tokio::spawn(async move {
             for join in 0..60u64 {
                 let mut ws = Ws::connect(&url, Dialect::Subprotocol("vws")).await;
-                let resume = (task + join) % 2 == 0;
+                let resume = (task + join).is_multiple_of(2);
                 ws.send_json(&json!({"k": "s", "t": "feed/race", "i": 1}))
                     .await;
                 let ack = ws.recv_json(RECV).await;

@@ -862,7 +862,7 @@ async fn vanish(addr: SocketAddr, n: usize) {
             let mut raw = RawWs::connect(addr, "vws").await;
             raw.send_text(&subscribe.to_string()).await;
             assert_eq!(raw.recv_json(RECV).await, json!({"k": "a", "i": 1}));
-            if n % 5 == 0 {
+            if n.is_multiple_of(5) {
                 raw.reset();
             }
         }

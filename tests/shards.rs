@@ -29,7 +29,7 @@ fn shard_connections(shard: &Value) -> u64 {
 async fn mixed_subscribers(broker: &Broker) -> Vec<(bool, Ws)> {
     let mut out = Vec::new();
     for n in 0..CLIENTS {
-        let gows = n % 2 == 0;
+        let gows = n.is_multiple_of(2);
         let how = match n % 4 {
             0 => Dialect::Subprotocol("gows"),
             1 => Dialect::Subprotocol("vws"),

@@ -169,7 +169,7 @@ impl Policies {
     pub fn may_subscribe(&self, identity: Option<&Identity>, pattern: &str) -> bool {
         let granted = identity
             .and_then(|id| id.may_subscribe.as_ref())
-            .map_or(true, |grants| {
+            .is_none_or(|grants| {
                 grants.iter().any(|g| pattern_covers(g, pattern))
             });
         if !granted {
@@ -194,7 +194,7 @@ impl Policies {
     pub fn may_publish(&self, identity: Option<&Identity>, topic: &str) -> bool {
         let granted = identity
             .and_then(|id| id.may_publish.as_ref())
-            .map_or(true, |grants| {
+            .is_none_or(|grants| {
                 grants.iter().any(|g| pattern_matches(g, topic))
             });
         if !granted {

@@ -166,7 +166,7 @@ impl Attached {
     /// offset is taken in the current one (`o: 0` asks for everything retained, which
     /// is complete when nothing was ever dropped).
     pub fn resume(&self, offset: u64, epoch: Option<&str>) -> Start {
-        let same_epoch = epoch.map_or(true, |e| e == &*self.epoch);
+        let same_epoch = epoch.is_none_or(|e| e == &*self.epoch);
         if !same_epoch {
             return Start {
                 next: self.first,

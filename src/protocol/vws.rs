@@ -113,7 +113,7 @@ fn request_id(raw: &RawValue, scratch: &mut Vec<u8>) -> Result<RequestId, Reject
 /// gows type is not `event` and the headers do not already name a `type` (theirs wins).
 fn write_channel_headers(out: &mut Vec<u8>, gows_type: &str, headers: Option<&Bytes>) {
     let add_type =
-        gows_type != "event" && headers.map_or(true, |h| !json::object_has_key(h, "type"));
+        gows_type != "event" && headers.is_none_or(|h| !json::object_has_key(h, "type"));
     match (headers, add_type) {
         (None, false) => {}
         (Some(h), false) => {

@@ -175,7 +175,7 @@ mod tests {
             assert!(s.remove(v), "{v}");
             assert!(!s.remove(v), "{v}");
             assert_eq!(s.len(), model.len());
-            if model.len() % 97 == 0 || model.len() < 70 {
+            if model.len().is_multiple_of(97) || model.len() < 70 {
                 let mut m = model.clone();
                 m.sort_unstable();
                 assert_eq!(sorted(&s), m);
