@@ -28,6 +28,14 @@ pub fn clients(addr: SocketAddr) -> Option<u64> {
     v.get("clients")?.as_u64()
 }
 
+/// Publications sent to subscribers from history since the broker started
+/// (`history.replayed` in `/api/stats`, `shardcast_history_replayed_total`); `None` when
+/// it cannot be read or the broker has no history.
+pub fn history_replayed(addr: SocketAddr) -> Option<u64> {
+    let v: Value = serde_json::from_slice(&stats_body(addr)?).ok()?;
+    v.pointer("/history/replayed")?.as_u64()
+}
+
 /// The body of `GET /api/stats`.
 fn stats_body(addr: SocketAddr) -> Option<Vec<u8>> {
     let timeout = Duration::from_secs(2);

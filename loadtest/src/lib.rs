@@ -7,6 +7,8 @@
 //! RSS from /proc, and the harness's own CPU so a reader can tell who was the limit.
 //! The abuse scenario adds hostile clients of every kind (`abuse`) and checks that the
 //! healthy ones noticed little and that the broker gave back what the attack cost.
+//! The replay scenario (`replay`) measures history: a live fan-out that fills a history
+//! channel, then late joiners replaying it.
 
 pub mod abuse;
 pub mod brokerstats;
@@ -16,6 +18,7 @@ pub mod plot;
 pub mod procfs;
 pub mod progress;
 pub mod publishers;
+pub mod replay;
 pub mod report;
 pub mod run;
 pub mod subscribers;

@@ -5,8 +5,8 @@ use clap::{Args, Parser, Subcommand};
 use shardcast_loadtest::plan::{Plan, Scenario};
 use shardcast_loadtest::plot;
 use shardcast_loadtest::progress::Progress;
-use shardcast_loadtest::run;
 use shardcast_loadtest::wire::{Dialect, Target};
+use shardcast_loadtest::{replay, run};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -37,7 +37,7 @@ enum Cmd {
 
 #[derive(Args)]
 struct RunArgs {
-    /// fanout, many-topics, fanin, idle, churn, slow, cluster or abuse.
+    /// fanout, many-topics, fanin, idle, churn, slow, cluster, abuse or replay.
     #[arg(value_enum)]
     scenario: Scenario,
     /// WebSocket URL the subscribers connect to, e.g. ws://127.0.0.1:8080/ws.
@@ -52,13 +52,14 @@ struct RunArgs {
     /// Dialect of the publishers (default: vws).
     #[arg(long, value_enum, default_value = "vws")]
     pub_dialect: Dialect,
-    /// Subscribers that read (scenario default if not given).
+    /// Subscribers that read (scenario default if not given). replay: the joiners, and
+    /// as many live subscribers.
     #[arg(long)]
     subs: Option<usize>,
     /// Topics the subscribers are spread over.
     #[arg(long)]
     topics: Option<usize>,
-    /// Publisher connections.
+    /// Publisher connections (replay: always 1, none with --fill 0).
     #[arg(long)]
     pubs: Option<usize>,
     /// Publishes per second over all publishers (deliveries/s = rate x subs / topics).
@@ -67,6 +68,11 @@ struct RunArgs {
     /// Size of each message's data object, in bytes.
     #[arg(long, default_value_t = 256)]
     payload: usize,
+    /// replay: publications made to the history channel (PREFIX/0), at --rate, while the
+    /// live subscribers read, before the joiners subscribe with offset 0; 0 = no live
+    /// phase, the joiners replay what the channel already holds.
+    #[arg(long, default_value_t = shardcast_loadtest::plan::REPLAY_FILL)]
+    fill: u64,
     /// Extra subscribers that never read (slow consumers).
     #[arg(long)]
     slow: Option<usize>,
@@ -174,6 +180,10 @@ fn plan(a: &RunArgs) -> Result<Plan> {
     };
     let subs = a.subs.unwrap_or(preset.subs);
     let timing = preset.timing;
+    let replay = a.scenario == Scenario::Replay;
+    if replay && a.pubs.is_some_and(|p| p != 1) {
+        anyhow::bail!("the replay scenario has one publisher (--pubs 1), or none with --fill 0");
+    }
     Ok(Plan {
         scenario: a.scenario,
         label: a
@@ -191,7 +201,11 @@ fn plan(a: &RunArgs) -> Result<Plan> {
         } else {
             preset.topics
         }),
-        pubs: a.pubs.unwrap_or(preset.pubs),
+        pubs: match (replay, a.fill) {
+            (true, 0) => 0,
+            (true, _) => 1,
+            (false, _) => a.pubs.unwrap_or(preset.pubs),
+        },
         rate: a.rate.unwrap_or(preset.rate),
         payload: a.payload,
         slow: a.slow.unwrap_or(preset.slow),
@@ -211,6 +225,7 @@ fn plan(a: &RunArgs) -> Result<Plan> {
         pid: a.pid,
         broker_stats: a.broker_stats,
         topic_prefix: a.topic_prefix.clone(),
+        fill: if replay { a.fill } else { 0 },
     })
 }
 
@@ -223,6 +238,19 @@ fn run_cmd(a: RunArgs) -> Result<bool> {
         std::process::exit(3);
     });
     let progress = Progress::new(a.quiet);
+    if plan.is_replay() {
+        let report = replay::run(plan, &progress)?;
+        print!("{}", report.table());
+        if let Some(path) = &a.json {
+            let text = serde_json::to_string_pretty(&report).context("serialize report")?;
+            std::fs::write(path, text + "\n").with_context(|| format!("write {path}"))?;
+        }
+        if let Some(path) = &a.plot {
+            std::fs::write(path, plot::svg(&report.scenario, &[report.live_series()]))
+                .with_context(|| format!("write {path}"))?;
+        }
+        return Ok(!a.check || report.clean());
+    }
     let report = run::run(plan, &progress)?;
     print!("{}", report.table());
     if let Some(path) = &a.json {
@@ -263,7 +291,7 @@ fn main() -> ExitCode {
     match result {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => {
-            eprintln!("shardcast-loadtest: check failed: loss, errors, no latency figures or a failed abuse verdict (see the table)");
+            eprintln!("shardcast-loadtest: check failed: loss, errors, no latency figures, a failed abuse verdict or an incomplete replay (see the table)");
             ExitCode::from(1)
         }
         Err(e) => {

@@ -26,6 +26,9 @@ pub enum Scenario {
     /// A steady stream to healthy subscribers through a clean window, then a window of
     /// the same length under attack (see `abuse`), then recovery.
     Abuse,
+    /// History (SPEC §9): `--fill` publications delivered live to S subscribers of a
+    /// history channel, then S late joiners replay all of them (see `replay`).
+    Replay,
 }
 
 /// Every setting of one run, after scenario defaults and flags are combined.
@@ -75,6 +78,9 @@ pub struct Plan {
     /// shardcast's HTTP address, to read its write counters from /api/stats.
     pub broker_stats: Option<std::net::SocketAddr>,
     pub topic_prefix: String,
+    /// Replay scenario: publications made (and retained) before the joiners subscribe;
+    /// 0 = replay what the channel already holds.
+    pub fill: u64,
 }
 
 /// The scenario presets: (subs, topics, pubs, rate, slow, churn) and the timing.
@@ -106,6 +112,19 @@ const TIMING: Timing = Timing {
     drain: 5.0,
     settle: 0.0,
 };
+
+/// `replay`: the live phase lasts `fill / rate`; the drain bounds each phase's wait for
+/// deliveries (the live stragglers, then the whole replay).
+const REPLAY_TIMING: Timing = Timing {
+    prime: 0.0,
+    warmup: 0.0,
+    duration: 0.0,
+    drain: 30.0,
+    settle: 0.0,
+};
+
+/// Publications the replay scenario makes before its joiners subscribe.
+pub const REPLAY_FILL: u64 = 10_000;
 
 /// `abuse`: at most a minute after the setup: priming 2 s + its recovery (at most 3 + 1),
 /// warm-up 2, clean and abuse windows of 18 each, recovery at most 14 (still publishing),
@@ -142,6 +161,12 @@ impl Scenario {
                 timing: ABUSE_TIMING,
                 ..p(200, 10, 2, 1000.0, 0, 0.0)
             },
+            // 1000 live subscribers at 1000 publishes/s (the fanout-1m shape) for 10 s,
+            // then 1000 joiners replaying the 10,000 publications.
+            Scenario::Replay => Preset {
+                timing: REPLAY_TIMING,
+                ..p(1000, 1, 1, 1000.0, 0, 0.0)
+            },
         }
     }
 
@@ -155,6 +180,7 @@ impl Scenario {
             Scenario::Slow => "slow",
             Scenario::Cluster => "cluster",
             Scenario::Abuse => "abuse",
+            Scenario::Replay => "replay",
         }
     }
 }
@@ -169,7 +195,7 @@ impl Plan {
         if self.subs == 0 && self.slow == 0 {
             bail!("no subscribers: give --subs");
         }
-        if self.rate > 0.0 && self.pubs == 0 {
+        if self.rate > 0.0 && self.pubs == 0 && !self.is_replay() {
             bail!("--rate needs at least one publisher (--pubs)");
         }
         if self.topics == 0 {
@@ -216,7 +242,15 @@ impl Plan {
         } else {
             0
         };
-        let conns = self.subs + self.slow + self.pubs + churn_open + attackers;
+        if self.is_replay() {
+            if self.subs == 0 {
+                bail!("the replay scenario needs joiners: --subs above 0");
+            }
+            if self.fill > 0 && !(self.rate > 0.0 && self.pubs == 1) {
+                bail!("the replay scenario fills its channel from one publisher at --rate above 0 (or give --fill 0)");
+            }
+        }
+        let conns = self.subs + self.listeners() + self.pubs + churn_open + attackers;
         if conns > MAX_CONNECTIONS {
             bail!("{conns} connections is over the harness bound of {MAX_CONNECTIONS}");
         }
@@ -235,10 +269,30 @@ impl Plan {
         self.scenario == Scenario::Abuse
     }
 
-    /// The whole measured window: the abuse scenario's clean and abuse windows together.
+    pub fn is_replay(&self) -> bool {
+        self.scenario == Scenario::Replay
+    }
+
+    /// Replay scenario: the live subscribers (one per joiner when there is a fill);
+    /// every other scenario: the stalled subscribers.
+    pub fn listeners(&self) -> usize {
+        match self.scenario {
+            Scenario::Replay if self.fill > 0 => self.subs,
+            Scenario::Replay => 0,
+            _ => self.slow,
+        }
+    }
+
+    /// The whole measured window: the abuse scenario's clean and abuse windows together;
+    /// the replay scenario's fill at its rate.
     pub fn measured(&self) -> Duration {
         if self.is_abuse() {
             self.duration * 2
+        } else if self.is_replay() {
+            if self.fill == 0 || self.rate <= 0.0 {
+                return Duration::ZERO;
+            }
+            Duration::try_from_secs_f64(self.fill as f64 / self.rate).unwrap_or(MAX_RUN)
         } else {
             self.duration
         }
@@ -294,7 +348,7 @@ impl Plan {
 
     /// Runs with many connections spread their source addresses (see `conn::open`).
     pub fn spread_sources(&self) -> bool {
-        self.subs + self.slow + self.pubs > 1_000
+        self.subs + self.listeners() + self.pubs > 1_000
     }
 
     /// The topic a subscriber (by index) listens on.

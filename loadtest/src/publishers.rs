@@ -272,7 +272,7 @@ async fn churn(plan: Arc<Plan>, t0: u64, end: u64, state: Rc<ChurnState>) {
                         },
                     }
                 }
-                if k % 2 == 0 {
+                if k.is_multiple_of(2) {
                     c.close().await;
                 }
                 anyhow::Ok(())

@@ -139,7 +139,7 @@ pub fn grouped(v: f64) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -286,7 +286,7 @@ impl Report {
             && self.errors.is_empty()
             && self.closes.is_empty()
             && (self.rate == 0.0 || self.latency_ms.count > 0)
-            && self.abuse.as_ref().map_or(true, |a| a.failures.is_empty())
+            && self.abuse.as_ref().is_none_or(|a| a.failures.is_empty())
     }
 }
 

@@ -384,6 +384,7 @@ mod tests {
             pid: None,
             broker_stats: None,
             topic_prefix: "t".into(),
+            fill: 0,
         };
         let published = Published {
             counts: vec![vec![10, 7]],

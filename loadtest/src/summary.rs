@@ -1,13 +1,16 @@
 //! Markdown tables from saved reports: one row per run and one median row per target,
 //! for BENCHMARKS.md. A run's target is its label up to " #" ("uws #2" -> "uws").
+//! Reports of the replay scenario get their own columns (live phase, then replay).
 
 use anyhow::{Context, Result};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
-/// The columns: header, JSON pointer, digits (None = thousands-grouped integer).
-const COLUMNS: [(&str, &str, Option<usize>); 14] = [
+/// A column: header, JSON pointer, digits (None = thousands-grouped integer).
+type Column = (&'static str, &'static str, Option<usize>);
+
+const COLUMNS: [Column; 14] = [
     ("deliveries/s", "/deliveries_per_s", None),
     ("lost", "/lost", None),
     ("p50 ms", "/latency_ms/p50", Some(2)),
@@ -28,22 +31,51 @@ const COLUMNS: [(&str, &str, Option<usize>); 14] = [
     ("frames/write", "/broker/frames_per_write", Some(1)),
 ];
 
+/// The replay scenario's columns.
+const REPLAY_COLUMNS: [Column; 14] = [
+    ("live deliveries/s", "/live/deliveries_per_s", None),
+    ("live lost", "/live/lost", None),
+    ("live p50 ms", "/live/latency_ms/p50", Some(2)),
+    ("live p99 ms", "/live/latency_ms/p99", Some(2)),
+    (
+        "live deliveries per broker CPU-s",
+        "/live/deliveries_per_cpu_s",
+        None,
+    ),
+    ("live frames/write", "/live/frames_per_write", Some(1)),
+    ("replay s", "/replay/wall_s", Some(2)),
+    ("replay lost", "/replay/lost", None),
+    ("replayed/s", "/replay/deliveries_per_s", None),
+    ("joiner done p50 ms", "/replay/latency_ms/p50", Some(0)),
+    ("joiner done max ms", "/replay/latency_ms/max", Some(0)),
+    (
+        "replayed per broker CPU-s",
+        "/replay/deliveries_per_cpu_s",
+        None,
+    ),
+    ("replay frames/write", "/replay/frames_per_write", Some(1)),
+    ("replay/live per CPU-s", "/replay_vs_live_per_cpu", Some(2)),
+];
+
 struct Run {
     label: String,
     target: String,
     values: Vec<Option<f64>>,
 }
 
-fn load(path: &str) -> Result<Run> {
+fn read(path: &str) -> Result<Value> {
     let text = std::fs::read_to_string(path).with_context(|| format!("read {path}"))?;
-    let v: Value = serde_json::from_str(&text).with_context(|| format!("{path}: not JSON"))?;
+    serde_json::from_str(&text).with_context(|| format!("{path}: not JSON"))
+}
+
+fn load(path: &str, v: &Value, columns: &[Column]) -> Result<Run> {
     let label = v
         .pointer("/label")
         .and_then(Value::as_str)
         .unwrap_or(path)
         .to_string();
     let target = label.split(" #").next().unwrap_or(&label).to_string();
-    let values = COLUMNS
+    let values = columns
         .iter()
         .map(|(_, ptr, _)| v.pointer(ptr).and_then(Value::as_f64))
         .collect();
@@ -77,28 +109,51 @@ fn cell(v: Option<f64>, digits: Option<usize>) -> String {
 
 /// The per-run table followed by the medians per target.
 pub fn markdown(paths: &[String]) -> Result<String> {
-    let runs = paths.iter().map(|p| load(p)).collect::<Result<Vec<_>>>()?;
+    let reports = paths
+        .iter()
+        .map(|p| read(p).map(|v| (p, v)))
+        .collect::<Result<Vec<_>>>()?;
+    let replay = |v: &Value| v.pointer("/scenario").and_then(Value::as_str) == Some("replay");
+    let columns: &[Column] = match reports.first() {
+        Some((_, v)) if replay(v) => &REPLAY_COLUMNS,
+        _ => &COLUMNS,
+    };
+    if reports.iter().any(|(_, v)| replay(v)) != reports.iter().all(|(_, v)| replay(v)) {
+        anyhow::bail!(
+            "replay reports have their own columns: summarize them apart from the others"
+        );
+    }
+    let runs = reports
+        .iter()
+        .map(|(p, v)| load(p, v, columns))
+        .collect::<Result<Vec<_>>>()?;
     let mut out = String::new();
-    let header: Vec<&str> = COLUMNS.iter().map(|c| c.0).collect();
+    let header: Vec<&str> = columns.iter().map(|c| c.0).collect();
     let _ = writeln!(out, "| run | {} |", header.join(" | "));
-    let _ = writeln!(out, "|---|{}", "---:|".repeat(COLUMNS.len()));
+    let _ = writeln!(out, "|---|{}", "---:|".repeat(columns.len()));
     let mut by_target: BTreeMap<&str, Vec<&Run>> = BTreeMap::new();
     for r in &runs {
         let cells: Vec<String> = r
             .values
             .iter()
-            .zip(COLUMNS)
+            .zip(columns)
             .map(|(v, c)| cell(*v, c.2))
             .collect();
         let _ = writeln!(out, "| {} | {} |", r.label, cells.join(" | "));
         by_target.entry(&r.target).or_default().push(r);
     }
     for (target, rs) in &by_target {
-        let cells: Vec<String> = (0..COLUMNS.len())
-            .map(|i| {
+        let cells: Vec<String> = columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
                 cell(
-                    median(rs.iter().filter_map(|r| r.values[i]).collect()),
-                    COLUMNS[i].2,
+                    median(
+                        rs.iter()
+                            .filter_map(|r| r.values.get(i).copied().flatten())
+                            .collect(),
+                    ),
+                    c.2,
                 )
             })
             .collect();
@@ -142,6 +197,21 @@ mod tests {
         let md = markdown(&paths).unwrap();
         assert!(md.contains("| **a median of 3** | 20 | 0 |"), "{md}");
         assert!(md.contains("| **b median of 1** | 5 |"), "{md}");
+        // Replay reports get their own columns, and do not mix with the others.
+        let r = dir.join("replay.json");
+        std::fs::write(
+            &r,
+            r#"{"label":"h #1","scenario":"replay","live":{"deliveries_per_s":1000},"replay":{"wall_s":1.5},"replay_vs_live_per_cpu":1.25}"#,
+        )
+        .unwrap();
+        let r = r.to_string_lossy().into_owned();
+        let md = markdown(std::slice::from_ref(&r)).unwrap();
+        assert!(md.starts_with("| run | live deliveries/s |"), "{md}");
+        assert!(md.contains("| h #1 | 1,000 | - |"), "{md}");
+        assert!(md.contains(" | 1.50 | "), "{md}");
+        assert!(md.ends_with("| 1.25 |\n"), "{md}");
+        paths.push(r);
+        assert!(markdown(&paths).is_err());
         assert_eq!(median(vec![1.0, 4.0]), Some(2.5));
         std::fs::remove_dir_all(dir).unwrap();
     }

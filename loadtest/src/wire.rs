@@ -125,6 +125,83 @@ pub fn subscribe(dialect: Dialect, topic: &str, id: usize, out: &mut Vec<u8>) {
     push_frame(OP_TEXT, msg.as_bytes(), out);
 }
 
+/// A subscribe that resumes after `offset` (SPEC §9; no epoch: the channel's current
+/// one, so `0` asks for everything retained): vws `{"k":"s","t":..,"i":..,"o":N}`, gows
+/// `{"type":"subscribe","data":..,"since":{"offset":N}}`. Both are answered with the
+/// channel's position (see [`position_ack`]), then the replay, then live events.
+pub fn subscribe_from(dialect: Dialect, topic: &str, id: usize, offset: u64, out: &mut Vec<u8>) {
+    let msg = match dialect {
+        Dialect::Vws => format!(r#"{{"k":"s","t":"{topic}","i":{id},"o":{offset}}}"#),
+        Dialect::Gows => {
+            format!(r#"{{"type":"subscribe","data":"{topic}","since":{{"offset":{offset}}}}}"#)
+        }
+    };
+    push_frame(OP_TEXT, msg.as_bytes(), out);
+}
+
+/// What the broker answered to a [`subscribe_from`]: the channel's last offset when the
+/// subscriber attached, and whether everything after the asked position was still there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PositionAck {
+    pub top: u64,
+    pub recovered: bool,
+}
+
+/// Reads the answer to a [`subscribe_from`]: vws `{"k":"a","i":..,"o":TOP,"e":..,"r":R}`,
+/// gows `{"type":"subscribed",..,"data":{"offset":TOP,"epoch":..,"recovered":R},..}`.
+/// `Some(Err(message))` for a refusal (vws nack, gows error) and for an ack that holds no
+/// position (no offset, or the empty epoch: the channel keeps no history); `None` for
+/// anything else.
+pub fn position_ack(dialect: Dialect, msg: &[u8]) -> Option<Result<PositionAck, String>> {
+    let shown = || {
+        String::from_utf8_lossy(msg)
+            .chars()
+            .take(120)
+            .collect::<String>()
+    };
+    let v: serde_json::Value = match reply(dialect, msg) {
+        Reply::Refused(_) => return Some(Err(shown())),
+        Reply::Done if dialect == Dialect::Vws => serde_json::from_slice(msg).ok()?,
+        Reply::Other if dialect == Dialect::Gows && msg.starts_with(br#"{"type":"subscribed""#) => {
+            serde_json::from_slice(msg).ok()?
+        }
+        _ => return None,
+    };
+    let (top, epoch, recovered) = match dialect {
+        Dialect::Vws => (v.get("o"), v.get("e"), v.get("r")),
+        Dialect::Gows => {
+            let d = v.get("data")?;
+            (d.get("offset"), d.get("epoch"), d.get("recovered"))
+        }
+    };
+    if epoch.and_then(serde_json::Value::as_str) == Some("") {
+        // shardcast's answer to a resume on a channel without history.
+        return Some(Err(format!(
+            "the channel keeps no history (empty epoch): {}",
+            shown()
+        )));
+    }
+    match (top.and_then(serde_json::Value::as_u64), recovered) {
+        (Some(top), r) => Some(Ok(PositionAck {
+            top,
+            recovered: r.and_then(serde_json::Value::as_bool).unwrap_or(false),
+        })),
+        (None, _) => Some(Err(format!("no position in the answer: {}", shown()))),
+    }
+}
+
+/// The history offset an event carries (SPEC §9): vws `"o":N`, gows `"offset":N`, after
+/// the data object; `None` on channels without history and for anything else. Searched
+/// from the end, so a payload holding the same key does not confuse it.
+pub fn find_offset(dialect: Dialect, msg: &[u8]) -> Option<u64> {
+    let key: &[u8] = match dialect {
+        Dialect::Vws => br#","o":"#,
+        Dialect::Gows => br#","offset":"#,
+    };
+    let at = memchr::memmem::rfind(msg, key)? + key.len();
+    number(msg.get(at..)?).map(|(n, _)| n)
+}
+
 /// The gows application ping, used as a barrier after a subscribe.
 pub fn gows_ping(out: &mut Vec<u8>) {
     push_frame(OP_TEXT, br#"{"type":"ping"}"#, out);
@@ -342,6 +419,92 @@ mod tests {
     }
 
     #[test]
+    fn events_with_history_offsets_still_parse() {
+        let stamp = Stamp {
+            publisher: 0,
+            seq: 41,
+            sent_ns: 123,
+        };
+        let mut data = Vec::new();
+        stamped_data(stamp, 64, &mut data);
+        // shardcast puts the offset after the data (and after `h` when there are headers).
+        let vws = [br#"{"t":"bench/0","d":"#.as_slice(), &data, br#","o":42}"#].concat();
+        let vws_h = [
+            br#"{"t":"bench/0","d":"#.as_slice(),
+            &data,
+            br#","h":{"o":"x"},"o":7}"#,
+        ]
+        .concat();
+        let gows = [
+            br#"{"type":"event","channel":"bench/0","data":"#.as_slice(),
+            &data,
+            br#","offset":42,"timestamp":"2026-01-01T00:00:00Z"}"#,
+        ]
+        .concat();
+        for msg in [&vws, &vws_h, &gows] {
+            assert_eq!(find_stamp(msg), Some(stamp));
+        }
+        assert_eq!(find_offset(Dialect::Vws, &vws), Some(42));
+        assert_eq!(find_offset(Dialect::Vws, &vws_h), Some(7));
+        assert_eq!(find_offset(Dialect::Gows, &gows), Some(42));
+        // No history: no offset.
+        let plain = [br#"{"t":"bench/0","d":"#.as_slice(), &data, b"}"].concat();
+        assert_eq!(find_offset(Dialect::Vws, &plain), None);
+        // A position ack is still an ack for the plain subscribe's wait.
+        assert_eq!(
+            reply(Dialect::Vws, br#"{"k":"a","i":1,"o":0,"e":"5f3a"}"#),
+            Reply::Done
+        );
+    }
+
+    #[test]
+    fn resume_requests_and_their_answers() {
+        let mut out = Vec::new();
+        subscribe_from(Dialect::Vws, "r/0", 1, 0, &mut out);
+        assert_eq!(unmask(&out), br#"{"k":"s","t":"r/0","i":1,"o":0}"#);
+        out.clear();
+        subscribe_from(Dialect::Gows, "r/0", 1, 5, &mut out);
+        assert_eq!(
+            unmask(&out),
+            br#"{"type":"subscribe","data":"r/0","since":{"offset":5}}"#
+        );
+        let ok = PositionAck {
+            top: 10_000,
+            recovered: true,
+        };
+        assert_eq!(
+            position_ack(
+                Dialect::Vws,
+                br#"{"k":"a","i":1,"o":10000,"e":"ab12","r":true}"#
+            ),
+            Some(Ok(ok))
+        );
+        assert_eq!(
+            position_ack(
+                Dialect::Gows,
+                br#"{"type":"subscribed","channel":"r/0","data":{"offset":10000,"epoch":"ab12","recovered":true},"timestamp":"t"}"#
+            ),
+            Some(Ok(ok))
+        );
+        assert!(matches!(
+            position_ack(Dialect::Vws, br#"{"k":"a","i":1}"#),
+            Some(Err(_))
+        ));
+        assert!(matches!(
+            position_ack(Dialect::Vws, br#"{"k":"a","i":1,"o":0,"e":"","r":false}"#),
+            Some(Err(m)) if m.contains("no history")
+        ));
+        assert!(matches!(
+            position_ack(Dialect::Vws, br#"{"k":"n","i":1,"e":"no"}"#),
+            Some(Err(_))
+        ));
+        assert_eq!(
+            position_ack(Dialect::Gows, br#"{"type":"event","data":1}"#),
+            None
+        );
+    }
+
+    #[test]
     fn small_sizes_still_carry_the_whole_stamp() {
         let mut data = Vec::new();
         stamped_data(
@@ -374,7 +537,7 @@ mod tests {
     fn frame_reader_handles_partial_and_extended_lengths() {
         assert_eq!(next_frame(&[0x81]).unwrap(), None);
         let mut long = vec![0x81, 126, 0x01, 0x00];
-        long.extend(std::iter::repeat(b'a').take(256));
+        long.extend(std::iter::repeat_n(b'a', 256));
         assert_eq!(next_frame(&long[..100]).unwrap(), None);
         let (frame, used) = next_frame(&long).unwrap().unwrap();
         assert_eq!(used, 260);

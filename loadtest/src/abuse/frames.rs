@@ -30,7 +30,7 @@ fn violations() -> Vec<Violation> {
     let mut claims_16m = vec![FIN | OP_TEXT, 0x80 | 127];
     claims_16m.extend_from_slice(&(16u64 << 20).to_be_bytes());
     claims_16m.extend_from_slice(&[1, 2, 3, 4]);
-    claims_16m.extend(std::iter::repeat(b'a').take(16 * 1024));
+    claims_16m.extend(std::iter::repeat_n(b'a', 16 * 1024));
     // Two fragments of 40 KB: each under the default 64 KiB limit, together over it.
     let mut fragments = frame(OP_TEXT, &[b'a'; 40_000], true);
     fragments.extend(frame(FIN | OP_CONTINUATION, &[b'a'; 40_000], true));

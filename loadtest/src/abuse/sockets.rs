@@ -40,7 +40,7 @@ pub async fn slowloris(ctx: Rc<Ctx>, kind: &'static str) {
 }
 
 async fn slow_client(ctx: Rc<Ctx>, kind: &'static str, i: usize) {
-    let silent = i % 4 == 0;
+    let silent = i.is_multiple_of(4);
     let mode = if silent { "silent" } else { "dribbling" };
     // Staggered, so the broker's timeouts do not all fire in the same instant.
     ctx.pause(Duration::from_millis(10 * i as u64)).await;
