@@ -112,6 +112,19 @@ impl Publication {
         }
     }
 
+    /// About how long a rendered frame's payload is: data, headers, the topic twice (gows
+    /// repeats a process id) and room for the envelope (keys, type, offset, timestamp).
+    /// Escaped characters may need more; the buffer then grows once.
+    pub fn frame_size_hint(&self) -> usize {
+        let headers = self.headers.as_ref().map_or(0, Bytes::len);
+        let gows_type = match &self.kind {
+            Kind::Channel { gows_type } => gows_type.len(),
+            Kind::BroadcastEvent { event } => event.len(),
+            Kind::BroadcastError => 0,
+        };
+        self.data.len() + headers + 2 * self.topic.len() + gows_type + 160
+    }
+
     /// Its offset in the channel's history; 0 when the channel keeps none.
     pub fn offset(&self) -> u64 {
         self.offset.load(Ordering::Relaxed)

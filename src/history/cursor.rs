@@ -93,11 +93,15 @@ impl Cursors {
     }
 }
 
+/// Most publications one pump round queues: enough for several full `writev`s, small
+/// enough that many connections replaying at once each get their first events soon.
+const ROUND: usize = 512;
+
 /// Sends a connection that is behind what it is missing, in offset order, up to half
-/// its outbox bounds at a time: a replay is paced by what the client reads (the rest
-/// stays in the store until there is room), takes no more than a connection's share
-/// of the shard, and never trips the slow-consumer policy by itself. Returns how many
-/// publications were queued.
+/// its outbox bounds (and [`ROUND`]) at a time: a replay is paced by what the client
+/// reads (the rest stays in the store until there is room), takes no more than a
+/// connection's share of the shard, and never trips the slow-consumer policy by itself.
+/// Returns how many publications were queued.
 pub fn pump(
     history: &History,
     cursors: &mut Cursors,
@@ -105,7 +109,7 @@ pub fn pump(
     outbox: &mut Outbox,
     limits: &Limits,
 ) -> u64 {
-    let frame_budget = (limits.frames / 2).max(1);
+    let frame_budget = (limits.frames / 2).clamp(1, ROUND);
     let byte_budget = (limits.bytes / 2).max(1);
     let mut queued = 0u64;
     for cursor in cursors.0.iter_mut().filter(|c| c.behind) {

@@ -30,17 +30,13 @@ use std::time::{Duration, Instant};
 /// rounding (BENCHMARKS.md has the measured figure).
 pub const ENTRY_OVERHEAD: u64 = 192;
 
-/// The envelope of one rendered frame beyond payload and topic (gows: type, channel,
-/// processId, offset, timestamp; vws: keys, headers type, offset; the frame header).
-const FRAME_ENVELOPE: u64 = 128;
-
 /// What a retained publication counts against `history.max_bytes`: its payload and
 /// topic, the bookkeeping, and a rendered frame for each dialect. Frames are rendered
 /// only for dialects someone received it in, but a stored publication keeps those it
 /// has, so counting both makes the cap a bound on memory rather than an estimate.
 pub fn memory_cost(p: &Publication) -> u64 {
-    let body = payload_len(p) + p.topic.len() as u64;
-    ENTRY_OVERHEAD + body + 2 * (body + FRAME_ENVELOPE)
+    let frame = (p.frame_size_hint() + crate::protocol::frame::MAX_SERVER_HEADER) as u64;
+    ENTRY_OVERHEAD + payload_len(p) + p.topic.len() as u64 + 2 * frame
 }
 
 /// Why retained publications were dropped (`shardcast_history_evicted_total{reason}`).

@@ -9,8 +9,9 @@
 use crate::error::Reject;
 use bytes::Bytes;
 
-/// Room reserved in front of a rendered payload: the longest server header (no mask).
-const MAX_SERVER_HEADER: usize = 10;
+/// Room reserved in front of a rendered payload: the longest server header (no mask,
+/// 64-bit length).
+pub const MAX_SERVER_HEADER: usize = 10;
 /// Longest payload of a control frame (RFC 6455 §5.5).
 const MAX_CONTROL_PAYLOAD: usize = 125;
 
@@ -100,7 +101,14 @@ fn server_header(opcode: u8, len: usize) -> ([u8; MAX_SERVER_HEADER], usize) {
 /// header is then written right in front of it and the returned `Bytes` starts there. One
 /// allocation, no copy of the payload, whatever its length.
 pub fn build_text_frame(render: impl FnOnce(&mut Vec<u8>)) -> Bytes {
-    let mut buf = Vec::with_capacity(256);
+    build_text_frame_sized(256 - MAX_SERVER_HEADER, render)
+}
+
+/// [`build_text_frame`] for a payload of about `payload_hint` bytes: the buffer is sized
+/// for it up front, so a publication's frame (kept as long as the publication is live
+/// or retained in history) holds no doubling slack and is not reallocated while it grows.
+pub fn build_text_frame_sized(payload_hint: usize, render: impl FnOnce(&mut Vec<u8>)) -> Bytes {
+    let mut buf = Vec::with_capacity(MAX_SERVER_HEADER + payload_hint);
     buf.resize(MAX_SERVER_HEADER, 0);
     render(&mut buf);
     let payload_len = buf.len().saturating_sub(MAX_SERVER_HEADER);

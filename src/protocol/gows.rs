@@ -113,7 +113,7 @@ fn close_with_timestamp(out: &mut Vec<u8>, at: SystemTime) {
 ///
 /// `timestamp` is the publication's acceptance time.
 pub fn render_publication(p: &Publication) -> Bytes {
-    frame::build_text_frame(|out| {
+    frame::build_text_frame_sized(p.frame_size_hint(), |out| {
         match &p.kind {
             Kind::Channel { gows_type } => {
                 out.extend_from_slice(b"{\"type\":");

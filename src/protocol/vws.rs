@@ -112,8 +112,7 @@ fn request_id(raw: &RawValue, scratch: &mut Vec<u8>) -> Result<RequestId, Reject
 /// Appends the vws `h` for a channel publication: its headers, plus `"type":T` when the
 /// gows type is not `event` and the headers do not already name a `type` (theirs wins).
 fn write_channel_headers(out: &mut Vec<u8>, gows_type: &str, headers: Option<&Bytes>) {
-    let add_type =
-        gows_type != "event" && headers.is_none_or(|h| !json::object_has_key(h, "type"));
+    let add_type = gows_type != "event" && headers.is_none_or(|h| !json::object_has_key(h, "type"));
     match (headers, add_type) {
         (None, false) => {}
         (Some(h), false) => {
@@ -145,7 +144,7 @@ fn write_channel_headers(out: &mut Vec<u8>, gows_type: &str, headers: Option<&By
 /// - broadcast event: `{"t":"$broadcast","d":{"event":E,"data":D},"h":{"type":"event"}}`;
 /// - broadcast error: `{"t":"$broadcast","d":D,"h":{"type":"error"}}`.
 pub fn render_publication(p: &Publication) -> Bytes {
-    frame::build_text_frame(|out| match &p.kind {
+    frame::build_text_frame_sized(p.frame_size_hint(), |out| match &p.kind {
         Kind::Channel { gows_type } => {
             out.extend_from_slice(b"{\"t\":");
             json::write_str(out, &p.topic);

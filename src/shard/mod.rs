@@ -329,6 +329,7 @@ impl Shard {
     /// Returns `Ready` once the connection is finished and removed.
     pub fn poll_conn(&self, key: usize, cx: &mut Context<'_>) -> Poll<()> {
         let mut budget = POLL_BUDGET;
+        let mut pumped = false;
         loop {
             let mut conns = self.conns.borrow_mut();
             let Some(conn) = conns.get_mut(key) else {
@@ -348,10 +349,11 @@ impl Shard {
             }
             budget -= 1;
 
-            // History this connection is behind on goes into its outbox as it has room.
-            let behind = conn.cursors.as_ref().is_some_and(|c| c.behind()) && !conn.is_closing();
-            if behind {
+            // History this connection is behind on goes into its outbox as it has room:
+            // one round per poll, so connections replaying at the same time take turns.
+            if !pumped && conn.cursors.as_ref().is_some_and(|c| c.behind()) && !conn.is_closing() {
                 self.pump_history(conn);
+                pumped = true;
             }
             // Write side: flush, and register for writability when the socket is full.
             if !conn.outbox.is_empty() {
@@ -368,8 +370,6 @@ impl Shard {
                         }
                         Poll::Pending => {}
                     }
-                } else if behind {
-                    continue; // all written and more to replay (within the poll budget)
                 }
             }
             if let Phase::Closing { deadline_ms } = conn.phase {
@@ -417,7 +417,16 @@ impl Shard {
                 // connection woken for one request does not pay a second, empty read.
                 let mut free = ReadBuf::new(scratch.get_mut(carried..).unwrap_or_default());
                 match Pin::new(&mut conn.stream).poll_read(cx, &mut free) {
-                    Poll::Pending => return Poll::Pending,
+                    Poll::Pending => {
+                        if conn.outbox.is_empty()
+                            && conn.cursors.as_ref().is_some_and(|c| c.behind())
+                        {
+                            // More history to send and nothing to wait for: come back after
+                            // the other tasks have had their turn.
+                            cx.waker().wake_by_ref();
+                        }
+                        return Poll::Pending;
+                    }
                     Poll::Ready(Ok(())) if free.filled().is_empty() => {
                         conn.phase = Phase::Done;
                         continue;
