@@ -112,9 +112,11 @@ async fn allowed_origins_list_and_star() {
     assert_eq!(upgrade_status(broker.addr, &ok).await, 101);
     assert_eq!(
         upgrade_status(broker.addr, &same_host).await,
-        403,
-        "a list replaces same-origin"
+        101,
+        "the broker's own origin stays allowed next to a list (tests/origin.rs)"
     );
+    let other = format!("{host}Origin: http://other.example\r\n");
+    assert_eq!(upgrade_status(broker.addr, &other).await, 403);
 
     let any = Broker::start("[server]\nallowed_origins = [\"*\"]\n");
     let host = format!("Host: {}\r\n", any.addr);

@@ -600,6 +600,298 @@ async fn client_and_dashboard_pass_a_token() {
     assert_no_page_errors(&page);
 }
 
+/// A second web server, on another port of this machine: serves one small page for any
+/// GET, as a developer's own app (or its dev server) would. Its origin is
+/// `http://localhost:PORT`, another origin than the broker's.
+struct AppServer {
+    port: u16,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl AppServer {
+    async fn start() -> AppServer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let task = tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match socket.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let page =
+                        "<!doctype html><meta charset=utf-8><title>my app</title><p>my app</p>";
+                    let response = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: text/html; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{page}",
+                        page.len()
+                    );
+                    let _ = socket.write_all(response.as_bytes()).await;
+                });
+            }
+        });
+        AppServer { port, task }
+    }
+
+    fn origin(&self) -> String {
+        format!("http://localhost:{}", self.port)
+    }
+}
+
+impl Drop for AppServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// In `page`, the README's snippet against `broker`: client.js imported from the broker,
+/// a subscription to `news`; what happens is recorded in `window.app`.
+async fn readme_snippet(page: &mut Page, broker: &Broker) {
+    let script = format!(
+        "(async () => {{ const {{ Shardcast }} = await import('{http}/client.js');          const sc = new Shardcast({{ url: '{ws}', backoffBaseMs: 50, backoffCapMs: 200 }});          window.app = {{ sc, refused: [], closes: [], got: [], subscribed: false }};          sc.on('refused', (reason, info) => app.refused.push({{ reason, info, state: sc.state }}));          sc.on('close', (info) => app.closes.push(info.retryInMs));          sc.on('message', (topic, data) => app.got.push([topic, data]));          sc.subscribe('news').then(() => {{ app.subscribed = true; }});          return true; }})()",
+        http = broker.http_url(),
+        ws = broker.ws_url(),
+    );
+    page.eval(&script).await;
+}
+
+#[tokio::test]
+async fn a_page_from_another_origin_learns_why_it_is_refused_and_works_once_allowed() {
+    let Some(bin) = browser() else { return };
+    let app = AppServer::start().await;
+    let broker = Broker::start("");
+    let addr = broker.addr;
+    let chrome = Chromium::launch(&bin);
+    let mut page = chrome.new_page(1024, 700).await;
+    page.goto(&format!("{}/", app.origin())).await;
+
+    // The default config allows only the broker's own origin: refused, and told why.
+    readme_snippet(&mut page, &broker).await;
+    let refused = page
+        .wait_for(
+            "the refused event",
+            "app.refused.length ? app.refused : null",
+            TICK,
+        )
+        .await;
+    assert_eq!(refused.as_array().unwrap().len(), 1, "{refused}");
+    let r = &refused[0];
+    assert_eq!(
+        r["reason"], "origin not allowed (server.allowed_origins)",
+        "{r}"
+    );
+    assert_eq!(r["state"], "refused", "{r}");
+    assert_eq!(r["info"]["status"], 403, "{r}");
+    assert_eq!(r["info"]["origin"], app.origin(), "{r}");
+    let fix = r["info"]["fix"].as_str().unwrap();
+    assert!(
+        fix.starts_with(&format!(
+            "add \"{}\" to server.allowed_origins",
+            app.origin()
+        )) && fix.contains("\"http://localhost:*\""),
+        "{fix}"
+    );
+    // The broker's log says it too.
+    let logged = broker.stderr();
+    assert!(
+        logged.contains(&format!("Origin \"{}\" is not allowed", app.origin()))
+            && logged.contains("server.allowed_origins"),
+        "broker stderr: {logged}"
+    );
+    // No endless retry: a refusal is final (the backoff would have retried many times).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let m = broker.metrics().await;
+    assert_eq!(
+        rejections(&m).get("origin_not_allowed"),
+        Some(&1.0),
+        "one attempt only: {m}"
+    );
+    let (state, closes) = (
+        page.eval("app.sc.state").await,
+        page.eval("app.closes").await,
+    );
+    assert_eq!(state, "refused");
+    assert_eq!(closes, json!([null]), "one close, without a retry");
+
+    // The one documented config step, then the documented retry: sc.connect().
+    drop(broker);
+    let broker = Broker::start_on(
+        "[server]\nallowed_origins = [\"http://localhost:*\"]\n",
+        addr,
+    );
+    page.eval("app.sc.connect(), true").await;
+    page.wait_for(
+        "the page connected and subscribed",
+        "app.sc.state === 'open' && app.subscribed",
+        RECONNECT,
+    )
+    .await;
+    broker.publish("news", json!({"hello": "app"})).await;
+    let got = page
+        .wait_for("the publication", "app.got.length ? app.got : null", TICK)
+        .await;
+    assert_eq!(got, json!([["news", {"hello": "app"}]]));
+    assert_no_page_errors(&page);
+}
+
+#[tokio::test]
+async fn a_file_page_is_refused_by_default_and_allowed_by_null() {
+    let Some(bin) = browser() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("app.html");
+    std::fs::write(
+        &file,
+        "<!doctype html><meta charset=utf-8><title>file</title>",
+    )
+    .unwrap();
+    let closed = Broker::start("");
+    let dev = Broker::start("[server]\nallowed_origins = [\"null\"]\n");
+    let chrome = Chromium::launch(&bin);
+    let mut page = chrome.new_page(1024, 700).await;
+    page.goto(&format!("file://{}", file.display())).await;
+
+    readme_snippet(&mut page, &closed).await;
+    let r = page
+        .wait_for(
+            "the refused event",
+            "app.refused.length ? app.refused[0] : null",
+            TICK,
+        )
+        .await;
+    assert_eq!(r["info"]["origin"], "null", "{r}");
+    assert!(
+        r["info"]["fix"]
+            .as_str()
+            .unwrap()
+            .starts_with("add \"null\" to server.allowed_origins"),
+        "{r}"
+    );
+
+    readme_snippet(&mut page, &dev).await;
+    page.wait_for(
+        "the file page connected",
+        "app.sc.state === 'open' && app.subscribed",
+        TICK,
+    )
+    .await;
+    dev.publish("news", json!(1)).await;
+    page.wait_for("the publication", "app.got.length === 1", TICK)
+        .await;
+    assert_no_page_errors(&page);
+}
+
+#[tokio::test]
+async fn the_dashboard_connects_when_other_origins_are_allowed() {
+    let Some(bin) = browser() else { return };
+    let broker = Broker::start("[server]\nallowed_origins = [\"http://example.test\"]\n");
+    let chrome = Chromium::launch(&bin);
+    let mut page = open_dashboard(&chrome, &broker, "").await;
+    page.wait_for(
+        "live $sys/stats",
+        "document.getElementById('stats-age').textContent === 'live'",
+        TICK,
+    )
+    .await;
+    assert_no_page_errors(&page);
+}
+
+#[tokio::test]
+async fn the_dashboard_says_why_auth_keeps_it_out() {
+    let Some(bin) = browser() else { return };
+    let toml = "[auth]\ntype = \"bearer\"\nbearer_token_env = \"BROWSER_TEST_TOKENS\"\n";
+    let broker = Broker::start_with(toml, &[], &[("BROWSER_TEST_TOKENS", "s3cret")]);
+    let chrome = Chromium::launch(&bin);
+    let mut page = chrome.new_page(1280, 900).await;
+
+    page.goto(&format!("{}/", broker.http_url())).await;
+    wait_state(&mut page, "refused", TICK).await;
+    assert_eq!(
+        page.text("conn-state").await,
+        "credentials required: open /?token=…"
+    );
+    page.wait_for(
+        "the stats line saying why nothing comes",
+        "document.getElementById('stats-age').textContent === 'no live stats: not connected'",
+        TICK,
+    )
+    .await;
+    page.screenshot(&target_dir().join("dashboard-refused.png"))
+        .await;
+    // The client API: a wrong token is refused with its reason (the check got the token
+    // too), and connect({token}) is the documented way back.
+    let out = page
+        .eval(
+            "(async () => { const { Shardcast } = await import('/client.js'); \
+             const c = new Shardcast({ token: 'wrong', backoffBaseMs: 50 }); \
+             const [reason, info] = await new Promise((r) => c.on('refused', (...a) => r(a))); \
+             const state = c.state; c.connect({ token: 's3cret' }); \
+             await new Promise((r) => c.on('open', r)); \
+             return { reason, status: info.status, state, after: c.state }; })()",
+        )
+        .await;
+    assert_eq!(
+        out,
+        json!({"reason": "invalid credentials", "status": 401, "state": "refused", "after": "open"})
+    );
+    page.goto(&format!("{}/?token=wrong", broker.http_url()))
+        .await;
+    wait_state(&mut page, "refused", TICK).await;
+    assert_eq!(
+        page.text("conn-state").await,
+        "credentials refused (invalid credentials): open /?token=…"
+    );
+    page.goto(&format!("{}/?token=s3cret", broker.http_url()))
+        .await;
+    wait_state(&mut page, "connected", TICK).await;
+    assert_no_page_errors(&page);
+}
+
+#[tokio::test]
+async fn the_dashboard_says_when_its_token_does_not_cover_sys_stats() {
+    let Some(bin) = browser() else { return };
+    const SECRET: &str = "browser-test-jwt-secret-0123456789";
+    let toml = "[auth]\ntype = \"jwt\"\njwt_secret_env = \"BROWSER_TEST_JWT\"\n";
+    let broker = Broker::start_with(toml, &[], &[("BROWSER_TEST_JWT", SECRET)]);
+    // The README's token: it may read chat/#, nothing else.
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600;
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &json!({"sub": "alice", "exp": exp, "subscribe": ["chat/#"], "publish": ["chat/lobby"]}),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap();
+    let chrome = Chromium::launch(&bin);
+    let mut page = open_dashboard(&chrome, &broker, &format!("?token={token}")).await;
+    let shown = page
+        .wait_for(
+            "the stats refusal",
+            "(t => t.startsWith('no live stats') ? t : null)(document.getElementById('stats-age').textContent)",
+            TICK,
+        )
+        .await;
+    let shown = shown.as_str().unwrap();
+    assert!(
+        shown.contains("$sys/stats")
+            && shown.contains("not allowed to subscribe")
+            && shown.contains("claims"),
+        "{shown}"
+    );
+    // It stays (the once-a-second refresh does not turn it back into "waiting").
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(page.text("stats-age").await, shown);
+    // The token's own channels work.
+    watch_via_text_box(&mut page, "chat/lobby").await;
+    assert_no_page_errors(&page);
+}
+
 /// The pages themselves, without a browser (runs everywhere).
 #[tokio::test]
 async fn dashboard_and_client_are_served() {
@@ -655,7 +947,7 @@ async fn docs_screenshot() {
     let mut n = 0u64;
     while start.elapsed() < Duration::from_secs(65) {
         for (i, channel) in channels.iter().enumerate() {
-            if n % (i as u64 + 1) == 0 {
+            if n.is_multiple_of(i as u64 + 1) {
                 let data = json!({"c": 20.0 + (n % 40) as f64 / 10.0, "n": n});
                 let r = api
                     .post_json("/api/publish", &json!({"channel": channel, "data": data}))

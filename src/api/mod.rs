@@ -100,6 +100,12 @@ pub async fn handle(shard: &Rc<Shard>, peer: SocketAddr, req: Request<Incoming>)
             authorize(shard, peer, &req)
                 .and_then(|()| history::get(shard, &name, req.uri().query()))
         }
+        // Why would a WebSocket upgrade from here be refused? (A browser cannot read the
+        // 403/401 body of a refused upgrade.) POST too: browsers send `Origin` with every
+        // POST, also to their own origin, and with a GET only across origins.
+        (Method::GET | Method::POST, "/api/ws-check") => {
+            Ok(crate::server::upgrade::check(shard, &req))
+        }
         (Method::GET, "/") => Ok(dashboard::index(&broker.config.server.ws_path)),
         (Method::GET, "/client.js") => Ok(dashboard::client_js()),
         (Method::POST, p)
@@ -152,6 +158,7 @@ fn is_known(path: &str) -> bool {
             | "/api/channels"
             | "/api/publish"
             | "/api/broadcast"
+            | "/api/ws-check"
             | "/"
             | "/client.js"
     ) || path.starts_with("/api/channels/")

@@ -169,9 +169,7 @@ impl Policies {
     pub fn may_subscribe(&self, identity: Option<&Identity>, pattern: &str) -> bool {
         let granted = identity
             .and_then(|id| id.may_subscribe.as_ref())
-            .is_none_or(|grants| {
-                grants.iter().any(|g| pattern_covers(g, pattern))
-            });
+            .is_none_or(|grants| grants.iter().any(|g| pattern_covers(g, pattern)));
         if !granted {
             return false;
         }
@@ -194,9 +192,7 @@ impl Policies {
     pub fn may_publish(&self, identity: Option<&Identity>, topic: &str) -> bool {
         let granted = identity
             .and_then(|id| id.may_publish.as_ref())
-            .is_none_or(|grants| {
-                grants.iter().any(|g| pattern_matches(g, topic))
-            });
+            .is_none_or(|grants| grants.iter().any(|g| pattern_matches(g, topic)));
         if !granted {
             return false;
         }

@@ -10,7 +10,8 @@
 use super::http::{HttpResponse, Socket};
 use super::prefixed::Prefixed;
 use crate::api;
-use crate::auth::{AuthError, Offered};
+use crate::auth::{AuthError, Identity, Offered};
+use crate::broker::Broker;
 use crate::conn::Admission;
 use crate::error::Reject;
 use crate::protocol::Dialect;
@@ -21,6 +22,7 @@ use hyper::header::{HeaderValue, SEC_WEBSOCKET_PROTOCOL};
 use hyper::{Method, Request};
 use hyper_util::rt::TokioIo;
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
 
 /// How the dialect was chosen.
 #[derive(Debug, PartialEq, Eq)]
@@ -68,6 +70,174 @@ pub fn choose_dialect(
     }
 }
 
+/// Why an upgrade is refused before the WebSocket opens.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refusal {
+    /// What the metrics count it as.
+    pub reject: Reject,
+    /// The HTTP status of the refusal.
+    pub status: u16,
+    /// The reason the client is told (never a credential).
+    pub reason: String,
+}
+
+impl Refusal {
+    fn new(reject: Reject, reason: impl Into<String>) -> Self {
+        Refusal {
+            status: reject.http_status(),
+            reject,
+            reason: reason.into(),
+        }
+    }
+
+    /// A refusal the client may overcome by trying again later (503); the others need
+    /// a change of config, credentials or request.
+    pub fn is_transient(&self) -> bool {
+        self.status == 503
+    }
+}
+
+/// What an upgrade request offers that decides whether it is admitted.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Offer<'a> {
+    /// `Origin`.
+    pub origin: Option<&'a str>,
+    /// `Host`.
+    pub host: Option<&'a str>,
+    /// `Authorization`.
+    pub authorization: Option<&'a str>,
+    /// The query string (`?token=`, `?dialect=`).
+    pub query: Option<&'a str>,
+    /// `Sec-WebSocket-Protocol`.
+    pub protocol: Option<&'a str>,
+}
+
+impl<'a> Offer<'a> {
+    /// The offer of a request's headers and query.
+    pub fn of<B>(req: &'a Request<B>) -> Self {
+        let header =
+            |name: hyper::header::HeaderName| req.headers().get(name).and_then(|v| v.to_str().ok());
+        Offer {
+            origin: header(hyper::header::ORIGIN),
+            host: header(hyper::header::HOST),
+            authorization: header(hyper::header::AUTHORIZATION),
+            query: req.uri().query(),
+            protocol: header(SEC_WEBSOCKET_PROTOCOL),
+        }
+    }
+}
+
+/// The checks an upgrade passes before its handshake, in this order: `Origin`
+/// (`server.allowed_origins`), credentials (`[auth]`), dialect. `GET /api/ws-check`
+/// runs the same ones, so a browser can learn why its upgrade was refused.
+///
+/// # Errors
+/// The first check that fails.
+pub fn admit(
+    broker: &Broker,
+    offer: Offer<'_>,
+) -> Result<(Option<Identity>, DialectChoice), Refusal> {
+    if !crate::auth::origin::allowed(
+        &broker.config.server.allowed_origins,
+        offer.origin,
+        offer.host,
+    ) {
+        let reject = Reject::OriginNotAllowed;
+        return Err(Refusal::new(reject, reject.to_string()));
+    }
+    let identity = broker
+        .auth
+        .authenticate(Offered {
+            authorization: offer.authorization,
+            query: offer.query,
+        })
+        .map_err(|e| {
+            let reject = match e {
+                AuthError::Missing => Reject::MissingCredentials,
+                _ => Reject::BadCredentials,
+            };
+            Refusal::new(reject, e.to_string())
+        })?;
+    let choice = choose_dialect(
+        offer.protocol,
+        offer.query,
+        broker.config.server.default_dialect,
+    )
+    .map_err(|reason| Refusal::new(Reject::BadHandshake, reason))?;
+    Ok((identity, choice))
+}
+
+/// `GET`/`POST /api/ws-check`: what an upgrade with this request's `Origin`, `Host`,
+/// credentials and query would get, as JSON any page may read
+/// (`Access-Control-Allow-Origin: *`): a browser cannot read the body of a refused
+/// upgrade, and learns nothing from its close code 1006. Nothing is counted as a
+/// rejection and nothing secret is told: the reasons are those of the 401/403 bodies.
+///
+/// `{"ok": true, "status": 101, ...}` when an upgrade would pass now, else `ok: false`
+/// with the refusal's `status`, `reason`, `retry` (true for a 503: try again later) and
+/// `fix` (what to change, or null); `origin` echoes the `Origin` received.
+pub fn check(shard: &Shard, req: &Request<Incoming>) -> HttpResponse {
+    let broker = &shard.broker;
+    let offer = Offer::of(req);
+    let verdict = admit(broker, offer).and_then(|_| {
+        if shard.is_draining() || broker.is_draining() {
+            return Err(Refusal {
+                reject: Reject::TooManyConnections,
+                status: 503,
+                reason: "the broker is shutting down".into(),
+            });
+        }
+        let open = broker.ws_connections.load(Ordering::Acquire);
+        if open >= broker.config.server.max_connections {
+            let reject = Reject::TooManyConnections;
+            return Err(Refusal::new(
+                reject,
+                format!("{reject} (server.max_connections)"),
+            ));
+        }
+        Ok(())
+    });
+    let body = match verdict {
+        Ok(()) => serde_json::json!({
+            "ok": true,
+            "status": 101,
+            "reason": null,
+            "retry": false,
+            "fix": null,
+            "origin": offer.origin,
+        }),
+        Err(refusal) => {
+            let fix = match refusal.reject {
+                Reject::OriginNotAllowed => offer.origin.map(crate::auth::origin::how_to_allow),
+                Reject::MissingCredentials => Some(
+                    "send credentials: ?token=<token> on the WebSocket URL (client.js: the token option) or an Authorization header".to_owned(),
+                ),
+                Reject::BadCredentials => Some("use valid credentials".to_owned()),
+                _ => None,
+            };
+            serde_json::json!({
+                "ok": false,
+                "status": refusal.status,
+                "reason": refusal.reason,
+                "retry": refusal.is_transient(),
+                "fix": fix,
+                "origin": offer.origin,
+            })
+        }
+    };
+    let mut resp = api::json_response(200, &body);
+    let headers = resp.headers_mut();
+    headers.insert(
+        hyper::header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    headers.insert(
+        hyper::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-store"),
+    );
+    resp
+}
+
 /// Answers an upgrade request on the WebSocket path.
 pub fn upgrade(
     shard: &Rc<Shard>,
@@ -83,50 +253,27 @@ pub fn upgrade(
             "expected a WebSocket upgrade (GET with Upgrade: websocket)",
         );
     }
-    let header =
-        |name: hyper::header::HeaderName| req.headers().get(name).and_then(|v| v.to_str().ok());
-    if !crate::auth::origin::allowed(
-        &broker.config.server.allowed_origins,
-        header(hyper::header::ORIGIN),
-        header(hyper::header::HOST),
-    ) {
-        broker.global.reject(Reject::OriginNotAllowed);
-        return api::error_response(403, &Reject::OriginNotAllowed.to_string());
-    }
-    let identity = match broker.auth.authenticate(Offered {
-        authorization: header(hyper::header::AUTHORIZATION),
-        query: req.uri().query(),
-    }) {
-        Ok(identity) => identity,
-        Err(e) => {
-            let reject = match e {
-                AuthError::Missing => Reject::MissingCredentials,
-                _ => Reject::BadCredentials,
-            };
-            broker.global.reject(reject);
-            let mut response = api::error_response(401, &e.to_string());
-            if let Some(challenge) = broker.auth.challenge() {
-                response.headers_mut().insert(
-                    hyper::header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static(challenge),
-                );
+    let offer = Offer::of(&req);
+    let (identity, choice) = match admit(broker, offer) {
+        Ok(admitted) => admitted,
+        Err(refusal) => {
+            broker.global.reject(refusal.reject);
+            let mut response = api::error_response(refusal.status, &refusal.reason);
+            match refusal.reject {
+                Reject::OriginNotAllowed => {
+                    crate::auth::origin::log_refusal(offer.origin.unwrap_or_default(), offer.host);
+                }
+                Reject::MissingCredentials | Reject::BadCredentials => {
+                    if let Some(challenge) = broker.auth.challenge() {
+                        response.headers_mut().insert(
+                            hyper::header::WWW_AUTHENTICATE,
+                            HeaderValue::from_static(challenge),
+                        );
+                    }
+                }
+                _ => {}
             }
             return response;
-        }
-    };
-    let offered = req
-        .headers()
-        .get(SEC_WEBSOCKET_PROTOCOL)
-        .and_then(|v| v.to_str().ok());
-    let choice = match choose_dialect(
-        offered,
-        req.uri().query(),
-        broker.config.server.default_dialect,
-    ) {
-        Ok(c) => c,
-        Err(reason) => {
-            broker.global.reject(Reject::BadHandshake);
-            return api::error_response(400, &reason);
         }
     };
     let (response, pending) = match fastwebsockets::upgrade::upgrade(&mut req) {

@@ -2,12 +2,14 @@
 // GET /client.js (docs/CLIENT.md). It speaks either wire dialect (docs/PROTOCOL.md),
 // reconnects with exponential backoff and full jitter, and subscribes again to every topic
 // after a reconnect: on a channel that keeps history, from the last offset it saw, so
-// nothing published in between is missed.
+// nothing published in between is missed. When the broker refuses the connection for good
+// (origin not allowed, credentials missing or wrong) it says why (`refused`) and stops.
 //
 //   import { Shardcast } from "/client.js";
 //   const sc = new Shardcast({ dialect: "vws" });
 //   sc.on("message", (topic, data, raw, meta) => console.log(topic, meta.offset, data));
 //   sc.on("resume", (topic, { recovered }) => recovered || console.warn("missed some", topic));
+//   sc.on("refused", (reason, info) => console.error("refused:", reason, info.fix));
 //   await sc.subscribe("sensors/+/temp");
 
 /**
@@ -19,6 +21,20 @@
  * @property {boolean} [reconnect] reconnect when the connection drops; default true.
  * @property {number} [backoffBaseMs] first reconnect delay bound; default 500.
  * @property {number} [backoffCapMs] largest reconnect delay bound; default 30000.
+ * @property {string|null} [checkUrl] where to ask why a connection was refused; default
+ *   `http(s)://<broker host>/api/ws-check` (the broker's `GET|POST /api/ws-check`), null = never
+ *   ask. The WebSocket URL's query (`?token=`, `?dialect=`) is sent along.
+ */
+
+/**
+ * The broker's answer to "why was my connection refused?" (`/api/ws-check`).
+ * @typedef {object} Verdict
+ * @property {boolean} ok true when a connection would be accepted now
+ * @property {number} status what the upgrade gets: 101, or 400, 401, 403, 503
+ * @property {string|null} reason e.g. "origin not allowed (server.allowed_origins)"
+ * @property {boolean} retry true when trying again later may work (503)
+ * @property {string|null} fix what to change, e.g. `add "http://localhost:3000" to server.allowed_origins`
+ * @property {string|null} origin the Origin the broker saw
  */
 
 /**
@@ -49,12 +65,17 @@ export class Shardcast {
     const dialect = options.dialect ?? "vws";
     if (dialect !== "vws" && dialect !== "gows") throw new Error(`unknown dialect ${dialect}`);
     this.dialect = dialect;
+    this._urlOption = options.url;
     this.url = buildUrl(options.url, options.token);
-    this.reconnect = options.reconnect ?? true;
+    this.checkUrl = options.checkUrl === undefined ? checkUrlFor(this.url) : options.checkUrl;
+    this._reconnectOption = options.reconnect ?? true;
+    this.reconnect = this._reconnectOption;
     this.backoffBaseMs = options.backoffBaseMs ?? 500;
     this.backoffCapMs = options.backoffCapMs ?? 30000;
-    /** "connecting" | "open" | "reconnecting" | "closed" */
+    /** "connecting" | "open" | "reconnecting" | "refused" | "closed" */
     this.state = "connecting";
+    /** @type {Verdict|null} why the broker refused the connection (state "refused"). */
+    this.refusal = null;
     /** Failed attempts since the last successful open. */
     this.attempt = 0;
     this._handlers = new Map();
@@ -70,16 +91,19 @@ export class Shardcast {
     this._timer = null;
     this._ws = null;
     this._opened = false;
+    this._generation = 0; // bumped by close() and connect(): outdated checks are ignored
     this._open();
   }
 
   /**
    * Adds an event handler. Events: `open` (info `{reconnected}`), `close` (info
-   * `{code, reason, retryInMs}`; retryInMs is null when no retry follows), `error` (an
-   * Error), `message` (topic, data, raw, meta `{offset, epoch, replayed}`), `resume`
-   * (topic, `{recovered, after, offset, epoch}`) and `gap` (topic, `{from, to, epoch}`).
+   * `{code, reason, retryInMs}`; retryInMs is null when no retry follows), `refused`
+   * (reason, {@link Verdict}: the broker refused the connection for good, no retry
+   * follows until {@link Shardcast#connect}), `error` (an Error), `message` (topic, data,
+   * raw, meta `{offset, epoch, replayed}`), `resume` (topic,
+   * `{recovered, after, offset, epoch}`) and `gap` (topic, `{from, to, epoch}`).
    * Broadcasts arrive as topic `$broadcast`.
-   * @param {"open"|"close"|"error"|"message"|"resume"|"gap"} event
+   * @param {"open"|"close"|"refused"|"error"|"message"|"resume"|"gap"} event
    * @param {Function} fn
    * @returns {() => void} removes the handler
    */
@@ -172,9 +196,31 @@ export class Shardcast {
   /** Closes the connection for good (no reconnect). */
   close() {
     this.reconnect = false;
+    this._generation += 1;
     clearTimeout(this._timer);
     this.state = "closed";
     if (this._ws) this._ws.close(1000);
+  }
+
+  /**
+   * Connects again: after `refused` (once the cause is fixed: the broker's config, or a
+   * new `token`), after `close()`, or at once instead of waiting for the next retry.
+   * Subscriptions are sent again as after any reconnect. Does nothing while connected or
+   * while a connection is being opened.
+   * @param {{token?: string}} [options] `token` replaces the credential (`?token=`)
+   */
+  connect(options = {}) {
+    if (options.token !== undefined) {
+      this.url = buildUrl(this._urlOption, options.token);
+    }
+    if (this.state !== "closed" && this._ws) return;
+    this._generation += 1;
+    clearTimeout(this._timer);
+    this.reconnect = this._reconnectOption;
+    this.refusal = null;
+    this.attempt = 0;
+    this.state = "connecting";
+    this._open();
   }
 
   _emit(event, ...args) {
@@ -197,7 +243,9 @@ export class Shardcast {
       return;
     }
     this._ws = ws;
+    let opened = false;
     ws.onopen = () => {
+      opened = true;
       const reconnected = this._opened;
       this._opened = true;
       this.attempt = 0;
@@ -216,8 +264,53 @@ export class Shardcast {
       if (this._ws !== ws) return;
       this._ws = null;
       this._failInflight(new Error("connection closed before the broker answered"));
-      this._scheduleReconnect(ev.code, ev.reason);
+      // Closed before it opened: the handshake failed, and a browser is not told why
+      // (code 1006, no status, no body). Ask the broker; a permanent refusal stops here.
+      if (!opened && this.checkUrl && this.state !== "closed") this._diagnose(ev.code, ev.reason);
+      else this._scheduleReconnect(ev.code, ev.reason);
     };
+  }
+
+  async _diagnose(code, reason) {
+    const generation = this._generation;
+    const verdict = await this._check();
+    if (generation !== this._generation || this.state === "closed") return;
+    if (verdict && !verdict.ok && !verdict.retry) this._refuse(code, verdict);
+    else this._scheduleReconnect(code, reason);
+  }
+
+  // The broker's verdict on a connection from here, or null when it cannot be had (the
+  // broker is down, an old broker without the endpoint, a proxy in the way): then the
+  // usual backoff applies. POST, because browsers send Origin with every POST (also to
+  // their own origin) and with a GET only across origins; a POST without body or
+  // headers needs no CORS preflight.
+  async _check() {
+    if (typeof fetch !== "function") return null;
+    try {
+      const url = new URL(this.checkUrl, typeof location !== "undefined" ? location.href : undefined);
+      url.search = new URL(this.url).search; // the same ?token= and ?dialect= as the upgrade
+      const signal =
+        typeof AbortSignal !== "undefined" && AbortSignal.timeout ? AbortSignal.timeout(5000) : undefined;
+      const r = await fetch(url, { method: "POST", cache: "no-store", credentials: "omit", signal });
+      if (!r.ok) return null;
+      const v = await r.json();
+      return v && typeof v.ok === "boolean" && typeof v.status === "number" ? v : null;
+    } catch {
+      return null;
+    }
+  }
+
+  _refuse(code, verdict) {
+    this.state = "refused";
+    this.refusal = verdict;
+    const reason = verdict.reason ?? `HTTP ${verdict.status}`;
+    this._emit("close", { code, reason, retryInMs: null });
+    if (!this._handlers.get("refused")?.size) {
+      // Nobody listens: say it where a developer looks.
+      console.warn(`shardcast: ${this.url.split("?")[0]} refused by the broker: ${reason}` +
+        (verdict.fix ? `; ${verdict.fix}` : ""));
+    }
+    this._emit("refused", reason, verdict);
   }
 
   _scheduleReconnect(code, reason) {
@@ -451,6 +544,20 @@ export class Shardcast {
 /** True for a topic without wildcard levels: only those have history positions. */
 function isExact(topic) {
   return !topic.split("/").some((level) => level === "+" || level === "#");
+}
+
+/** The broker's `/api/ws-check` next to a WebSocket URL. */
+function checkUrlFor(wsUrl) {
+  try {
+    const u = new URL(wsUrl);
+    u.protocol = u.protocol === "wss:" ? "https:" : "http:";
+    u.pathname = "/api/ws-check";
+    u.search = "";
+    u.hash = "";
+    return u.toString();
+  } catch {
+    return null;
+  }
 }
 
 function buildUrl(url, token) {
