@@ -34,9 +34,13 @@ pub const ENTRY_OVERHEAD: u64 = 192;
 /// topic, the bookkeeping, and a rendered frame for each dialect. Frames are rendered
 /// only for dialects someone received it in, but a stored publication keeps those it
 /// has, so counting both makes the cap a bound on memory rather than an estimate.
+/// Allocations are counted a quarter larger than asked (the allocator's size classes)
+/// and each frame 64 bytes more (its shared handle and box): measured real memory stays
+/// below the count (BENCHMARKS.md, "History").
 pub fn memory_cost(p: &Publication) -> u64 {
-    let frame = (p.frame_size_hint() + crate::protocol::frame::MAX_SERVER_HEADER) as u64;
-    ENTRY_OVERHEAD + payload_len(p) + p.topic.len() as u64 + 2 * frame
+    let rounded = |n: usize| (n as u64) * 5 / 4;
+    let frame = rounded(p.frame_size_hint() + crate::protocol::frame::MAX_SERVER_HEADER) + 64;
+    ENTRY_OVERHEAD + rounded(payload_len(p) as usize + p.topic.len()) + 2 * frame
 }
 
 /// Why retained publications were dropped (`shardcast_history_evicted_total{reason}`).

@@ -136,8 +136,8 @@ fn bytes_and_max_bytes_evict_oldest_of_least_recently_published() {
     let cost = memory_cost(&publication("old", "0123456789"));
     assert_eq!(cost, memory_cost(&publication("new", "0123456789")));
     // Bookkeeping, payload and name, and a frame buffer for each dialect.
-    let frame = 10 + 2 * 3 + 5 + 160 + 10;
-    assert_eq!(cost, ENTRY_OVERHEAD + 13 + 2 * frame);
+    let frame = (10 + 2 * 3 + 5 + 160 + 10) * 5 / 4 + 64;
+    assert_eq!(cost, ENTRY_OVERHEAD + 13 * 5 / 4 + 2 * frame);
     let h = store(
         vec![
             rule("small", 1000, 35, Replay::None),
