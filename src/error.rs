@@ -80,6 +80,8 @@ pub enum Reject {
     BadPosition(&'static str, &'static str),
     /// A subscribe position on a wildcard pattern.
     RecoveryNeedsExactChannel,
+    /// A frame length not in the fewest bytes (RFC 6455 §5.2; close 1002).
+    NonMinimalLength,
 }
 
 /// How a refusal is classed for `shardcast_errors_total{class}` (as SemStreams classes
@@ -101,7 +103,7 @@ impl ErrorClass {
 
 impl Reject {
     /// Every variant's metric label, in `index()` order (for per-shard counter arrays).
-    pub const LABELS: [&'static str; 34] = [
+    pub const LABELS: [&'static str; 35] = [
         "malformed_json",
         "not_an_object",
         "unknown_type",
@@ -136,6 +138,7 @@ impl Reject {
         "handshake_timeout",
         "bad_position",
         "recovery_needs_exact_channel",
+        "non_minimal_length",
     ];
 
     /// Position of this variant in [`Reject::LABELS`] and in counter arrays.
@@ -175,6 +178,7 @@ impl Reject {
             Reject::HandshakeTimeout => 31,
             Reject::BadPosition(..) => 32,
             Reject::RecoveryNeedsExactChannel => 33,
+            Reject::NonMinimalLength => 34,
         }
     }
 
@@ -193,7 +197,8 @@ impl Reject {
             Reject::UnmaskedFrame
             | Reject::BadOpcode
             | Reject::BadControlFrame
-            | Reject::BadFragmentation => Some(1002),
+            | Reject::BadFragmentation
+            | Reject::NonMinimalLength => Some(1002),
             Reject::IdleTimeout => Some(1001),
             Reject::SlowConsumer | Reject::RateLimitAbuse => Some(1008),
             _ => None,
@@ -210,6 +215,7 @@ impl Reject {
             Reject::BadOpcode => "reserved bits or unknown opcode",
             Reject::BadControlFrame => "control frame too long or fragmented",
             Reject::BadFragmentation => "bad message fragmentation",
+            Reject::NonMinimalLength => "frame length not in the fewest bytes",
             Reject::IdleTimeout => "idle timeout",
             Reject::SlowConsumer => "slow consumer",
             Reject::RateLimitAbuse => "publish rate limit exceeded persistently",
@@ -286,6 +292,7 @@ impl Reject {
             Reject::HandshakeTimeout,
             Reject::BadPosition("", ""),
             Reject::RecoveryNeedsExactChannel,
+            Reject::NonMinimalLength,
         ]
     }
 
@@ -363,10 +370,7 @@ mod tests {
             assert_eq!(Reject::LABELS[r.index()], r.label());
         }
         assert_eq!(Reject::SlowConsumer.label(), "slow_consumer");
-        assert_eq!(
-            Reject::RecoveryNeedsExactChannel.index(),
-            Reject::LABELS.len() - 1
-        );
+        assert_eq!(Reject::NonMinimalLength.index(), Reject::LABELS.len() - 1);
     }
 
     #[test]

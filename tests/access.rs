@@ -130,3 +130,30 @@ async fn metrics_can_be_switched_off() {
     assert_eq!(broker.get("/metrics").await.status, 404);
     assert_eq!(broker.get("/healthz").await.status, 200);
 }
+
+#[tokio::test]
+async fn a_sec_websocket_key_that_is_not_16_bytes_gets_400() {
+    let broker = Broker::start("");
+    let upgrade = |key: &str| {
+        format!(
+            "GET /ws HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n",
+            broker.addr
+        )
+    };
+    // RFC 6455 §4.1: the key is 16 random bytes, base64-encoded.
+    for key in [
+        "abc",
+        "YWJj",
+        "dGhlIHNhbXBsZSBub25jZQ",
+        "dGhlIHNhbXBsZSBub25jZSEhIQ==",
+        "!!!!!!!!!!!!!!!!!!!!!!==",
+    ] {
+        let head = raw_http(broker.addr, upgrade(key).as_bytes()).await;
+        assert_eq!(status_of(&head), 400, "key {key:?}: {head}");
+    }
+    let head = raw_http(broker.addr, upgrade("dGhlIHNhbXBsZSBub25jZQ==").as_bytes()).await;
+    assert_eq!(status_of(&head), 101, "{head}");
+    let m = broker.metrics().await;
+    assert_eq!(rejections(&m).get("bad_handshake").copied(), Some(5.0));
+}

@@ -374,6 +374,14 @@ async fn protocol_violations_close_the_connection_with_their_code() {
     let mut huge_length = vec![0x81, 0x80 | 127];
     huge_length.extend_from_slice(&(1u64 << 63).to_be_bytes());
     huge_length.extend_from_slice(&[0; 4]);
+    // RFC 6455 §5.2: a length in more bytes than it needs ("{}" announced in 16 and in
+    // 64 bits, zero mask so the payload goes as is).
+    let mut long16 = vec![0x81, 0x80 | 126, 0, 2, 0, 0, 0, 0];
+    long16.extend_from_slice(b"{}");
+    let mut long64 = vec![0x81, 0x80 | 127];
+    long64.extend_from_slice(&2u64.to_be_bytes());
+    long64.extend_from_slice(&[0, 0, 0, 0]);
+    long64.extend_from_slice(b"{}");
     let cat = |frames: &[Vec<u8>]| frames.concat();
     let chunk = [b' '; 400];
     let table: Vec<(&str, Vec<u8>, u16, &str)> = vec![
@@ -414,6 +422,18 @@ async fn protocol_violations_close_the_connection_with_their_code() {
             huge_length,
             1009,
             "message_too_large",
+        ),
+        (
+            "16-bit length for a 2-byte payload",
+            long16,
+            1002,
+            "non_minimal_length",
+        ),
+        (
+            "64-bit length for a 2-byte payload",
+            long64,
+            1002,
+            "non_minimal_length",
         ),
         (
             "binary frame",

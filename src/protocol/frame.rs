@@ -173,7 +173,8 @@ fn control_payload(payload: &[u8]) -> &[u8] {
 /// - [`Reject::BadOpcode`]: an RSV bit is set or the opcode is undefined;
 /// - [`Reject::UnmaskedFrame`]: the mask bit is clear;
 /// - [`Reject::BadControlFrame`]: close/ping/pong longer than 125 bytes or without FIN;
-/// - [`Reject::MessageTooLarge`]: a 64-bit length with its most significant bit set.
+/// - [`Reject::MessageTooLarge`]: a 64-bit length with its most significant bit set;
+/// - [`Reject::NonMinimalLength`]: a length in more bytes than it needs.
 pub fn parse_client_header(buf: &[u8]) -> Result<Option<FrameHeader>, Reject> {
     let (Some(&b0), Some(&b1)) = (buf.first(), buf.get(1)) else {
         return Ok(None);
@@ -192,8 +193,13 @@ pub fn parse_client_header(buf: &[u8]) -> Result<Option<FrameHeader>, Reject> {
         return Err(Reject::BadControlFrame);
     }
     let (payload_len, len_end) = match len7 {
+        // RFC 6455 §5.2: the length takes the fewest bytes it can, so a 16-bit length
+        // under 126 or a 64-bit one under 65,536 is a protocol error.
         126 => match buf.get(2..4) {
-            Some(&[a, b]) => (u64::from(u16::from_be_bytes([a, b])), 4),
+            Some(&[a, b]) => match u16::from_be_bytes([a, b]) {
+                n if n < 126 => return Err(Reject::NonMinimalLength),
+                n => (u64::from(n), 4),
+            },
             _ => return Ok(None),
         },
         127 => match buf.get(2..10).and_then(|s| <[u8; 8]>::try_from(s).ok()) {
@@ -201,6 +207,9 @@ pub fn parse_client_header(buf: &[u8]) -> Result<Option<FrameHeader>, Reject> {
                 let len = u64::from_be_bytes(bytes);
                 if len >> 63 != 0 {
                     return Err(Reject::MessageTooLarge);
+                }
+                if len <= u64::from(u16::MAX) {
+                    return Err(Reject::NonMinimalLength);
                 }
                 (len, 10)
             }

@@ -241,6 +241,9 @@ pub fn parse_upgrade(buf: &[u8], rules: &Rules<'_>) -> Option<Upgrade> {
         .iter()
         .find(|h| h.name.eq_ignore_ascii_case("sec-websocket-key"))?
         .value;
+    if !valid_key(key) {
+        return None; // hyper's path answers it with the reason
+    }
     if !crate::auth::origin::allowed(rules.allowed_origins, header("origin"), header("host")) {
         return None;
     }
@@ -264,6 +267,17 @@ pub fn parse_upgrade(buf: &[u8], rules: &Rules<'_>) -> Option<Upgrade> {
         echo: choice.echo,
         identity,
     })
+}
+
+/// Whether `key` is a `Sec-WebSocket-Key` as RFC 6455 §4.1 asks: 16 bytes in base64
+/// (24 characters). A shorter or longer key is refused with 400.
+pub fn valid_key(key: &[u8]) -> bool {
+    use base64::Engine as _;
+    let key = key.trim_ascii();
+    key.len() == 24
+        && base64::engine::general_purpose::STANDARD
+            .decode(key)
+            .is_ok_and(|bytes| bytes.len() == 16)
 }
 
 /// `Sec-WebSocket-Accept` for a client key (RFC 6455 §4.2.2).

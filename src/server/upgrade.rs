@@ -253,6 +253,17 @@ pub fn upgrade(
             "expected a WebSocket upgrade (GET with Upgrade: websocket)",
         );
     }
+    let key_ok = req
+        .headers()
+        .get(hyper::header::SEC_WEBSOCKET_KEY)
+        .is_some_and(|k| super::handshake::valid_key(k.as_bytes()));
+    if !key_ok {
+        broker.global.reject(Reject::BadHandshake);
+        return api::error_response(
+            400,
+            "Sec-WebSocket-Key must be 16 random bytes in base64, 24 characters (RFC 6455 §4.1)",
+        );
+    }
     let offer = Offer::of(&req);
     let (identity, choice) = match admit(broker, offer) {
         Ok(admitted) => admitted,
