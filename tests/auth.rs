@@ -187,6 +187,23 @@ async fn jwt_needs_hs256_a_good_signature_and_exp() {
     let unsigned = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJ1IiwiZXhwIjo5OTk5OTk5OTk5fQ.";
     refused_401(&broker, &url, &[("Authorization", &bearer(unsigned))], "").await;
     refused_401(&broker, &url, &[("Authorization", "Bearer a.b.c")], "").await;
+    // A correctly signed token with a `crit` header: extensions the broker cannot know,
+    // so it must refuse it (RFC 7515 §4.1.11).
+    let mut crit_header = Header::default();
+    crit_header.crit = Some(vec!["http://example.test/policy".into()]);
+    let crit = encode(
+        &crit_header,
+        &json!({"sub": "u", "exp": now() + 600}),
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap();
+    refused_401(
+        &broker,
+        &url,
+        &[("Authorization", &bearer(&crit))],
+        "malformed",
+    )
+    .await;
 
     let good = jwt(json!({"sub": "u", "exp": now() + 600}));
     let mut ws = try_ws_with(&format!("{url}?token={good}"), VWS, &[])

@@ -260,6 +260,13 @@ impl Authenticator {
                 if scheme == Scheme::Basic {
                     return Err(AuthError::Malformed);
                 }
+                // RFC 7515 §4.1.11: a `crit` header names extensions the recipient must
+                // understand; this broker understands none, so such a token is refused.
+                let header =
+                    jsonwebtoken::decode_header(&credential).map_err(|_| AuthError::Malformed)?;
+                if header.crit.is_some() {
+                    return Err(AuthError::Malformed);
+                }
                 let data = jsonwebtoken::decode::<Map<String, Value>>(credential, key, validation)
                     .map_err(|e| jwt_error(&e))?;
                 Ok(Some(Identity::from_claims(
