@@ -189,8 +189,10 @@ async fn jwt_needs_hs256_a_good_signature_and_exp() {
     refused_401(&broker, &url, &[("Authorization", "Bearer a.b.c")], "").await;
     // A correctly signed token with a `crit` header: extensions the broker cannot know,
     // so it must refuse it (RFC 7515 §4.1.11).
-    let mut crit_header = Header::default();
-    crit_header.crit = Some(vec!["http://example.test/policy".into()]);
+    let crit_header = Header {
+        crit: Some(vec!["http://example.test/policy".into()]),
+        ..Header::default()
+    };
     let crit = encode(
         &crit_header,
         &json!({"sub": "u", "exp": now() + 600}),
