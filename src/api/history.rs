@@ -4,11 +4,9 @@
 //! endpoints: with the API key when one is configured, else to loopback peers only.
 
 use super::{response, ApiError};
-use crate::error::Reject;
 use crate::protocol::{json, timestamp};
 use crate::publication::Kind;
 use crate::shard::Shard;
-use crate::topic;
 use bytes::Bytes;
 
 /// Publications returned when the request names no `limit`.
@@ -24,11 +22,7 @@ pub fn get(
     query: Option<&str>,
 ) -> Result<crate::server::http::HttpResponse, ApiError> {
     let broker = &shard.broker;
-    topic::validate_topic(channel, shard.topic_limits()).map_err(|e| {
-        let reject = Reject::InvalidTopic(e);
-        broker.global.reject(reject);
-        ApiError::bad_request(reject.to_string())
-    })?;
+    super::publish::check_topic(shard, channel)?;
     let max = broker.config.api.max_batch;
     let (mut since, mut limit) = (0u64, DEFAULT_LIMIT.min(max));
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {

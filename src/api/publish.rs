@@ -123,7 +123,8 @@ fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
         .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
 }
 
-fn check_topic(shard: &Shard, name: &str) -> Result<(), ApiError> {
+/// Validates a channel named in an API request (counted and answered with 400).
+pub(super) fn check_topic(shard: &Shard, name: &str) -> Result<(), ApiError> {
     topic::validate_topic(name, shard.topic_limits()).map_err(|e| {
         let reject = Reject::InvalidTopic(e);
         shard.broker.global.reject(reject);
