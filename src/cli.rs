@@ -72,8 +72,9 @@ pub struct ServeArgs {
     /// TOML config file (keys not in it keep their defaults).
     #[arg(long, value_name = "FILE", env = "SHARDCAST_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Listen address, overriding server.listen (e.g. 127.0.0.1:0 for any free port).
-    #[arg(long, value_name = "ADDR")]
+    /// Listen address, overriding server.listen (e.g. 127.0.0.1:0 for any free port,
+    /// localhost:9000).
+    #[arg(long, value_name = "ADDR", value_parser = crate::config::parse_listen)]
     pub listen: Option<SocketAddr>,
     /// Number of shards, overriding server.shards (0 = one per CPU core).
     #[arg(long, value_name = "N")]

@@ -111,6 +111,21 @@ fn serve(args: &ServeArgs) -> ExitCode {
     }
 }
 
+/// Says which address could not be taken, and what to do when it is in use.
+fn start_error(e: anyhow::Error, listen: std::net::SocketAddr) -> anyhow::Error {
+    let in_use = e
+        .chain()
+        .filter_map(|c| c.downcast_ref::<std::io::Error>())
+        .any(|io| io.kind() == std::io::ErrorKind::AddrInUse);
+    if in_use {
+        e.context(format!(
+            "cannot listen on {listen}: another process already listens there; stop it or choose another address (--listen or server.listen)"
+        ))
+    } else {
+        e.context(format!("cannot start the server on {listen}"))
+    }
+}
+
 fn serve_until_signal(config: config::Config) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -127,7 +142,8 @@ fn serve_until_signal(config: config::Config) -> anyhow::Result<()> {
     };
     let grace = config.server.shutdown_grace;
     let shards = config.shard_count();
-    let handle = Server::start(config).context("cannot start the server")?;
+    let listen = config.server.listen;
+    let handle = Server::start(config).map_err(|e| start_error(e.into(), listen))?;
     let addr = handle.local_addr();
     {
         let mut out = std::io::stdout().lock();

@@ -154,3 +154,71 @@ async fn empty_config_uses_defaults() {
     let r = broker.get("/healthz").await;
     assert_eq!(r.status, 200);
 }
+
+#[tokio::test]
+async fn unset_auth_secret_is_a_config_error_naming_the_file() {
+    let toml = "[auth]\ntype = \"jwt\"\njwt_secret_env = \"SHARDCAST_TEST_NEVER_SET\"\n";
+    let (path, err) = refused(toml, &[]).await;
+    assert!(err.contains(&path), "names the file: {err}");
+    assert!(err.contains("auth.jwt_secret_env"), "names the key: {err}");
+    assert!(
+        err.contains("SHARDCAST_TEST_NEVER_SET"),
+        "names the variable: {err}"
+    );
+    assert!(
+        err.starts_with("config error in"),
+        "one format for config errors: {err}"
+    );
+}
+
+#[tokio::test]
+async fn type_errors_say_what_to_write_not_the_rust_type() {
+    let (_, err) = refused("[server]\nshards = -1\n", &[]).await;
+    assert!(err.contains("whole number"), "{err}");
+    assert!(!err.contains("usize"), "no Rust type names: {err}");
+}
+
+#[tokio::test]
+async fn listen_accepts_localhost_and_hints_otherwise() {
+    let broker = Broker::start_listening("", "localhost:0");
+    assert!(broker.addr.ip().is_loopback(), "{}", broker.addr);
+    assert_eq!(broker.get("/healthz").await.status, 200);
+
+    let out = run_cli(&["serve", "--listen", "my-host:9000"], &[], EXIT).await;
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(
+        out.stderr.contains("127.0.0.1:9000"),
+        "shows a form that works: {out:?}"
+    );
+}
+
+#[tokio::test]
+async fn address_in_use_names_the_address() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = run_cli(&["serve", "--listen", &addr], &[], EXIT).await;
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(out.stderr.contains(&addr), "names the address: {out:?}");
+    assert!(out.stderr.contains("already listens"), "says why: {out:?}");
+}
+
+#[tokio::test]
+async fn short_hs256_secret_is_warned_about() {
+    let toml = "[auth]\ntype = \"jwt\"\njwt_secret_env = \"SHARDCAST_TEST_JWT\"\n";
+    let short = Broker::start_with(toml, &[], &[("SHARDCAST_TEST_JWT", "hunter2")]);
+    let long_secret = "0123456789abcdef0123456789abcdef";
+    let long = Broker::start_with(toml, &[], &[("SHARDCAST_TEST_JWT", long_secret)]);
+    // The warning is written before the ready line; stderr is read by a thread.
+    until_ok("the short-secret warning", Duration::from_secs(5), || {
+        let err = short.stderr();
+        async move {
+            if err.contains("shorter than 32 bytes") {
+                Ok(())
+            } else {
+                Err(err)
+            }
+        }
+    })
+    .await;
+    assert!(!long.stderr().contains("shorter than"), "{}", long.stderr());
+}

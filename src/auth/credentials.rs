@@ -117,6 +117,9 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// RFC 7518 §3.2: an HS256 secret shorter than this is warned about at start.
+pub const MIN_HS256_SECRET: usize = 32;
+
 /// Reads the variable `key` names; unset or empty is an error naming the key.
 fn secret(key: &str, name: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
     if name.is_empty() {
@@ -174,6 +177,14 @@ impl Authenticator {
             }
             AuthType::Jwt => {
                 let key = secret("auth.jwt_secret_env", &auth.jwt_secret_env, env)?;
+                if key.len() < MIN_HS256_SECRET {
+                    // RFC 7518 §3.2: an HS256 key at least as long as the hash output.
+                    tracing::warn!(
+                        variable = %auth.jwt_secret_env,
+                        bytes = key.len(),
+                        "the HS256 secret is shorter than {MIN_HS256_SECRET} bytes: tokens signed with it can be brute-forced offline; use 32 random bytes or more"
+                    );
+                }
                 let mut validation = Validation::new(Algorithm::HS256);
                 validation.leeway = JWT_LEEWAY_SECS;
                 validation.validate_exp = true;

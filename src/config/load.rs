@@ -228,7 +228,8 @@ fn lookup<'a>(table: &'a Table, dotted: &str) -> Option<&'a Value> {
 }
 
 fn type_reason(e: &toml::de::Error, shown: Option<&str>) -> String {
-    let msg = e.message().trim_end();
+    let msg = plain_types(e.message().trim_end());
+    let msg = msg.as_str();
     match shown {
         // serde's "invalid type" messages already quote the value.
         Some(v) if !msg.starts_with("invalid type") && !msg.contains(v) => {
@@ -236,6 +237,27 @@ fn type_reason(e: &toml::de::Error, shown: Option<&str>) -> String {
         }
         _ => msg.to_owned(),
     }
+}
+
+/// serde names Rust types (`expected usize`); say what a config author should write.
+fn plain_types(msg: &str) -> String {
+    const NAMES: [(&str, &str); 9] = [
+        ("usize", "a whole number, 0 or more"),
+        ("u64", "a whole number, 0 or more"),
+        ("u32", "a whole number from 0 to 4294967295"),
+        ("u16", "a whole number from 0 to 65535"),
+        ("u8", "a whole number from 0 to 255"),
+        ("i64", "a whole number"),
+        ("i32", "a whole number"),
+        ("f64", "a number"),
+        ("f32", "a number"),
+    ];
+    for (rust, plain) in NAMES {
+        if let Some(head) = msg.strip_suffix(&format!("expected {rust}")) {
+            return format!("{head}expected {plain}");
+        }
+    }
+    msg.to_owned()
 }
 
 fn one_key(section: &str, key: &str, value: Value) -> Table {
@@ -424,6 +446,17 @@ fn check_secrets(
     stack: &Stack,
     vars: &[(String, String)],
 ) -> Result<(), ConfigError> {
+    // The auth secrets, read the way the broker reads them at start, so an unset one is
+    // a config error (exit 2, naming where the key was set) like every other.
+    let lookup = |name: &str| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    if let Err(e) = crate::auth::Authenticator::from_config(&config.auth, &lookup) {
+        let (key, reason) = e.split_once(": ").unwrap_or(("auth.type", e.as_str()));
+        return Err(ConfigError::Invalid {
+            origin: stack.last_origin(&[key, "auth.type"]),
+            key: key.to_owned(),
+            reason: reason.to_owned(),
+        });
+    }
     let name = config.api.key_env.as_str();
     if name.is_empty() {
         return Ok(());

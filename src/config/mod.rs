@@ -10,9 +10,11 @@
 //! process environment (callers pass the variables in, so tests can too).
 
 pub mod duration;
+mod listen;
 mod load;
 mod validate;
 
+pub use listen::parse_listen;
 pub use load::{load, Overrides};
 
 use crate::protocol::Dialect;
@@ -54,7 +56,8 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
-    /// Listener address, default `0.0.0.0:8080`.
+    /// Listener address, default `0.0.0.0:8080` (`localhost:PORT` is 127.0.0.1).
+    #[serde(deserialize_with = "listen::deserialize")]
     pub listen: SocketAddr,
     /// Shard threads; 0 = one per CPU core (see [`Config::shard_count`]); at most 128.
     pub shards: usize,

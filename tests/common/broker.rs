@@ -51,6 +51,11 @@ impl Broker {
         Broker::launch(toml, &addr.to_string(), &[], &[])
     }
 
+    /// Like [`Broker::start`] with `--listen` given as text (e.g. `localhost:0`).
+    pub fn start_listening(toml: &str, listen: &str) -> Broker {
+        Broker::launch(toml, listen, &[], &[])
+    }
+
     fn launch(toml: &str, listen: &str, extra_args: &[&str], env: &[(&str, &str)]) -> Broker {
         let config = config_file(toml);
         let mut cmd = Command::new(binary());
@@ -59,22 +64,35 @@ impl Broker {
             .arg(config.path())
             .arg("--listen")
             .arg(listen)
-            .args(extra_args)
-            .stdin(Stdio::null())
+            .args(extra_args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Broker::spawn(cmd, config)
+    }
+
+    /// Runs `cmd` (something that ends up running `shardcast serve`, e.g. the Docker
+    /// entry point) and waits for the ready line; `config` is kept for the broker's life.
+    /// The test's own `SHARDCAST_*` variables are removed first; `cmd`'s own env stays.
+    pub fn spawn(mut cmd: Command, config: tempfile::NamedTempFile) -> Broker {
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         // A developer's own SHARDCAST_* variables must not leak into tests.
+        let set_by_test: Vec<String> = cmd
+            .get_envs()
+            .map(|(k, _)| k.to_string_lossy().into_owned())
+            .collect();
         for (k, _) in std::env::vars() {
-            if k.starts_with("SHARDCAST_") {
+            if k.starts_with("SHARDCAST_") && !set_by_test.contains(&k) {
                 cmd.env_remove(k);
             }
         }
-        cmd.env(
-            "RUST_LOG",
-            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
-        );
-        for (k, v) in env {
-            cmd.env(k, v);
+        if !set_by_test.iter().any(|k| k == "RUST_LOG") {
+            cmd.env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            );
         }
         let mut child = cmd.spawn().expect("spawn shardcast binary");
         let pid = child.id();
