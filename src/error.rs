@@ -82,6 +82,9 @@ pub enum Reject {
     RecoveryNeedsExactChannel,
     /// A frame length not in the fewest bytes (RFC 6455 §5.2; close 1002).
     NonMinimalLength,
+    /// A close frame with a 1-byte payload or a code that may not be sent (RFC 6455
+    /// §5.5.1, §7.4; close 1002).
+    BadCloseFrame,
 }
 
 /// How a refusal is classed for `shardcast_errors_total{class}` (as SemStreams classes
@@ -103,7 +106,7 @@ impl ErrorClass {
 
 impl Reject {
     /// Every variant's metric label, in `index()` order (for per-shard counter arrays).
-    pub const LABELS: [&'static str; 35] = [
+    pub const LABELS: [&'static str; 36] = [
         "malformed_json",
         "not_an_object",
         "unknown_type",
@@ -139,6 +142,7 @@ impl Reject {
         "bad_position",
         "recovery_needs_exact_channel",
         "non_minimal_length",
+        "bad_close_frame",
     ];
 
     /// Position of this variant in [`Reject::LABELS`] and in counter arrays.
@@ -179,6 +183,7 @@ impl Reject {
             Reject::BadPosition(..) => 32,
             Reject::RecoveryNeedsExactChannel => 33,
             Reject::NonMinimalLength => 34,
+            Reject::BadCloseFrame => 35,
         }
     }
 
@@ -198,7 +203,8 @@ impl Reject {
             | Reject::BadOpcode
             | Reject::BadControlFrame
             | Reject::BadFragmentation
-            | Reject::NonMinimalLength => Some(1002),
+            | Reject::NonMinimalLength
+            | Reject::BadCloseFrame => Some(1002),
             Reject::IdleTimeout => Some(1001),
             Reject::SlowConsumer | Reject::RateLimitAbuse => Some(1008),
             _ => None,
@@ -216,6 +222,9 @@ impl Reject {
             Reject::BadControlFrame => "control frame too long or fragmented",
             Reject::BadFragmentation => "bad message fragmentation",
             Reject::NonMinimalLength => "frame length not in the fewest bytes",
+            Reject::BadCloseFrame => {
+                "close frame with a 1-byte payload or a code that may not be sent"
+            }
             Reject::IdleTimeout => "idle timeout",
             Reject::SlowConsumer => "slow consumer",
             Reject::RateLimitAbuse => "publish rate limit exceeded persistently",
@@ -293,6 +302,7 @@ impl Reject {
             Reject::BadPosition("", ""),
             Reject::RecoveryNeedsExactChannel,
             Reject::NonMinimalLength,
+            Reject::BadCloseFrame,
         ]
     }
 
@@ -370,7 +380,7 @@ mod tests {
             assert_eq!(Reject::LABELS[r.index()], r.label());
         }
         assert_eq!(Reject::SlowConsumer.label(), "slow_consumer");
-        assert_eq!(Reject::NonMinimalLength.index(), Reject::LABELS.len() - 1);
+        assert_eq!(Reject::BadCloseFrame.index(), Reject::LABELS.len() - 1);
     }
 
     #[test]

@@ -38,6 +38,35 @@ pub enum Flow {
 #[derive(Debug, Default)]
 pub struct Fragments {
     data: Vec<u8>,
+    /// How many bytes at the front of `data` are known to be valid UTF-8; past it there
+    /// is at most the start of one character whose rest has not arrived yet.
+    checked: usize,
+}
+
+impl Fragments {
+    /// Appends a fragment, checking its UTF-8 as it arrives (RFC 6455 §8.1: fail fast, not
+    /// after the whole message): each byte is checked once, plus at most three again.
+    fn push(&mut self, bytes: &[u8]) -> Result<(), Reject> {
+        self.data.extend_from_slice(bytes);
+        let fresh = self.data.get(self.checked..).unwrap_or_default();
+        match std::str::from_utf8(fresh) {
+            Ok(_) => self.checked = self.data.len(),
+            // A character cut at the end of this fragment: wait for the rest.
+            Err(e) if e.error_len().is_none() => self.checked += e.valid_up_to(),
+            Err(_) => return Err(Reject::InvalidUtf8),
+        }
+        Ok(())
+    }
+
+    /// The whole message, once the last fragment is in; a character left unfinished is
+    /// invalid UTF-8.
+    fn finish(self) -> Result<Vec<u8>, Reject> {
+        if self.checked == self.data.len() {
+            Ok(self.data)
+        } else {
+            Err(Reject::InvalidUtf8)
+        }
+    }
 }
 
 /// Result of parsing one buffer.
@@ -114,7 +143,7 @@ pub fn parse(
                     return Err(Reject::BadFragmentation);
                 }
                 let mut f = Box::<Fragments>::default();
-                f.data.extend_from_slice(payload);
+                f.push(payload)?;
                 *fragments = Some(f);
                 Flow::Continue
             }
@@ -122,12 +151,12 @@ pub fn parse(
                 let Some(f) = fragments.as_mut() else {
                     return Err(Reject::BadFragmentation);
                 };
-                f.data.extend_from_slice(payload);
+                f.push(payload)?;
                 if header.fin {
-                    let mut whole = fragments.take().map(|f| f.data).unwrap_or_default();
-                    if std::str::from_utf8(&whole).is_err() {
-                        return Err(Reject::InvalidUtf8);
-                    }
+                    let mut whole = match fragments.take() {
+                        Some(f) => f.finish()?,
+                        None => Vec::new(),
+                    };
                     on_message(Incoming::Text(&mut whole))
                 } else {
                     Flow::Continue
@@ -136,7 +165,7 @@ pub fn parse(
             OpCode::Binary => return Err(Reject::BinaryFrame),
             OpCode::Ping => on_message(Incoming::Ping(payload)),
             OpCode::Pong => on_message(Incoming::Pong),
-            OpCode::Close => on_message(Incoming::Close(frame::close_code_of(payload))),
+            OpCode::Close => on_message(Incoming::Close(frame::parse_close(payload)?)),
         };
         if flow != Flow::Continue {
             return Ok(Parsed {
@@ -244,6 +273,46 @@ mod tests {
         let full = client_frame(true, 1, &[b'a'; 70_000]);
         let mut head = full[..20].to_vec();
         assert_eq!(collect(&mut head, 65_536).0, Err(Reject::MessageTooLarge));
+    }
+
+    #[test]
+    fn invalid_utf8_fails_at_the_fragment_that_carries_it() {
+        // The first fragment is already invalid: refused before the message ends (the
+        // final fragment never arrives in this buffer).
+        let mut first = client_frame(false, 1, b"ok \xff");
+        assert_eq!(collect(&mut first, 100).0, Err(Reject::InvalidUtf8));
+        // A character split across fragments is fine; so is one split at every byte.
+        let text = "é€😀";
+        let mut buf = Vec::new();
+        for (i, b) in text.as_bytes().iter().enumerate() {
+            let op = if i == 0 { 1 } else { 0 };
+            buf.extend(client_frame(i + 1 == text.len(), op, &[*b]));
+        }
+        let (r, seen) = collect(&mut buf, 100);
+        assert!(r.is_ok(), "{r:?}");
+        assert_eq!(seen, vec![format!("text:{text}")]);
+        // A bad continuation byte in the middle fragment fails there.
+        let mut buf = client_frame(false, 1, b"\xe2\x82");
+        buf.extend(client_frame(false, 0, b"\x41"));
+        assert_eq!(collect(&mut buf, 100).0, Err(Reject::InvalidUtf8));
+        // A character left unfinished by the last fragment is invalid.
+        let mut buf = client_frame(false, 1, b"a");
+        buf.extend(client_frame(true, 0, b"\xe2\x82"));
+        assert_eq!(collect(&mut buf, 100).0, Err(Reject::InvalidUtf8));
+    }
+
+    #[test]
+    fn close_frames_are_validated() {
+        let close = |payload: &[u8]| {
+            let mut f = client_frame(true, 8, payload);
+            collect(&mut f, 100)
+        };
+        assert_eq!(close(b"").1, vec!["close:None"]);
+        assert_eq!(close(b"\x03\xe8bye").1, vec!["close:Some(1000)"]);
+        assert_eq!(close(b"\x0f\xa0").1, vec!["close:Some(4000)"]);
+        assert_eq!(close(b"\x03").0, Err(Reject::BadCloseFrame));
+        assert_eq!(close(b"\x03\xed").0, Err(Reject::BadCloseFrame)); // 1005
+        assert_eq!(close(b"\x03\xe8\xff").0, Err(Reject::InvalidUtf8));
     }
 
     #[test]

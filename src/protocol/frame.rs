@@ -252,11 +252,39 @@ pub fn unmask(payload: &mut [u8], mask: [u8; 4]) {
 }
 
 /// The status code of a client close payload, or `None` when it carries none (fewer than
-/// two bytes). The code is returned as sent; validating its range is the caller's choice.
+/// two bytes). The code is returned as sent; [`parse_close`] is the validating form.
 pub fn close_code_of(payload: &[u8]) -> Option<u16> {
     match payload {
         [hi, lo, ..] => Some(u16::from_be_bytes([*hi, *lo])),
         _ => None,
+    }
+}
+
+/// Whether an endpoint may put `code` in a close frame (RFC 6455 §7.4.1, §7.4.2 and the
+/// IANA registry): 1000-1003, 1007-1014, and 3000-4999 for libraries and applications.
+/// 1004 is reserved, 1005/1006/1015 are only for reporting, everything else unassigned.
+pub fn close_code_sendable(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
+}
+
+/// Validates a client close payload (RFC 6455 §5.5.1): empty, or a sendable code followed
+/// by a UTF-8 reason. Returns the code, if any.
+///
+/// # Errors
+/// [`Reject::BadCloseFrame`] (1002) for a 1-byte payload or a code that may not be sent,
+/// [`Reject::InvalidUtf8`] (1007) for a reason that is not UTF-8.
+pub fn parse_close(payload: &[u8]) -> Result<Option<u16>, Reject> {
+    match payload {
+        [] => Ok(None),
+        [_] => Err(Reject::BadCloseFrame),
+        [hi, lo, reason @ ..] => {
+            let code = u16::from_be_bytes([*hi, *lo]);
+            if !close_code_sendable(code) {
+                return Err(Reject::BadCloseFrame);
+            }
+            std::str::from_utf8(reason).map_err(|_| Reject::InvalidUtf8)?;
+            Ok(Some(code))
+        }
     }
 }
 
@@ -290,6 +318,29 @@ pub(crate) fn text_frame_json(frame: &[u8]) -> serde_json::Value {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn close_codes_that_may_be_sent() {
+        for ok in [
+            1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014,
+        ] {
+            assert!(close_code_sendable(ok), "{ok}");
+        }
+        for ok in [3000, 3999, 4000, 4999] {
+            assert!(close_code_sendable(ok), "{ok}");
+        }
+        let never = [
+            0, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535,
+        ];
+        for bad in never {
+            assert!(!close_code_sendable(bad), "{bad}");
+            assert_eq!(parse_close(&bad.to_be_bytes()), Err(Reject::BadCloseFrame));
+        }
+        assert_eq!(parse_close(&[]), Ok(None));
+        assert_eq!(parse_close(&[3]), Err(Reject::BadCloseFrame));
+        assert_eq!(parse_close(b"\x03\xe8\xc3"), Err(Reject::InvalidUtf8));
+        assert_eq!(parse_close(b"\x03\xe8caf\xc3\xa9"), Ok(Some(1000)));
+    }
     use super::*;
 
     /// Masks `payload` and prefixes a client header (using the minimal length encoding).
