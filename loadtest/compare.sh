@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Measures shardcast against the uWebSockets.js peer (../shared/peers/uws) with the same
+# Measures shardcast against the uWebSockets.js peer (loadtest/peers/uws) with the same
 # harness and the same settings, one broker at a time on this machine, and writes the
 # per-run tables, medians and latency plots into BENCHMARKS.md (between the
 # "compare.sh" markers; the hand-written analysis around them is kept).
@@ -13,7 +13,9 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-PEER=${PEER:-$ROOT/../shared/peers/uws}
+# The peer: the vws broker on uWebSockets.js in this repository (PEER= names another
+# directory with a server.js that takes PORT and logs "listening on" to stderr).
+PEER=${PEER:-$ROOT/loadtest/peers/uws}
 RUNS=${RUNS:-3}
 CASES=${CASES:-"fanout-1m fanout-4m many-topics idle fanin slow slow-baseline churn shards"}
 OUT=${OUT:-$ROOT/BENCHMARKS.md}
@@ -27,7 +29,13 @@ mkdir -p "$RESULTS" "$PLOTS"
 echo "compare.sh: results in $RESULTS" >&2
 (cd "$ROOT" && cargo build --release -p shardcast -p shardcast-loadtest)
 if [ ! -d "$PEER/node_modules/uWebSockets.js" ]; then
-  (cd "$PEER" && npm ci --no-audit --no-fund)
+  # From the npm registry only; the binaries are prebuilt, so no install script runs.
+  (cd "$PEER" && npm ci --ignore-scripts --no-audit --no-fund)
+fi
+# Stops here, with the reason, unless the native uWebSockets.js addon loads (never a
+# JavaScript fallback). (A peer given in PEER= without --check is trusted to check.)
+if grep -q -- "--check" "$PEER/server.js"; then
+  (cd "$PEER" && node server.js --check) >&2
 fi
 
 BPID=""

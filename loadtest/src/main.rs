@@ -101,7 +101,8 @@ struct RunArgs {
     #[arg(long)]
     prime: Option<f64>,
     /// abuse: run only these attacks (comma-separated; default all): bad-json, deep-json,
-    /// sub-flood, publish-flood, bad-frames, slowloris, garbage-http, rst-churn, conn-burst.
+    /// sub-flood, publish-flood, bad-frames, slowloris, garbage-http, rst-churn, conn-burst,
+    /// idle-sockets, big-heads, sub-storm.
     #[arg(long, value_delimiter = ',')]
     attacks: Vec<String>,
     /// abuse: cut the clean and the abuse window into this many slices each and
@@ -114,6 +115,15 @@ struct RunArgs {
     /// scheduler stall can move, pass more than the default.
     #[arg(long, default_value_t = 2.0)]
     p99_floor: f64,
+    /// abuse: when the broker's threads waited for a CPU at least this many milliseconds
+    /// per second (summed) in the abuse slices, the machine was too busy for latency to
+    /// say anything about the broker: the p99 limit is then reported, not enforced. Loss,
+    /// recovery, memory and --p99-ceiling are judged on any machine.
+    #[arg(long, default_value_t = 100.0)]
+    busy_host_ms: f64,
+    /// abuse: the most the healthy p99 under abuse may be on any machine, in milliseconds.
+    #[arg(long, default_value_t = 500.0)]
+    p99_ceiling: f64,
     /// Seconds allowed for all subscribers to connect and subscribe.
     #[arg(long, default_value_t = 60.0)]
     setup_timeout: f64,
@@ -218,7 +228,11 @@ fn plan(a: &RunArgs) -> Result<Plan> {
         prime: seconds("prime", a.prime.unwrap_or(timing.prime))?,
         attacks: a.attacks.clone(),
         cycles: a.cycles,
-        p99_floor_ms: a.p99_floor,
+        latency_rule: shardcast_loadtest::abuse::soak::LatencyRule {
+            p99_floor_ms: a.p99_floor,
+            busy_host_ms: a.busy_host_ms,
+            p99_ceiling_ms: a.p99_ceiling,
+        },
         setup_timeout: seconds("setup-timeout", a.setup_timeout)?,
         threads: a.threads,
         connect_concurrency: a.connect_concurrency,

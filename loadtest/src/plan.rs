@@ -69,8 +69,8 @@ pub struct Plan {
     /// Abuse scenario: the clean and abuse windows are cut into this many slices each
     /// and alternate (clean, abuse, clean, …); 1 = one clean window, then one abuse window.
     pub cycles: usize,
-    /// Abuse scenario: milliseconds added to 2 x the clean p99 for the abuse p99 limit.
-    pub p99_floor_ms: f64,
+    /// Abuse scenario: how the healthy latency under abuse is judged.
+    pub latency_rule: crate::abuse::soak::LatencyRule,
     pub setup_timeout: Duration,
     pub threads: usize,
     pub connect_concurrency: usize,
@@ -224,8 +224,15 @@ impl Plan {
             if self.cycles == 0 {
                 bail!("--cycles must be at least 1");
             }
-            if !(self.p99_floor_ms.is_finite() && self.p99_floor_ms >= 0.0) {
+            let rule = &self.latency_rule;
+            if !(rule.p99_floor_ms.is_finite() && rule.p99_floor_ms >= 0.0) {
                 bail!("--p99-floor must be a number of milliseconds, 0 or more");
+            }
+            if !(rule.busy_host_ms.is_finite() && rule.busy_host_ms > 0.0) {
+                bail!("--busy-host-ms must be a number of milliseconds per second above 0");
+            }
+            if !(rule.p99_ceiling_ms.is_finite() && rule.p99_ceiling_ms > 0.0) {
+                bail!("--p99-ceiling must be a number of milliseconds above 0");
             }
             if let Some(k) = self
                 .attacks

@@ -1,5 +1,6 @@
-//! Process figures from /proc: CPU seconds (utime + stime), resident memory and open
-//! file descriptors, for the broker under test (given its pid) and for the harness itself.
+//! Process figures from /proc: CPU seconds (utime + stime), resident memory, open file
+//! descriptors and time spent waiting for a CPU, for the broker under test (given its
+//! pid) and for the harness itself; and the machine's load average.
 
 use std::fs;
 
@@ -45,10 +46,36 @@ impl Proc {
         Some(fs::read_dir(format!("{}/fd", self.dir())).ok()?.count())
     }
 
+    /// Nanoseconds the process's threads (those alive now) have spent runnable but
+    /// waiting for a CPU, summed (`/proc/PID/task/*/schedstat`, second field), or `None`
+    /// when the kernel does not say. Time a broker waits for a CPU is latency its
+    /// clients see that the broker did not cause: the machine was busy.
+    pub fn run_queue_wait_ns(self) -> Option<u64> {
+        let mut total = 0u64;
+        for task in fs::read_dir(format!("{}/task", self.dir())).ok()? {
+            let Ok(task) = task else { continue };
+            let Ok(stat) = fs::read_to_string(task.path().join("schedstat")) else {
+                continue;
+            };
+            total += stat.split_whitespace().nth(1)?.parse::<u64>().ok()?;
+        }
+        Some(total)
+    }
+
     /// Whether the process still exists.
     pub fn alive(self) -> bool {
         fs::metadata(self.dir()).is_ok()
     }
+}
+
+/// The machine's 1-minute load average.
+pub fn load_average() -> Option<f64> {
+    fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 fn clock_ticks() -> f64 {
@@ -95,7 +122,9 @@ mod tests {
         assert!(Proc::Slf.rss_kib().is_some_and(|kib| kib > 0));
         assert!(Proc::Slf.open_fds().is_some_and(|n| n >= 3));
         assert!(Proc::Slf.alive());
+        assert!(Proc::Slf.run_queue_wait_ns().is_some());
         assert!(!Proc::Pid(u32::MAX).alive());
         assert!(raise_fd_limit() >= 256);
+        assert!(load_average().is_some_and(|l| l >= 0.0));
     }
 }

@@ -173,7 +173,11 @@ pub fn run(plan: Plan, progress: &Progress) -> Result<Report> {
                 soak::Until::ConnectionsAndMemory,
             );
             live.stop.fetch_min(now_ns(), Ordering::AcqRel);
-            (soaked.before, soaked.peak_kib, recovery)
+            (
+                soaked.before,
+                soaked.peak_kib,
+                (recovery, soaked.contention),
+            )
         });
         let done = match publisher.join() {
             Ok(p) => p,
@@ -224,7 +228,7 @@ pub fn run(plan: Plan, progress: &Progress) -> Result<Report> {
                 phases,
                 (primed, before, Some(peak)),
                 recovery,
-                (&abuse::chosen(&plan), plan.p99_floor_ms),
+                (&abuse::chosen(&plan), plan.latency_rule),
             ))
         }
         _ => None,
@@ -377,7 +381,7 @@ mod tests {
             prime: Duration::ZERO,
             attacks: Vec::new(),
             cycles: 1,
-            p99_floor_ms: 2.0,
+            latency_rule: abuse::soak::LatencyRule::default(),
             setup_timeout: Duration::ZERO,
             threads: 1,
             connect_concurrency: 1,

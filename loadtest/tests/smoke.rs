@@ -244,20 +244,30 @@ fn churn_and_fanin_runs_complete() {
     assert_eq!(f(&r, "/lost"), 0.0);
 }
 
-#[test]
-fn abuse_soak_leaves_healthy_subscribers_and_memory_alone() {
+/// The kinds the first abuse smoke runs: those that need upgraded connections, which
+/// idle sockets holding every socket the broker has would starve (issue 16 finding 2,
+/// until the broker gives heads their own budget); the second runs the rest.
+const SPEC_ATTACKS: &str =
+    "bad-json,deep-json,sub-flood,publish-flood,bad-frames,slowloris,garbage-http,rst-churn,conn-burst";
+const HEAD_ATTACKS: &str = "idle-sockets,big-heads,sub-storm";
+
+/// A short abuse soak of `attacks` on a fresh broker with loadtest/abuse.toml; checks
+/// what every run must show and returns the abuse part of the report and the table.
+fn abuse_smoke(attacks: &str) -> (Value, String) {
     let _alone = MACHINE.write().unwrap_or_else(|e| e.into_inner());
     let broker = start_broker_with(include_str!("../abuse.toml"));
     // About 12 s: priming 1, warm-up 0.5, two clean and two abuse slices of 2 s, and the
     // recovery (up to 10 s; usually a few). In 2-second slices a single 10 ms scheduler
     // stall on this shared 2-core machine is enough to move a p99 (one CI run measured
     // 0.59 ms clean, 3.23 ms under abuse, p99.9 11 ms), so the smoke allows 2 x clean +
-    // 10 ms: still far below what a broker stalled by the abuse shows (hundreds of ms).
-    // The 60 s soak in BENCHMARKS.md holds the strict default (+2 ms).
+    // 10 ms when the machine has room: still far below what a broker stalled by the
+    // abuse shows (hundreds of ms, over the 500 ms ceiling every run holds).
     let (ok, r, table) = harness(
         &broker,
         &[
             "abuse",
+            "--attacks",
+            attacks,
             "--prime",
             "1",
             "--warmup",
@@ -275,19 +285,31 @@ fn abuse_soak_leaves_healthy_subscribers_and_memory_alone() {
         ],
     );
     assert!(ok, "check failed:\n{table}");
-    let a = &r["abuse"];
-    assert_eq!(f(a, "/p99_floor_ms"), 10.0, "{table}");
+    let a = r["abuse"].clone();
+    assert_eq!(f(&a, "/p99_floor_ms"), 10.0, "{table}");
     assert!(a["failures"].as_array().unwrap().is_empty(), "{table}");
     for side in ["/clean", "/abuse"] {
-        assert_eq!(f(a, &format!("{side}/lost")), 0.0, "{table}");
+        assert_eq!(f(&a, &format!("{side}/lost")), 0.0, "{table}");
         assert!(
-            f(a, &format!("{side}/latency_ms/count")) > 10_000.0,
+            f(&a, &format!("{side}/latency_ms/count")) > 10_000.0,
             "{table}"
         );
     }
+    let kinds = attacks.split(',').count();
+    assert_eq!(a["attacks"].as_object().unwrap().len(), kinds, "{table}");
+    assert_eq!(f(&a, "/unexpected"), 0.0, "{table}");
+    // Whether latency was judged depends on how busy the machine was; the report says.
+    assert!(a["contention"]["abuse_wait_ms_per_s"].is_f64(), "{table}");
+    assert!(a["latency_judged"].is_boolean(), "{table}");
+    assert!(f(&a, "/after/rss_kib") > 0.0);
+    assert!(a["settle_s"].is_f64(), "{table}");
+    (a, table)
+}
+
+#[test]
+fn abuse_soak_leaves_healthy_subscribers_and_memory_alone() {
+    let (a, table) = abuse_smoke(SPEC_ATTACKS);
     // Every attack ran and the broker answered each as SPEC §4 says.
-    assert_eq!(a["attacks"].as_object().unwrap().len(), 9, "{table}");
-    assert_eq!(f(a, "/unexpected"), 0.0, "{table}");
     let attacks = a["attacks"].to_string();
     for answer in [
         "closed 1007",
@@ -300,8 +322,25 @@ fn abuse_soak_leaves_healthy_subscribers_and_memory_alone() {
     ] {
         assert!(attacks.contains(answer), "no {answer:?} in {table}");
     }
-    assert!(f(a, "/after/rss_kib") > 0.0);
-    assert!(a["settle_s"].is_f64(), "{table}");
+}
+
+#[test]
+fn abuse_soak_of_idle_sockets_big_heads_and_storms_loses_nothing() {
+    // Issue 16: silent sockets and unfinished big heads are let go by the broker (the
+    // verdict checks its connections, descriptors and RSS came back), and a
+    // subscription storm is answered change by change.
+    let (a, table) = abuse_smoke(HEAD_ATTACKS);
+    for (kind, answer) in [
+        ("idle-sockets", "idle: "),
+        ("idle-sockets", "probe /healthz: "),
+        ("big-heads", "KiB of head sent"),
+        ("sub-storm", "subscription changes sent"),
+    ] {
+        assert!(
+            a["attacks"][kind].to_string().contains(answer),
+            "no {answer:?} for {kind} in {table}"
+        );
+    }
 }
 
 /// A broker whose `replay/` channels keep 10,000 publications, `plain/` ones none, and

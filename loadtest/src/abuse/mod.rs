@@ -13,13 +13,17 @@
 //! - `frames`: WebSocket protocol violations, one fresh connection each.
 //! - `sockets`: attacks on the connection itself (slowloris, garbage instead of HTTP,
 //!   reset churn, bursts past the connection limit).
+//! - `heads`: request heads that never come (idle sockets) or never end (big heads).
+//! - `storm`: a subscribe/unsubscribe storm from one client.
 //!
 //! Not here: the measuring around them (`soak`), and anything that leaves loopback.
 
 mod frames;
+mod heads;
 mod messages;
 pub mod soak;
 mod sockets;
+mod storm;
 
 use crate::conn::{self, Conn, ReadEnd};
 use crate::plan::Plan;
@@ -35,9 +39,10 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-/// Connections the attackers hold at once at the most: a burst, the slowloris clients
-/// and one or two per other kind.
-pub const MAX_OPEN: usize = sockets::BURST + sockets::SLOWLORIS + 50;
+/// Connections the attackers hold at once at the most: a burst, the slowloris clients,
+/// the idle sockets, the big heads and one or two per other kind.
+pub const MAX_OPEN: usize =
+    sockets::BURST + sockets::SLOWLORIS + heads::IDLE_SOCKETS + heads::BIG_HEADS + 50;
 
 /// The longest any single wait for the broker lasts (an answer, a close, a connect).
 const ANSWER_WAIT: Duration = Duration::from_secs(3);
@@ -216,7 +221,7 @@ pub fn spawn(plan: &Plan, until_ns: u64) -> thread::JoinHandle<Attacks> {
 type Attack = fn(Rc<Ctx>, &'static str) -> std::pin::Pin<Box<dyn Future<Output = ()>>>;
 
 /// Every attack kind and the function that runs it.
-fn attacks() -> [(&'static str, Attack); 9] {
+fn attacks() -> [(&'static str, Attack); 12] {
     [
         ("bad-json", |c, k| Box::pin(messages::bad_json(c, k))),
         ("deep-json", |c, k| Box::pin(messages::deep_json(c, k))),
@@ -229,6 +234,9 @@ fn attacks() -> [(&'static str, Attack); 9] {
         ("garbage-http", |c, k| Box::pin(sockets::garbage_http(c, k))),
         ("rst-churn", |c, k| Box::pin(sockets::rst_churn(c, k))),
         ("conn-burst", |c, k| Box::pin(sockets::conn_burst(c, k))),
+        ("idle-sockets", |c, k| Box::pin(heads::idle_sockets(c, k))),
+        ("big-heads", |c, k| Box::pin(heads::big_heads(c, k))),
+        ("sub-storm", |c, k| Box::pin(storm::sub_storm(c, k))),
     ]
 }
 

@@ -19,7 +19,7 @@ pub const BURST: usize = 600;
 const BURST_CONCURRENCY: usize = 64;
 
 /// "HTTP 400" for an answer that starts with a status line, else what it looked like.
-fn status_of(answer: &[u8]) -> String {
+pub(super) fn status_of(answer: &[u8]) -> String {
     match wire::response_head(answer) {
         Some((status, _)) if status > 0 => format!("HTTP {status}"),
         _ if answer.starts_with(b"HTTP/") => "a partial HTTP answer".into(),
