@@ -12,51 +12,35 @@
 //! objects. Notices (a `--since` that could not be honoured, missed offsets, the end of the
 //! connection) go to stderr.
 //!
-//! Not a general WebSocket client: `ws://` only (no TLS), no reconnect.
+//! The connection is `shardcast-client`'s (`client/`): `ws://` only (no TLS), and no
+//! reconnect here, so a lost connection ends the command with the reason.
 
-use crate::api_client::{encode_path_segment, error_text, ApiClientError, BaseUrl};
 use crate::cli::SubscribeArgs;
 use anyhow::{anyhow, bail, Context};
-use bytes::Bytes;
-use fastwebsockets::{FragmentCollector, Frame, OpCode, Payload, Role, WebSocket, WebSocketError};
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper::header::{
-    CONNECTION, HOST, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_PROTOCOL,
-    SEC_WEBSOCKET_VERSION, UPGRADE, USER_AGENT,
-};
-use hyper::upgrade::Upgraded;
-use hyper::{Request, StatusCode};
-use hyper_util::rt::TokioIo;
-use serde::Deserialize;
-use serde_json::value::RawValue;
+use fastwebsockets::{Frame, Payload};
+use shardcast_client::{Incoming, Read, Writer, WsUrl};
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::os::fd::AsFd;
 use std::os::unix::fs::FileTypeExt;
 use std::time::Duration;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
-use tokio::net::TcpStream;
 use tokio::signal::unix::{signal, Signal, SignalKind};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 /// Default `--url`: the broker's WebSocket endpoint on this machine.
 pub const DEFAULT_WS_URL: &str = "ws://127.0.0.1:8080/ws";
 /// Path used when `--url` has none (the broker's default `server.ws_path`).
 pub const DEFAULT_WS_PATH: &str = "/ws";
-/// The dialect this client speaks.
-pub const SUBPROTOCOL: &str = "vws";
-/// Time allowed to open the TCP connection.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time allowed for the whole connection set-up (TCP, HTTP upgrade).
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
 /// Time allowed for the broker to answer the subscribe (ack or nack).
 pub const ACK_TIMEOUT: Duration = Duration::from_secs(15);
 /// Time allowed to send our close frame when stopping.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
-/// Most bytes of a refused upgrade's body shown in the error.
-const MAX_ERROR_BODY: usize = 4096;
 /// The `i` of our one request.
 const SUBSCRIBE_ID: u64 = 1;
 
@@ -71,87 +55,18 @@ pub enum Outcome {
     OutputClosed,
 }
 
-/// A parsed `ws://host[:port][/path][?query]` URL, with `?token=` added.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WsUrl {
-    /// Host to connect to (IPv6 without brackets).
-    pub host: String,
-    /// Port, 80 when absent.
-    pub port: u16,
-    /// `host[:port]` as written, for the `Host` header and messages.
-    pub authority: String,
-    /// The request target: path (default [`DEFAULT_WS_PATH`]) and query.
-    pub target: String,
-}
-
-impl WsUrl {
-    /// Parses `ws://host[:port][/path][?query]` (`http://` is taken as the same thing); a
-    /// URL without a path gets [`DEFAULT_WS_PATH`]. `token` is appended as `token=` to the
-    /// query, percent-encoded.
-    ///
-    /// # Errors
-    /// `wss://`/`https://`, another scheme, a fragment, or a bad host or port.
-    pub fn parse(url: &str, token: Option<&str>) -> anyhow::Result<WsUrl> {
-        let trimmed = url.trim();
-        let scheme_end = trimmed.find("://").map_or(0, |i| i + 3);
-        let (scheme, rest) = trimmed.split_at(scheme_end);
-        let scheme = scheme.to_ascii_lowercase();
-        if scheme == "wss://" || scheme == "https://" {
-            bail!(
-                "invalid WebSocket URL {url:?}: wss:// (TLS) is not supported; use ws:// \
-                 (e.g. {DEFAULT_WS_URL}), through a TLS-terminating proxy if need be"
-            );
-        }
-        if scheme != "ws://" && scheme != "http://" {
-            bail!("invalid WebSocket URL {url:?}: must start with ws:// (e.g. {DEFAULT_WS_URL})");
-        }
-        if rest.contains('#') {
-            bail!("invalid WebSocket URL {url:?}: must not have a fragment (#...)");
-        }
-        let (base, query) = match rest.split_once('?') {
-            Some((base, query)) => (base, query),
-            None => (rest, ""),
-        };
-        let base = BaseUrl::parse(&format!("http://{base}")).map_err(|e| match e {
-            ApiClientError::InvalidUrl { reason, .. } => {
-                anyhow!("invalid WebSocket URL {url:?}: {reason}")
-            }
-            other => anyhow!("invalid WebSocket URL {url:?}: {other}"),
-        })?;
-        let mut target = if base.prefix.is_empty() {
-            DEFAULT_WS_PATH.to_owned()
-        } else {
-            base.prefix
-        };
-        let mut params: Vec<String> = query
-            .split('&')
-            .filter(|p| !p.is_empty())
-            .map(str::to_owned)
-            .collect();
-        if let Some(token) = token.filter(|t| !t.is_empty()) {
-            params.retain(|p| !p.starts_with("token="));
-            params.push(format!("token={}", encode_path_segment(token)));
-        }
-        if !params.is_empty() {
-            target.push('?');
-            target.push_str(&params.join("&"));
-        }
-        Ok(WsUrl {
-            host: base.host,
-            port: base.port,
-            authority: base.authority,
-            target,
-        })
+/// Parses `--url` (`ws://host[:port][/path][?query]`; no path means `/ws`) and puts
+/// `--token` in the query as `token=`.
+///
+/// # Errors
+/// `wss://`, another scheme, a fragment, or a bad host or port.
+pub fn ws_url(url: &str, token: Option<&str>) -> anyhow::Result<WsUrl> {
+    let mut parsed = WsUrl::parse(url).map_err(|e| anyhow!("{e}"))?;
+    if let Some(token) = token.filter(|t| !t.is_empty()) {
+        parsed.target = parsed.target_with("token", token);
     }
-
-    /// The URL for messages, without the query (which may hold the token).
-    pub fn display(&self) -> String {
-        let path = self.target.split('?').next().unwrap_or_default();
-        format!("ws://{}{path}", self.authority)
-    }
+    Ok(parsed)
 }
-
-type Ws = FragmentCollector<TokioIo<Upgraded>>;
 
 /// Runs `shardcast subscribe`.
 ///
@@ -159,7 +74,7 @@ type Ws = FragmentCollector<TokioIo<Upgraded>>;
 /// A bad URL, the broker unreachable or refusing the upgrade, the subscribe refused (nack)
 /// or unanswered, the connection closed or lost, or stdout failing (other than closed).
 pub async fn run(args: &SubscribeArgs) -> anyhow::Result<Outcome> {
-    let url = WsUrl::parse(&args.url, args.token.as_deref())?;
+    let url = ws_url(&args.url, args.token.as_deref())?;
     let has_token = args.token.as_deref().is_some_and(|t| !t.is_empty());
     let mut stop = Stop::new()?;
     let connected = tokio::select! {
@@ -170,11 +85,11 @@ pub async fn run(args: &SubscribeArgs) -> anyhow::Result<Outcome> {
     let Some(ws) = connected else {
         return Ok(Outcome::Stopped);
     };
-    let mut ws = ws?;
+    let (mut ws, mut reader) = ws?;
     let request = subscribe_request(&args.channel, args.since);
     ws.write_frame(Frame::text(Payload::Owned(request.into_bytes())))
         .await
-        .map_err(|e| lost(&url, &e))?;
+        .map_err(|e| lost(&url, &e.to_string()))?;
 
     let output = OutputWatch::new();
     let stdout = std::io::stdout();
@@ -186,18 +101,12 @@ pub async fn run(args: &SubscribeArgs) -> anyhow::Result<Outcome> {
             biased;
             () = stop.wait() => Step::Stop,
             () = output.closed() => Step::OutputClosed,
-            read = async {
-                if acked {
-                    Some(ws.read_frame().await)
-                } else {
-                    tokio::time::timeout_at(ack_deadline, ws.read_frame()).await.ok()
-                }
-            } => match read {
-                Some(frame) => Step::Frame(frame),
+            read = next(&mut reader, acked, ack_deadline) => match read {
+                Some(read) => Step::Read(read),
                 None => Step::AckTimeout,
             },
         };
-        let frame = match step {
+        let read = match step {
             Step::Stop => {
                 close(&mut ws).await;
                 return Ok(Outcome::Stopped);
@@ -212,10 +121,10 @@ pub async fn run(args: &SubscribeArgs) -> anyhow::Result<Outcome> {
                 args.channel,
                 ACK_TIMEOUT.as_secs()
             ),
-            Step::Frame(frame) => frame.map_err(|e| lost(&url, &e))?,
+            Step::Read(read) => read,
         };
-        match frame.opcode {
-            OpCode::Text => match session.handle(&frame.payload) {
+        match read {
+            Read::Text(text) => match session.handle(&text) {
                 Ok(Handled::Continue) => {}
                 Ok(Handled::ProcessEnded) => {
                     close(&mut ws).await;
@@ -234,18 +143,40 @@ pub async fn run(args: &SubscribeArgs) -> anyhow::Result<Outcome> {
                     return Err(e).context("cannot write to stdout");
                 }
             },
-            OpCode::Close => bail!("{}", closed_message(&url, &frame.payload)),
-            // Pings are answered by fastwebsockets; the broker sends no binary frames.
-            _ => {}
+            // A pong for a ping, the echo of a close: owed by the protocol.
+            Read::Obligated(op, payload) => ws
+                .write_frame(Frame::new(true, op, None, Payload::Owned(payload)))
+                .await
+                .map_err(|e| lost(&url, &e.to_string()))?,
+            Read::Alive => {}
+            Read::Closed(code, reason) => bail!("{}", closed_message(&url, code, &reason)),
+            Read::Lost(why) => return Err(lost(&url, &why)),
         }
     }
 }
 
-enum Step<'f> {
+/// The next message from the reader; `None` when the ack did not come by `ack_deadline`.
+async fn next(
+    reader: &mut mpsc::Receiver<Read>,
+    acked: bool,
+    ack_deadline: Instant,
+) -> Option<Read> {
+    let lost = || Read::Lost("closed without a close frame".to_owned());
+    if acked {
+        Some(reader.recv().await.unwrap_or_else(lost))
+    } else {
+        tokio::time::timeout_at(ack_deadline, reader.recv())
+            .await
+            .ok()
+            .map(|r| r.unwrap_or_else(lost))
+    }
+}
+
+enum Step {
     Stop,
     OutputClosed,
     AckTimeout,
-    Frame(Result<Frame<'f>, WebSocketError>),
+    Read(Read),
 }
 
 /// The vws subscribe request.
@@ -318,102 +249,26 @@ impl OutputWatch {
     }
 }
 
-/// Opens the WebSocket: TCP, HTTP/1.1 upgrade offering `vws`, checks of the 101 answer.
-async fn connect(url: &WsUrl, has_token: bool) -> anyhow::Result<Ws> {
-    match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(url, has_token)).await {
-        Ok(result) => result,
-        Err(_) => bail!(
-            "no WebSocket handshake with {} within {}s",
-            url.display(),
-            HANDSHAKE_TIMEOUT.as_secs()
-        ),
+/// Opens the WebSocket (TCP, the upgrade offering `vws`, the checks of the answer).
+async fn connect(url: &WsUrl, has_token: bool) -> anyhow::Result<(Writer, mpsc::Receiver<Read>)> {
+    match shardcast_client::open(url, None, HANDSHAKE_TIMEOUT).await {
+        Ok(ws) => Ok(ws),
+        Err(shardcast_client::Error::Refused { status, reason }) => {
+            bail!("{}", refusal_message(url, status, &reason, has_token))
+        }
+        Err(e) => bail!("{e}"),
     }
-}
-
-async fn handshake(url: &WsUrl, has_token: bool) -> anyhow::Result<Ws> {
-    let authority = &url.authority;
-    let stream = match tokio::time::timeout(
-        CONNECT_TIMEOUT,
-        TcpStream::connect((url.host.as_str(), url.port)),
-    )
-    .await
-    {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => bail!("cannot connect to {authority}: {e}"),
-        Err(_) => bail!("cannot connect to {authority}: connect timed out"),
-    };
-    let _ = stream.set_nodelay(true);
-    let key = fastwebsockets::handshake::generate_key();
-    let request = Request::get(url.target.as_str())
-        .header(HOST, authority.as_str())
-        .header(UPGRADE, "websocket")
-        .header(CONNECTION, "Upgrade")
-        .header(SEC_WEBSOCKET_KEY, key.as_str())
-        .header(SEC_WEBSOCKET_VERSION, "13")
-        .header(SEC_WEBSOCKET_PROTOCOL, SUBPROTOCOL)
-        .header(USER_AGENT, concat!("shardcast/", env!("CARGO_PKG_VERSION")))
-        .body(Empty::<Bytes>::new())
-        .with_context(|| format!("invalid WebSocket request for {}", url.display()))?;
-    let failed = |e: hyper::Error| anyhow!("WebSocket handshake with {authority} failed: {e}");
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(failed)?;
-    tokio::spawn(async move {
-        // Ends when the upgraded connection is dropped.
-        let _ = conn.with_upgrades().await;
-    });
-    let mut response = sender.send_request(request).await.map_err(failed)?;
-    let status = response.status();
-    if status != StatusCode::SWITCHING_PROTOCOLS {
-        let body = Limited::new(response.into_body(), MAX_ERROR_BODY)
-            .collect()
-            .await
-            .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
-            .unwrap_or_default();
-        bail!(
-            "{}",
-            refusal_message(url, status.as_u16(), &body, has_token)
-        );
-    }
-    let header = |name: hyper::header::HeaderName| -> String {
-        response
-            .headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned()
-    };
-    let expected = crate::server::handshake::accept_key(key.as_bytes());
-    if header(SEC_WEBSOCKET_ACCEPT).as_bytes() != expected.as_slice() {
-        bail!(
-            "{} answered the upgrade with a wrong Sec-WebSocket-Accept (is it a WebSocket server?)",
-            url.display()
-        );
-    }
-    let protocol = header(SEC_WEBSOCKET_PROTOCOL);
-    if protocol != SUBPROTOCOL {
-        bail!(
-            "{} did not accept the {SUBPROTOCOL} subprotocol (it answered {protocol:?}); is it a shardcast broker?",
-            url.display()
-        );
-    }
-    let upgraded = hyper::upgrade::on(&mut response).await.map_err(failed)?;
-    let mut ws = WebSocket::after_handshake(TokioIo::new(upgraded), Role::Client);
-    ws.set_auto_pong(true);
-    ws.set_auto_close(true);
-    Ok(FragmentCollector::new(ws))
 }
 
 /// Why the broker refused the upgrade, with a hint for the usual mistakes.
-pub fn refusal_message(url: &WsUrl, status: u16, body: &str, has_token: bool) -> String {
-    let reason = error_text(body);
+pub fn refusal_message(url: &WsUrl, status: u16, reason: &str, has_token: bool) -> String {
     let mut message = format!(
         "the broker at {} refused the WebSocket connection: HTTP {status}",
         url.display()
     );
     if !reason.is_empty() {
         message.push_str(": ");
-        message.push_str(&reason);
+        message.push_str(reason);
     }
     match status {
         401 if !has_token => message.push_str(" (give a credential with --token or SHARDCAST_TOKEN)"),
@@ -426,28 +281,18 @@ pub fn refusal_message(url: &WsUrl, status: u16, body: &str, has_token: bool) ->
 }
 
 /// Sends a normal close, without waiting long for it.
-async fn close(ws: &mut Ws) {
+async fn close(ws: &mut Writer) {
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.write_frame(Frame::close(1000, b""))).await;
 }
 
-fn lost(url: &WsUrl, e: &WebSocketError) -> anyhow::Error {
-    match e {
-        WebSocketError::UnexpectedEOF | WebSocketError::ConnectionClosed => anyhow!(
-            "the connection to {} was lost (closed without a close frame)",
-            url.display()
-        ),
-        other => anyhow!("the connection to {} was lost: {other}", url.display()),
-    }
+fn lost(url: &WsUrl, why: &str) -> anyhow::Error {
+    anyhow!("the connection to {} was lost ({why})", url.display())
 }
 
 /// `the broker closed the connection (1001 going away: shutting down)`.
-pub fn closed_message(url: &WsUrl, payload: &[u8]) -> String {
-    let (code, reason) = match payload {
-        [hi, lo, reason @ ..] => (
-            u16::from_be_bytes([*hi, *lo]),
-            String::from_utf8_lossy(reason),
-        ),
-        _ => return format!("the broker at {} closed the connection", url.display()),
+pub fn closed_message(url: &WsUrl, code: Option<u16>, reason: &str) -> String {
+    let Some(code) = code else {
+        return format!("the broker at {} closed the connection", url.display());
     };
     let name = match code {
         1000 => " normal",
@@ -474,27 +319,6 @@ fn say(message: std::fmt::Arguments<'_>) {
     let _ = writeln!(std::io::stderr().lock(), "shardcast subscribe: {message}");
 }
 
-/// One message from the broker (ack, nack or event); unknown keys are ignored.
-#[derive(Debug, Deserialize)]
-struct Incoming<'a> {
-    #[serde(default)]
-    k: Option<String>,
-    #[serde(default)]
-    i: Option<serde_json::Value>,
-    #[serde(default)]
-    t: Option<String>,
-    #[serde(default, borrow)]
-    d: Option<&'a RawValue>,
-    #[serde(default)]
-    h: Option<serde_json::Map<String, serde_json::Value>>,
-    #[serde(default)]
-    o: Option<u64>,
-    #[serde(default)]
-    e: Option<String>,
-    #[serde(default)]
-    r: Option<bool>,
-}
-
 /// One publication, as printed.
 #[derive(Debug, Clone, Copy)]
 pub struct Event<'a> {
@@ -507,7 +331,7 @@ pub struct Event<'a> {
     /// Its data, as JSON text.
     pub data: &'a str,
     /// Headers other than `type`, when there are any.
-    pub headers: Option<&'a serde_json::Map<String, serde_json::Value>>,
+    pub headers: Option<&'a BTreeMap<String, String>>,
 }
 
 enum Handled {
@@ -557,43 +381,45 @@ impl<W: Write> Session<W> {
     }
 
     fn handle(&mut self, payload: &[u8]) -> Result<Handled, Failure> {
-        let msg: Incoming<'_> = match serde_json::from_slice(payload) {
-            Ok(m) => m,
-            Err(e) => {
-                say(format_args!(
-                    "ignoring a message that is not vws JSON ({e})"
-                ));
-                return Ok(Handled::Continue);
-            }
+        let Some(msg) = shardcast_client::decode(payload) else {
+            say(format_args!("ignoring a message that is not vws JSON"));
+            return Ok(Handled::Continue);
         };
-        let ours = msg.i.as_ref().and_then(serde_json::Value::as_u64) == Some(SUBSCRIBE_ID);
-        match msg.k.as_deref() {
-            Some("a") if ours => {
-                self.acked(&msg);
+        match msg {
+            Incoming::Ack {
+                id: SUBSCRIBE_ID,
+                top,
+                epoch,
+                recovered,
+            } => {
+                self.acked(top, epoch.as_deref().unwrap_or_default(), recovered);
                 Ok(Handled::Continue)
             }
-            Some("n") if ours => Err(Failure::Refused(
-                msg.e.unwrap_or_else(|| "no reason given".to_owned()),
-            )),
-            Some("n") => {
-                let reason = msg.e.as_deref().unwrap_or("no reason given");
+            Incoming::Nack {
+                id: Some(SUBSCRIBE_ID),
+                reason,
+            } => Err(Failure::Refused(if reason.is_empty() {
+                "no reason given".to_owned()
+            } else {
+                reason
+            })),
+            Incoming::Nack { reason, .. } => {
                 say(format_args!("the broker reported: {reason}"));
                 Ok(Handled::Continue)
             }
-            Some(_) => Ok(Handled::Continue),
-            None => self.event(&msg),
+            Incoming::Ack { .. } => Ok(Handled::Continue),
+            Incoming::Event(event) => self.event(&event),
         }
     }
 
-    fn acked(&mut self, ack: &Incoming<'_>) {
+    fn acked(&mut self, top: Option<u64>, epoch: &str, recovered: Option<bool>) {
         self.acked = true;
-        let epoch = ack.e.as_deref().unwrap_or_default();
         // `o` with an empty epoch: the channel keeps no history.
-        self.top = ack.o.filter(|_| !epoch.is_empty());
+        self.top = top.filter(|_| !epoch.is_empty());
         let Some(n) = self.since else {
             return;
         };
-        match ack.r {
+        match recovered {
             Some(true) => {
                 // Every publication after `n` follows: the next offset must be n + 1.
                 self.last.insert(self.pattern.clone(), n);
@@ -620,24 +446,15 @@ impl<W: Write> Session<W> {
         }
     }
 
-    fn event(&mut self, msg: &Incoming<'_>) -> Result<Handled, Failure> {
-        let Some(channel) = msg.t.as_deref() else {
-            return Ok(Handled::Continue);
-        };
+    fn event(&mut self, msg: &shardcast_client::Event) -> Result<Handled, Failure> {
+        let channel = msg.topic.as_str();
         // Broadcasts (`$broadcast`) reach every client; only our channel is printed.
         if !crate::topic::pattern_matches(&self.pattern, channel) {
             return Ok(Handled::Continue);
         }
-        let kind = msg
-            .h
-            .as_ref()
-            .and_then(|h| h.get("type"))
-            .and_then(serde_json::Value::as_str)
-            .unwrap_or("event");
+        let kind = msg.headers.get("type").map_or("event", String::as_str);
         // Headers besides the type (e.g. `traceparent`), shown by `--json`.
-        let extra = msg
-            .h
-            .as_ref()
+        let extra = Some(&msg.headers)
             .filter(|h| h.keys().any(|k| k != "type"))
             .map(|h| {
                 let mut h = h.clone();
@@ -647,8 +464,8 @@ impl<W: Write> Session<W> {
         let event = Event {
             channel,
             kind,
-            offset: msg.o,
-            data: msg.d.map_or("null", RawValue::get),
+            offset: msg.offset,
+            data: msg.data.get(),
             headers: extra.as_ref(),
         };
         if let Some(offset) = event.offset {
@@ -754,7 +571,7 @@ pub fn render_json(event: &Event<'_>) -> String {
     line.push_str(&compact_json(event.data));
     if let Some(headers) = event.headers {
         line.push_str(",\"headers\":");
-        line.push_str(&serde_json::Value::Object(headers.clone()).to_string());
+        line.push_str(&serde_json::to_string(headers).unwrap_or_default());
     }
     line.push('}');
     line
@@ -799,7 +616,7 @@ mod tests {
     use super::*;
 
     fn url(u: &str, token: Option<&str>) -> WsUrl {
-        WsUrl::parse(u, token).expect("valid URL")
+        ws_url(u, token).expect("valid URL")
     }
 
     fn args(channel: &str) -> SubscribeArgs {
@@ -857,11 +674,9 @@ mod tests {
             "ws://h/ws#x",
             "ws://u@h",
         ] {
-            assert!(WsUrl::parse(bad, None).is_err(), "{bad} should be refused");
+            assert!(ws_url(bad, None).is_err(), "{bad} should be refused");
         }
-        let e = WsUrl::parse("wss://h", None)
-            .expect_err("refused")
-            .to_string();
+        let e = ws_url("wss://h", None).expect_err("refused").to_string();
         assert!(e.contains("not supported"), "{e}");
     }
 
@@ -943,8 +758,7 @@ mod tests {
 
     #[test]
     fn json_lines() {
-        let mut headers = serde_json::Map::new();
-        headers.insert("traceparent".to_owned(), "00-x".into());
+        let headers = BTreeMap::from([("traceparent".to_owned(), "00-x".to_owned())]);
         let e = Event {
             headers: Some(&headers),
             ..event("process_output", r#""line""#, Some(17))
@@ -1043,18 +857,16 @@ mod tests {
     #[test]
     fn closed_messages() {
         let u = url("ws://h:1/ws", None);
-        let mut payload = 1001u16.to_be_bytes().to_vec();
-        payload.extend_from_slice(b"shutting down");
         assert_eq!(
-            closed_message(&u, &payload),
+            closed_message(&u, Some(1001), "shutting down"),
             "the broker at ws://h:1/ws closed the connection (1001 going away: shutting down)"
         );
         assert_eq!(
-            closed_message(&u, &1008u16.to_be_bytes()),
+            closed_message(&u, Some(1008), ""),
             "the broker at ws://h:1/ws closed the connection (1008 policy violation)"
         );
         assert_eq!(
-            closed_message(&u, b""),
+            closed_message(&u, None, ""),
             "the broker at ws://h:1/ws closed the connection"
         );
     }
@@ -1062,12 +874,12 @@ mod tests {
     #[test]
     fn refusal_hints() {
         let u = url("ws://h:1/ws", None);
-        let m = refusal_message(&u, 401, r#"{"error":"credentials required"}"#, false);
+        let m = refusal_message(&u, 401, "credentials required", false);
         assert!(
             m.contains("HTTP 401: credentials required") && m.contains("--token"),
             "{m}"
         );
-        let m = refusal_message(&u, 401, r#"{"error":"bad token"}"#, true);
+        let m = refusal_message(&u, 401, "bad token", true);
         assert!(!m.contains("--token"), "{m}");
     }
 }

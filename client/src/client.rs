@@ -419,7 +419,10 @@ impl Driver {
                             }
                         }
                         Some(Read::Alive) => {}
-                        Some(Read::Ended(why)) => return End::Lost(why),
+                        Some(Read::Closed(code, reason)) => {
+                            return End::Lost(format!("closed by the broker ({code:?}: {reason})"))
+                        }
+                        Some(Read::Lost(why)) => return End::Lost(format!("connection lost: {why}")),
                         None => return End::Lost("connection lost".into()),
                     }
                 }

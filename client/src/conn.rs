@@ -41,8 +41,10 @@ pub enum Read {
     Obligated(OpCode, Vec<u8>),
     /// Any frame arrived (liveness for the ping deadline).
     Alive,
-    /// The connection ended: why.
-    Ended(String),
+    /// The broker closed the connection: its code and reason, if it gave them.
+    Closed(Option<u16>, String),
+    /// The connection was lost without a close frame: why.
+    Lost(String),
 }
 
 /// `Sec-WebSocket-Accept` for `key` (RFC 6455 §4.2.2); the broker uses the same function.
@@ -84,7 +86,7 @@ async fn handshake(
     let at = url.display();
     let stream = TcpStream::connect((url.host.as_str(), url.port))
         .await
-        .map_err(|e| Error::Connect(format!("cannot connect to {at}: {e}")))?;
+        .map_err(|e| Error::Connect(format!("cannot connect to {}: {e}", url.authority)))?;
     let _ = stream.set_nodelay(true);
     let key = fastwebsockets::handshake::generate_key();
     let mut request = Request::get(url.target.as_str())
@@ -173,26 +175,24 @@ async fn read_loop(
         let msg = match read.read_frame(&mut send).await {
             Ok(frame) => match frame.opcode {
                 OpCode::Text => Read::Text(frame.payload.to_vec()),
-                OpCode::Close => Read::Ended(closed_message(&frame.payload)),
+                OpCode::Close => match &frame.payload[..] {
+                    [hi, lo, reason @ ..] => Read::Closed(
+                        Some(u16::from_be_bytes([*hi, *lo])),
+                        String::from_utf8_lossy(reason).into_owned(),
+                    ),
+                    _ => Read::Closed(None, String::new()),
+                },
                 _ => Read::Alive,
             },
-            Err(e) => Read::Ended(format!("connection lost: {e}")),
+            Err(
+                fastwebsockets::WebSocketError::UnexpectedEOF
+                | fastwebsockets::WebSocketError::ConnectionClosed,
+            ) => Read::Lost("closed without a close frame".to_owned()),
+            Err(e) => Read::Lost(e.to_string()),
         };
-        let end = matches!(msg, Read::Ended(_));
+        let end = matches!(msg, Read::Closed(..) | Read::Lost(_));
         if tx.send(msg).await.is_err() || end {
             return;
         }
-    }
-}
-
-/// `closed by the broker (1001: server shutting down)`.
-fn closed_message(payload: &[u8]) -> String {
-    match payload {
-        [hi, lo, reason @ ..] => format!(
-            "closed by the broker ({}: {})",
-            u16::from_be_bytes([*hi, *lo]),
-            String::from_utf8_lossy(reason)
-        ),
-        _ => "closed by the broker".to_owned(),
     }
 }

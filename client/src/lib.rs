@@ -33,10 +33,10 @@ mod wire;
 
 pub use backoff::{Backoff, BackoffConfig};
 pub use client::{Client, ClientBuilder, LinkEvent, Subscribed, Subscription};
-pub use conn::accept_key;
+pub use conn::{accept_key, open, Read, Writer, SUBPROTOCOL};
 pub use credentials::{Ask, Credentials, CredentialsFuture, Provider};
 pub use url::WsUrl;
-pub use wire::{Event, Position};
+pub use wire::{decode, Event, Incoming, Position};
 
 /// What can go wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -25,6 +25,12 @@ impl WsUrl {
     pub fn parse(url: &str) -> Result<WsUrl, Error> {
         let bad = |why: &str| Error::Url(format!("{url:?}: {why}"));
         let trimmed = url.trim();
+        let scheme = trimmed.split("://").next().unwrap_or_default();
+        if scheme.eq_ignore_ascii_case("wss") || scheme.eq_ignore_ascii_case("https") {
+            return Err(bad(
+                "wss:// (TLS) is not supported yet; use ws://, through a TLS-terminating proxy if need be",
+            ));
+        }
         let rest = ["ws://", "http://"]
             .iter()
             .find_map(|s| {
@@ -33,7 +39,7 @@ impl WsUrl {
                     .filter(|p| p.eq_ignore_ascii_case(s))
                     .map(|_| &trimmed[s.len()..])
             })
-            .ok_or_else(|| bad("must start with ws:// (wss:// needs a TLS proxy)"))?;
+            .ok_or_else(|| bad("must start with ws://, e.g. ws://127.0.0.1:8080/ws"))?;
         if rest.contains('#') {
             return Err(bad("must not have a fragment"));
         }
@@ -55,15 +61,27 @@ impl WsUrl {
         };
         let port = match port {
             None => 80,
-            Some(p) => p.parse::<u16>().map_err(|_| bad("bad port"))?,
+            Some(p) => p
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| bad("bad port"))?,
         };
         if host.is_empty() || host.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err(bad("bad host"));
         }
-        let target = match target {
-            "" => "/ws".to_owned(),
-            t if t.starts_with('?') => format!("/ws{t}"),
-            t => t.to_owned(),
+        // No path (or `/`) is the broker's default `/ws`; a trailing `/` is dropped.
+        let (path, query) = match target.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (target, None),
+        };
+        let path = match path.trim_end_matches('/') {
+            "" => "/ws",
+            p => p,
+        };
+        let target = match query {
+            Some(q) => format!("{path}?{q}"),
+            None => path.to_owned(),
         };
         if target.bytes().any(|b| b <= b' ' || b == 0x7f) {
             return Err(bad("spaces or control characters in the path"));
