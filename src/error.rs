@@ -82,6 +82,11 @@ pub enum Reject {
     RecoveryNeedsExactChannel,
     /// A frame length not in the fewest bytes (RFC 6455 §5.2; close 1002).
     NonMinimalLength,
+    /// A socket that had not sent a complete request head was closed to make room for a
+    /// new one (`server.max_pending_handshakes`).
+    PendingEvicted,
+    /// A request head longer than `server.max_request_head_bytes` (HTTP 431).
+    HeadTooLarge,
 }
 
 /// How a refusal is classed for `shardcast_errors_total{class}` (as SemStreams classes
@@ -103,7 +108,7 @@ impl ErrorClass {
 
 impl Reject {
     /// Every variant's metric label, in `index()` order (for per-shard counter arrays).
-    pub const LABELS: [&'static str; 35] = [
+    pub const LABELS: [&'static str; 37] = [
         "malformed_json",
         "not_an_object",
         "unknown_type",
@@ -139,6 +144,8 @@ impl Reject {
         "bad_position",
         "recovery_needs_exact_channel",
         "non_minimal_length",
+        "pending_handshake_evicted",
+        "request_head_too_large",
     ];
 
     /// Position of this variant in [`Reject::LABELS`] and in counter arrays.
@@ -179,6 +186,8 @@ impl Reject {
             Reject::BadPosition(..) => 32,
             Reject::RecoveryNeedsExactChannel => 33,
             Reject::NonMinimalLength => 34,
+            Reject::PendingEvicted => 35,
+            Reject::HeadTooLarge => 36,
         }
     }
 
@@ -227,7 +236,7 @@ impl Reject {
     pub fn class(&self) -> ErrorClass {
         match self {
             _ if self.close_code().is_some() => ErrorClass::Fatal,
-            Reject::HandshakeTimeout => ErrorClass::Fatal,
+            Reject::HandshakeTimeout | Reject::PendingEvicted => ErrorClass::Fatal,
             Reject::TooManySubscriptions
             | Reject::RateLimited
             | Reject::Overloaded
@@ -251,6 +260,8 @@ impl Reject {
                 | Reject::IpConnectionLimit
                 | Reject::ConnectRateLimited
                 | Reject::HandshakeTimeout
+                | Reject::PendingEvicted
+                | Reject::HeadTooLarge
         )
     }
 
@@ -293,6 +304,8 @@ impl Reject {
             Reject::BadPosition("", ""),
             Reject::RecoveryNeedsExactChannel,
             Reject::NonMinimalLength,
+            Reject::PendingEvicted,
+            Reject::HeadTooLarge,
         ]
     }
 
@@ -305,6 +318,7 @@ impl Reject {
             | Reject::ConnectRateLimited => 503,
             Reject::RateLimited => 429,
             Reject::HandshakeTimeout => 408,
+            Reject::HeadTooLarge => 431,
             Reject::MissingCredentials | Reject::BadCredentials => 401,
             Reject::PublishNotAllowed | Reject::SubscribeNotAllowed | Reject::OriginNotAllowed => {
                 403
@@ -349,6 +363,12 @@ impl fmt::Display for Reject {
             }
             Reject::BadPosition(name, why) => write!(f, "invalid position: '{name}' {why}"),
             Reject::RecoveryNeedsExactChannel => f.write_str("recovery needs an exact channel"),
+            Reject::PendingEvicted => f.write_str(
+                "closed to make room: too many connections without a request (server.max_pending_handshakes)",
+            ),
+            Reject::HeadTooLarge => {
+                f.write_str("request head too large (server.max_request_head_bytes)")
+            }
             other => f.write_str(other.close_reason()),
         }
     }
@@ -370,7 +390,7 @@ mod tests {
             assert_eq!(Reject::LABELS[r.index()], r.label());
         }
         assert_eq!(Reject::SlowConsumer.label(), "slow_consumer");
-        assert_eq!(Reject::NonMinimalLength.index(), Reject::LABELS.len() - 1);
+        assert_eq!(Reject::HeadTooLarge.index(), Reject::LABELS.len() - 1);
     }
 
     #[test]

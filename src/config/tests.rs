@@ -62,6 +62,10 @@ fn embedded_defaults_parse_and_validate() {
     assert!(c.server.allowed_origins.is_empty());
     assert_eq!(c.server.shutdown_grace, Duration::from_secs(5));
     assert_eq!(c.server.handshake_timeout, Duration::from_secs(10));
+    assert_eq!(c.server.first_byte_timeout, Duration::from_secs(2));
+    assert_eq!(c.server.max_pending_handshakes, 2048);
+    assert_eq!(c.server.max_request_head_bytes, 16_384);
+    assert_eq!(c.server.ipv6_prefix_per_ip, 64);
     assert_eq!(c.server.inbox_capacity, 65_536);
     assert_eq!(c.client.queue_frames, 4096);
     assert_eq!(c.client.queue_bytes, 1_048_576);
@@ -484,6 +488,26 @@ fn every_validation_rule() {
             "[server]\nhandshake_timeout = 0",
             "server.handshake_timeout",
             "longer than 0s",
+        ),
+        (
+            "[server]\nfirst_byte_timeout = 0",
+            "server.first_byte_timeout",
+            "longer than 0s",
+        ),
+        (
+            "[server]\nmax_pending_handshakes = 0",
+            "server.max_pending_handshakes",
+            "at least 1",
+        ),
+        (
+            "[server]\nmax_request_head_bytes = 512",
+            "server.max_request_head_bytes",
+            "between 1024 and 1048576",
+        ),
+        (
+            "[server]\nipv6_prefix_per_ip = 0",
+            "server.ipv6_prefix_per_ip",
+            "between 1 and 128",
         ),
         (
             "[server]\ninbox_capacity = 0",
