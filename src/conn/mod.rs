@@ -127,6 +127,8 @@ pub struct Conn {
     pub subs: Vec<Box<str>>,
     /// Bytes of an incomplete frame carried to the next read (empty: no allocation).
     pub partial: Vec<u8>,
+    /// Size of the incomplete frame in `partial` when its header is known (else 0).
+    pub need: usize,
     /// A fragmented text message being reassembled.
     pub fragments: Option<Box<Fragments>>,
     /// Shard clock (ms) of the last frame received.
@@ -172,6 +174,7 @@ impl Conn {
             outbox: Outbox::default(),
             subs: Vec::new(),
             partial: Vec::new(),
+            need: 0,
             fragments: None,
             last_seen_ms: now_ms,
             last_ping_ms: now_ms,
