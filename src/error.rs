@@ -87,6 +87,8 @@ pub enum Reject {
     PendingEvicted,
     /// A request head longer than `server.max_request_head_bytes` (HTTP 431).
     HeadTooLarge,
+    /// More than `client.max_wildcard_subscriptions` wildcard patterns.
+    TooManyWildcards,
 }
 
 /// How a refusal is classed for `shardcast_errors_total{class}` (as SemStreams classes
@@ -108,7 +110,7 @@ impl ErrorClass {
 
 impl Reject {
     /// Every variant's metric label, in `index()` order (for per-shard counter arrays).
-    pub const LABELS: [&'static str; 37] = [
+    pub const LABELS: [&'static str; 38] = [
         "malformed_json",
         "not_an_object",
         "unknown_type",
@@ -146,6 +148,7 @@ impl Reject {
         "non_minimal_length",
         "pending_handshake_evicted",
         "request_head_too_large",
+        "too_many_wildcards",
     ];
 
     /// Position of this variant in [`Reject::LABELS`] and in counter arrays.
@@ -188,6 +191,7 @@ impl Reject {
             Reject::NonMinimalLength => 34,
             Reject::PendingEvicted => 35,
             Reject::HeadTooLarge => 36,
+            Reject::TooManyWildcards => 37,
         }
     }
 
@@ -238,6 +242,7 @@ impl Reject {
             _ if self.close_code().is_some() => ErrorClass::Fatal,
             Reject::HandshakeTimeout | Reject::PendingEvicted => ErrorClass::Fatal,
             Reject::TooManySubscriptions
+            | Reject::TooManyWildcards
             | Reject::RateLimited
             | Reject::Overloaded
             | Reject::TooManyConnections
@@ -306,6 +311,7 @@ impl Reject {
             Reject::NonMinimalLength,
             Reject::PendingEvicted,
             Reject::HeadTooLarge,
+            Reject::TooManyWildcards,
         ]
     }
 
@@ -343,6 +349,9 @@ impl fmt::Display for Reject {
             Reject::TooManySubscriptions => {
                 f.write_str("subscription limit reached (client.max_subscriptions)")
             }
+            Reject::TooManyWildcards => f.write_str(
+                "wildcard subscription limit reached (client.max_wildcard_subscriptions)",
+            ),
             Reject::PublishNotAllowed => f.write_str("not allowed to publish to this topic"),
             Reject::SubscribeNotAllowed => f.write_str("not allowed to subscribe to this pattern"),
             Reject::MissingCredentials => f.write_str("credentials required"),
@@ -390,7 +399,7 @@ mod tests {
             assert_eq!(Reject::LABELS[r.index()], r.label());
         }
         assert_eq!(Reject::SlowConsumer.label(), "slow_consumer");
-        assert_eq!(Reject::HeadTooLarge.index(), Reject::LABELS.len() - 1);
+        assert_eq!(Reject::TooManyWildcards.index(), Reject::LABELS.len() - 1);
     }
 
     #[test]

@@ -85,3 +85,29 @@ async fn a_big_message_in_small_pieces_is_reassembled_at_linear_cost() {
         "the broker used {used:?} of CPU for one 4 MiB message in 1,024 pieces"
     );
 }
+
+/// Overlapping wildcard patterns on one connection each cost a lookup step per
+/// publication: `client.max_wildcard_subscriptions` bounds them. The one over the bound
+/// is nacked with the key and counted; exact subscriptions still pass, and a publication
+/// matching every pattern is delivered once.
+#[tokio::test]
+async fn wildcard_subscriptions_per_connection_are_bounded() {
+    let broker = Broker::start("[client]\nmax_wildcard_subscriptions = 3\n");
+    let mut ws = broker.ws(Dialect::Subprotocol("vws")).await;
+    for (i, pattern) in ["a/#", "a/+", "+/b"].into_iter().enumerate() {
+        ws.vws_subscribe(pattern, i as u64 + 1).await;
+    }
+    let reason = ws
+        .vws_expect_nack(&serde_json::json!({"k": "s", "t": "+/+", "i": 9}))
+        .await;
+    assert!(
+        reason.contains("client.max_wildcard_subscriptions"),
+        "{reason}"
+    );
+    ws.vws_subscribe("a/b", 10).await;
+    let metrics = broker.metrics().await;
+    assert_eq!(rejections(&metrics).get("too_many_wildcards"), Some(&1.0));
+    broker.publish("a/b", serde_json::json!(1)).await;
+    assert_eq!(ws.recv_json(RECV).await["d"], 1);
+    ws.expect_silence(SILENCE).await;
+}

@@ -133,6 +133,8 @@ pub struct ClientConfig {
     pub on_full: OnFull,
     /// Subscriptions per connection.
     pub max_subscriptions: usize,
+    /// Wildcard patterns (`+`, `#`) per connection, among `max_subscriptions`.
+    pub max_wildcard_subscriptions: usize,
     /// Messages/s a connection may publish (token bucket); 0 = unlimited.
     pub publish_rate: f64,
     /// Token bucket size.

@@ -71,6 +71,7 @@ fn embedded_defaults_parse_and_validate() {
     assert_eq!(c.client.queue_bytes, 1_048_576);
     assert_eq!(c.client.on_full, OnFull::Disconnect);
     assert_eq!(c.client.max_subscriptions, 1000);
+    assert_eq!(c.client.max_wildcard_subscriptions, 64);
     assert!((c.client.publish_rate - 1000.0).abs() < f64::EPSILON);
     assert_eq!(c.client.publish_burst, 2000);
     assert_eq!(c.client.rate_limit_strikes, 100);
@@ -508,6 +509,11 @@ fn every_validation_rule() {
             "[server]\nipv6_prefix_per_ip = 0",
             "server.ipv6_prefix_per_ip",
             "between 1 and 128",
+        ),
+        (
+            "[client]\nmax_subscriptions = 10\nmax_wildcard_subscriptions = 11",
+            "client.max_wildcard_subscriptions",
+            "not be more than client.max_subscriptions",
         ),
         (
             "[server]\ninbox_capacity = 0",

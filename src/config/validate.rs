@@ -290,6 +290,21 @@ fn client(c: &Config) -> Result<(), Violation> {
         )?;
     }
     at_least("client.max_subscriptions", k.max_subscriptions, 1)?;
+    at_least(
+        "client.max_wildcard_subscriptions",
+        k.max_wildcard_subscriptions,
+        1,
+    )?;
+    if k.max_wildcard_subscriptions > k.max_subscriptions {
+        fail_with(
+            "client.max_wildcard_subscriptions",
+            "client.max_subscriptions",
+            format!(
+                "must not be more than client.max_subscriptions ({} > {})",
+                k.max_wildcard_subscriptions, k.max_subscriptions
+            ),
+        )?;
+    }
     rate("client.publish_rate", "messages", k.publish_rate)?;
     if k.publish_rate > 0.0 && k.publish_burst == 0 {
         fail_with(
