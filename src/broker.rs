@@ -23,6 +23,8 @@ pub struct GlobalStats {
     pub rejections: [AtomicU64; Reject::LABELS.len()],
     /// API requests refused (4xx/5xx), whatever the reason.
     pub api_errors: AtomicU64,
+    /// `accept` calls that failed (out of file descriptors, and the like).
+    pub accept_errors: AtomicU64,
 }
 
 impl Default for GlobalStats {
@@ -31,6 +33,7 @@ impl Default for GlobalStats {
             api_requests: AtomicU64::new(0),
             rejections: std::array::from_fn(|_| AtomicU64::new(0)),
             api_errors: AtomicU64::new(0),
+            accept_errors: AtomicU64::new(0),
         }
     }
 }
@@ -46,6 +49,8 @@ impl GlobalStats {
 
 /// Sockets accepted beyond `server.max_connections` so that the HTTP API (publishing,
 /// health checks, metrics) still answers while WebSocket connections are at the limit.
+/// Only sockets that have sent a complete request head count here: silent ones have
+/// their own budget (`server.max_pending_handshakes`, see `server::pending`).
 pub const HTTP_HEADROOM: usize = 256;
 
 /// Shared state of one running broker.
@@ -58,8 +63,8 @@ pub struct Broker {
     pub shard_stats: Vec<Arc<ShardStats>>,
     /// Counters of non-shard paths.
     pub global: GlobalStats,
-    /// TCP sockets open (HTTP and WebSocket); refused beyond `server.max_connections`
-    /// plus [`HTTP_HEADROOM`].
+    /// TCP sockets open (HTTP and WebSocket) that have sent a complete request head;
+    /// refused beyond `server.max_connections` plus [`HTTP_HEADROOM`].
     pub open_sockets: AtomicUsize,
     /// WebSocket connections open or being upgraded, checked against `server.max_connections`.
     pub ws_connections: AtomicUsize,
@@ -116,6 +121,14 @@ impl Broker {
     /// A WebSocket connection (or a reserved slot whose upgrade failed) is gone.
     pub fn ws_closed(&self) {
         self.ws_connections.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// A socket sent its first complete request head: it counts as open from now on
+    /// (until [`Broker::socket_closed`]). False when that is more than
+    /// `server.max_connections` + [`HTTP_HEADROOM`] (it still counts: it is answered 503).
+    pub fn socket_opened(&self) -> bool {
+        let max = self.config.server.max_connections + HTTP_HEADROOM;
+        self.open_sockets.fetch_add(1, Ordering::AcqRel) < max
     }
 
     /// A socket closed.

@@ -82,6 +82,13 @@ pub enum Reject {
     RecoveryNeedsExactChannel,
     /// A frame length not in the fewest bytes (RFC 6455 §5.2; close 1002).
     NonMinimalLength,
+    /// A socket that had not sent a complete request head was closed to make room for a
+    /// new one (`server.max_pending_handshakes`).
+    PendingEvicted,
+    /// A request head longer than `server.max_request_head_bytes` (HTTP 431).
+    HeadTooLarge,
+    /// More than `client.max_wildcard_subscriptions` wildcard patterns.
+    TooManyWildcards,
     /// A close frame with a 1-byte payload or a code that may not be sent (RFC 6455
     /// §5.5.1, §7.4; close 1002).
     BadCloseFrame,
@@ -106,7 +113,7 @@ impl ErrorClass {
 
 impl Reject {
     /// Every variant's metric label, in `index()` order (for per-shard counter arrays).
-    pub const LABELS: [&'static str; 36] = [
+    pub const LABELS: [&'static str; 39] = [
         "malformed_json",
         "not_an_object",
         "unknown_type",
@@ -142,6 +149,9 @@ impl Reject {
         "bad_position",
         "recovery_needs_exact_channel",
         "non_minimal_length",
+        "pending_handshake_evicted",
+        "request_head_too_large",
+        "too_many_wildcards",
         "bad_close_frame",
     ];
 
@@ -183,7 +193,10 @@ impl Reject {
             Reject::BadPosition(..) => 32,
             Reject::RecoveryNeedsExactChannel => 33,
             Reject::NonMinimalLength => 34,
-            Reject::BadCloseFrame => 35,
+            Reject::PendingEvicted => 35,
+            Reject::HeadTooLarge => 36,
+            Reject::TooManyWildcards => 37,
+            Reject::BadCloseFrame => 38,
         }
     }
 
@@ -236,8 +249,9 @@ impl Reject {
     pub fn class(&self) -> ErrorClass {
         match self {
             _ if self.close_code().is_some() => ErrorClass::Fatal,
-            Reject::HandshakeTimeout => ErrorClass::Fatal,
+            Reject::HandshakeTimeout | Reject::PendingEvicted => ErrorClass::Fatal,
             Reject::TooManySubscriptions
+            | Reject::TooManyWildcards
             | Reject::RateLimited
             | Reject::Overloaded
             | Reject::TooManyConnections
@@ -260,6 +274,8 @@ impl Reject {
                 | Reject::IpConnectionLimit
                 | Reject::ConnectRateLimited
                 | Reject::HandshakeTimeout
+                | Reject::PendingEvicted
+                | Reject::HeadTooLarge
         )
     }
 
@@ -302,6 +318,9 @@ impl Reject {
             Reject::BadPosition("", ""),
             Reject::RecoveryNeedsExactChannel,
             Reject::NonMinimalLength,
+            Reject::PendingEvicted,
+            Reject::HeadTooLarge,
+            Reject::TooManyWildcards,
             Reject::BadCloseFrame,
         ]
     }
@@ -315,6 +334,7 @@ impl Reject {
             | Reject::ConnectRateLimited => 503,
             Reject::RateLimited => 429,
             Reject::HandshakeTimeout => 408,
+            Reject::HeadTooLarge => 431,
             Reject::MissingCredentials | Reject::BadCredentials => 401,
             Reject::PublishNotAllowed | Reject::SubscribeNotAllowed | Reject::OriginNotAllowed => {
                 403
@@ -339,6 +359,9 @@ impl fmt::Display for Reject {
             Reject::TooManySubscriptions => {
                 f.write_str("subscription limit reached (client.max_subscriptions)")
             }
+            Reject::TooManyWildcards => f.write_str(
+                "wildcard subscription limit reached (client.max_wildcard_subscriptions)",
+            ),
             Reject::PublishNotAllowed => f.write_str("not allowed to publish to this topic"),
             Reject::SubscribeNotAllowed => f.write_str("not allowed to subscribe to this pattern"),
             Reject::MissingCredentials => f.write_str("credentials required"),
@@ -359,6 +382,12 @@ impl fmt::Display for Reject {
             }
             Reject::BadPosition(name, why) => write!(f, "invalid position: '{name}' {why}"),
             Reject::RecoveryNeedsExactChannel => f.write_str("recovery needs an exact channel"),
+            Reject::PendingEvicted => f.write_str(
+                "closed to make room: too many connections without a request (server.max_pending_handshakes)",
+            ),
+            Reject::HeadTooLarge => {
+                f.write_str("request head too large (server.max_request_head_bytes)")
+            }
             other => f.write_str(other.close_reason()),
         }
     }

@@ -7,6 +7,10 @@
 //! for its whole life; dropping the slot gives the place back. With both limits off (the
 //! default: behind a load balancer every client has the balancer's address) nothing is
 //! tracked and no lock is taken.
+//!
+//! An IPv6 client is counted per network (`server.ipv6_prefix_per_ip`, a /64 by
+//! default): one host is usually given a whole /64 and could otherwise open its limit
+//! from each of 2^64 addresses. IPv4-mapped IPv6 addresses count as their IPv4 address.
 
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -41,6 +45,8 @@ struct Entry {
 #[derive(Debug)]
 pub struct IpLimits {
     max_open: u32,
+    /// Bits of an IPv6 address that name the client (the rest is zeroed).
+    ipv6_mask: u128,
     rate: f64,
     burst: f64,
     table: Mutex<HashMap<IpAddr, Entry>>,
@@ -67,13 +73,28 @@ impl Drop for IpSlot {
 }
 
 impl IpLimits {
-    /// `max_open` 0 = no connection limit; `rate` 0 = no rate limit.
-    pub fn new(max_open: usize, rate: f64, burst: u32) -> Self {
+    /// `max_open` 0 = no connection limit; `rate` 0 = no rate limit; IPv6 clients are
+    /// counted per network of `ipv6_prefix` bits (128 = exact addresses).
+    pub fn new(max_open: usize, rate: f64, burst: u32, ipv6_prefix: u8) -> Self {
+        let ipv6_mask = match u32::from(ipv6_prefix) {
+            0 => 0,
+            bits @ 1..128 => !(u128::MAX >> bits),
+            _ => u128::MAX,
+        };
         IpLimits {
             max_open: u32::try_from(max_open).unwrap_or(u32::MAX),
+            ipv6_mask,
             rate,
             burst: f64::from(burst.max(1)),
             table: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The address `ip` is counted under: IPv4 as is, IPv6 as its network.
+    pub fn key(&self, ip: IpAddr) -> IpAddr {
+        match ip.to_canonical() {
+            IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & self.ipv6_mask).into()),
+            v4 => v4,
         }
     }
 
@@ -89,6 +110,7 @@ impl IpLimits {
         if !self.enabled() {
             return Ok(None);
         }
+        let ip = self.key(ip);
         let now = Instant::now();
         let mut table = self.table.lock();
         if table.len() >= MAX_TRACKED && !table.contains_key(&ip) {
@@ -151,8 +173,38 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_counts_per_network_and_mapped_ipv4_as_ipv4() {
+        let v6 = |s: &str| s.parse::<IpAddr>().expect("address");
+        let l = Arc::new(IpLimits::new(2, 0.0, 10, 64));
+        let _a = l.admit(v6("2001:db8:1:2::1")).expect("first");
+        let _b = l.admit(v6("2001:db8:1:2:ffff::9")).expect("second");
+        assert_eq!(
+            l.admit(v6("2001:db8:1:2:dead:beef:0:1")).err(),
+            Some(IpRefusal::TooManyConnections),
+            "the same /64 is one client"
+        );
+        assert!(
+            l.admit(v6("2001:db8:1:3::1")).is_ok(),
+            "the next /64 is another"
+        );
+        let _c = l.admit(v6("::ffff:10.0.0.1")).expect("mapped");
+        let _d = l.admit(IpAddr::from([10, 0, 0, 1])).expect("plain");
+        assert_eq!(
+            l.admit(IpAddr::from([10, 0, 0, 1])).err(),
+            Some(IpRefusal::TooManyConnections),
+            "::ffff:10.0.0.1 and 10.0.0.1 are one client"
+        );
+        let exact = Arc::new(IpLimits::new(1, 0.0, 10, 128));
+        let _e = exact.admit(v6("2001:db8::1")).expect("exact");
+        assert!(
+            exact.admit(v6("2001:db8::2")).is_ok(),
+            "/128 counts addresses"
+        );
+    }
+
+    #[test]
     fn off_by_default_tracks_nothing() {
-        let l = Arc::new(IpLimits::new(0, 0.0, 10));
+        let l = Arc::new(IpLimits::new(0, 0.0, 10, 64));
         for _ in 0..100 {
             assert!(matches!(l.admit(ip(1)), Ok(None)));
         }
@@ -161,7 +213,7 @@ mod tests {
 
     #[test]
     fn connection_limit_counts_open_slots_per_address() {
-        let l = Arc::new(IpLimits::new(2, 0.0, 10));
+        let l = Arc::new(IpLimits::new(2, 0.0, 10, 64));
         let a = l.admit(ip(1)).expect("first");
         let _b = l.admit(ip(1)).expect("second");
         assert_eq!(l.admit(ip(1)).err(), Some(IpRefusal::TooManyConnections));
@@ -175,7 +227,7 @@ mod tests {
 
     #[test]
     fn rate_limit_allows_a_burst_then_says_when_to_retry() {
-        let l = Arc::new(IpLimits::new(0, 0.5, 3));
+        let l = Arc::new(IpLimits::new(0, 0.5, 3, 64));
         let slots: Vec<_> = (0..3).map(|_| l.admit(ip(1)).expect("burst")).collect();
         drop(slots);
         assert_eq!(

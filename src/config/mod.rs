@@ -74,6 +74,17 @@ pub struct ServerConfig {
     pub connection_rate_per_ip: f64,
     /// Bucket size for `connection_rate_per_ip`: connections one address may open at once.
     pub connection_burst_per_ip: u32,
+    /// IPv6 clients are counted per network of this prefix length (1..=128) by the
+    /// per-IP limits: one host holds a whole /64.
+    pub ipv6_prefix_per_ip: u8,
+    /// Sockets that have not sent a complete request head yet, across all shards; past
+    /// it a new socket closes the oldest such socket of its shard.
+    pub max_pending_handshakes: usize,
+    /// A new socket must send its first byte within this (capped by `handshake_timeout`).
+    #[serde(with = "duration")]
+    pub first_byte_timeout: Duration,
+    /// Longest HTTP request head (request line + headers) in bytes; longer gets HTTP 431.
+    pub max_request_head_bytes: usize,
     /// Largest client message in bytes (128 .. 64 MiB); larger closes with 1009.
     pub max_message_bytes: usize,
     /// Close a connection silent for this long.
@@ -87,7 +98,8 @@ pub struct ServerConfig {
     /// Time allowed for a graceful shutdown.
     #[serde(with = "duration")]
     pub shutdown_grace: Duration,
-    /// An HTTP request / WebSocket upgrade must complete within this.
+    /// An HTTP request / WebSocket upgrade must complete within this, counted from
+    /// accept for a connection's first request head.
     #[serde(with = "duration")]
     pub handshake_timeout: Duration,
     /// Bounded cross-shard queue length per shard.
@@ -124,6 +136,8 @@ pub struct ClientConfig {
     pub on_full: OnFull,
     /// Subscriptions per connection.
     pub max_subscriptions: usize,
+    /// Wildcard patterns (`+`, `#`) per connection, among `max_subscriptions`.
+    pub max_wildcard_subscriptions: usize,
     /// Messages/s a connection may publish (token bucket); 0 = unlimited.
     pub publish_rate: f64,
     /// Token bucket size.

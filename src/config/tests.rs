@@ -62,11 +62,16 @@ fn embedded_defaults_parse_and_validate() {
     assert!(c.server.allowed_origins.is_empty());
     assert_eq!(c.server.shutdown_grace, Duration::from_secs(5));
     assert_eq!(c.server.handshake_timeout, Duration::from_secs(10));
+    assert_eq!(c.server.first_byte_timeout, Duration::from_secs(2));
+    assert_eq!(c.server.max_pending_handshakes, 2048);
+    assert_eq!(c.server.max_request_head_bytes, 16_384);
+    assert_eq!(c.server.ipv6_prefix_per_ip, 64);
     assert_eq!(c.server.inbox_capacity, 65_536);
     assert_eq!(c.client.queue_frames, 4096);
     assert_eq!(c.client.queue_bytes, 1_048_576);
     assert_eq!(c.client.on_full, OnFull::Disconnect);
     assert_eq!(c.client.max_subscriptions, 1000);
+    assert_eq!(c.client.max_wildcard_subscriptions, 64);
     assert!((c.client.publish_rate - 1000.0).abs() < f64::EPSILON);
     assert_eq!(c.client.publish_burst, 2000);
     assert_eq!(c.client.rate_limit_strikes, 100);
@@ -484,6 +489,31 @@ fn every_validation_rule() {
             "[server]\nhandshake_timeout = 0",
             "server.handshake_timeout",
             "longer than 0s",
+        ),
+        (
+            "[server]\nfirst_byte_timeout = 0",
+            "server.first_byte_timeout",
+            "longer than 0s",
+        ),
+        (
+            "[server]\nmax_pending_handshakes = 0",
+            "server.max_pending_handshakes",
+            "at least 1",
+        ),
+        (
+            "[server]\nmax_request_head_bytes = 512",
+            "server.max_request_head_bytes",
+            "between 1024 and 1048576",
+        ),
+        (
+            "[server]\nipv6_prefix_per_ip = 0",
+            "server.ipv6_prefix_per_ip",
+            "between 1 and 128",
+        ),
+        (
+            "[client]\nmax_subscriptions = 10\nmax_wildcard_subscriptions = 11",
+            "client.max_wildcard_subscriptions",
+            "not be more than client.max_subscriptions",
         ),
         (
             "[server]\ninbox_capacity = 0",

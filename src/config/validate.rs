@@ -8,6 +8,10 @@ use std::time::Duration;
 pub const MIN_MESSAGE_BYTES: usize = 128;
 /// Largest allowed `server.max_message_bytes` (64 MiB).
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+/// Smallest `server.max_request_head_bytes`: a request line and a few headers.
+pub const MIN_HEAD_BYTES: usize = 1024;
+/// Largest `server.max_request_head_bytes` (1 MiB).
+pub const MAX_HEAD_BYTES: usize = 1024 * 1024;
 
 /// One broken rule: the key it is reported on, the reason, and every key whose value
 /// takes part (so the error can name whichever source set one of them last).
@@ -191,6 +195,23 @@ fn server(c: &Config) -> Result<(), Violation> {
         )?;
     }
     non_zero("server.handshake_timeout", s.handshake_timeout)?;
+    non_zero("server.first_byte_timeout", s.first_byte_timeout)?;
+    at_least("server.max_pending_handshakes", s.max_pending_handshakes, 1)?;
+    if !(MIN_HEAD_BYTES..=MAX_HEAD_BYTES).contains(&s.max_request_head_bytes) {
+        fail(
+            "server.max_request_head_bytes",
+            format!(
+                "must be between {MIN_HEAD_BYTES} and {MAX_HEAD_BYTES} (1 MiB) (got {})",
+                s.max_request_head_bytes
+            ),
+        )?;
+    }
+    if !(1..=128).contains(&s.ipv6_prefix_per_ip) {
+        fail(
+            "server.ipv6_prefix_per_ip",
+            format!("must be between 1 and 128 (got {})", s.ipv6_prefix_per_ip),
+        )?;
+    }
     if s.write_coalesce > Duration::from_millis(100) {
         fail(
             "server.write_coalesce",
@@ -269,6 +290,21 @@ fn client(c: &Config) -> Result<(), Violation> {
         )?;
     }
     at_least("client.max_subscriptions", k.max_subscriptions, 1)?;
+    at_least(
+        "client.max_wildcard_subscriptions",
+        k.max_wildcard_subscriptions,
+        1,
+    )?;
+    if k.max_wildcard_subscriptions > k.max_subscriptions {
+        fail_with(
+            "client.max_wildcard_subscriptions",
+            "client.max_subscriptions",
+            format!(
+                "must not be more than client.max_subscriptions ({} > {})",
+                k.max_wildcard_subscriptions, k.max_subscriptions
+            ),
+        )?;
+    }
     rate("client.publish_rate", "messages", k.publish_rate)?;
     if k.publish_rate > 0.0 && k.publish_burst == 0 {
         fail_with(

@@ -127,6 +127,10 @@ pub struct Conn {
     pub subs: Vec<Box<str>>,
     /// Bytes of an incomplete frame carried to the next read (empty: no allocation).
     pub partial: Vec<u8>,
+    /// Size of the incomplete frame in `partial` when its header is known (else 0); u32
+    /// as frames are at most `server.max_message_bytes` (64 MiB) plus a header, and so the
+    /// struct stays within its size budget.
+    pub need: u32,
     /// A fragmented text message being reassembled.
     pub fragments: Option<Box<Fragments>>,
     /// Shard clock (ms) of the last frame received.
@@ -172,6 +176,7 @@ impl Conn {
             outbox: Outbox::default(),
             subs: Vec::new(),
             partial: Vec::new(),
+            need: 0,
             fragments: None,
             last_seen_ms: now_ms,
             last_ping_ms: now_ms,
@@ -266,6 +271,7 @@ mod size_tests {
         // An idle subscribed connection should cost about 1 KiB of broker memory in all
         // (this struct, tokio's I/O registration and task, subscription strings).
         // Growing this struct is a design decision, not an accident.
-        assert!(std::mem::size_of::<super::Conn>() <= 224);
+        let size = std::mem::size_of::<super::Conn>();
+        assert!(size <= 224, "Conn is {size} bytes");
     }
 }

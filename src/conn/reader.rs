@@ -6,6 +6,11 @@
 //! it lies); only an incomplete frame's bytes are kept on the connection, and only until
 //! the rest arrives. It also enforces what fastwebsockets leaves out: client masking,
 //! reassembled-message size, UTF-8 of text messages, control-frame rules.
+//!
+//! A big frame that arrives in many reads is not copied through the scratch buffer on
+//! each of them (which costs quadratic work for a message sent in small pieces): once
+//! its header is known, later reads land straight at the end of its carried bytes
+//! ([`gathers`], [`make_room`]), so each byte is copied once.
 
 use crate::error::Reject;
 use crate::protocol::frame::{self, OpCode};
@@ -80,6 +85,25 @@ pub struct Parsed {
     pub stopped: bool,
     /// The handler asked to pause: the bytes after `consumed` hold unparsed messages.
     pub paused: bool,
+}
+
+/// Incomplete frames at least this big are gathered in the connection's own buffer.
+pub const GATHER_FROM: usize = 64 * 1024;
+
+/// Whether the next read should land straight at the end of `partial` (carried bytes
+/// of an incomplete frame of `need` bytes in all): the frame is big and not complete.
+pub fn gathers(partial: &[u8], need: usize) -> bool {
+    !partial.is_empty() && partial.len() < need && need >= GATHER_FROM
+}
+
+/// Adds `chunk` bytes of room at the end of `partial` for the next read and returns
+/// where the room starts; truncate to `start + bytes read` after the read. Only the
+/// room is written (zeroed), and the buffer grows by doubling, so gathering a frame
+/// costs work linear in its size however small the reads.
+pub fn make_room(partial: &mut Vec<u8>, chunk: usize) -> usize {
+    let start = partial.len();
+    partial.resize(start + chunk, 0);
+    start
 }
 
 /// Parses every complete frame in `buf`, handing each message to `on_message`.
@@ -313,6 +337,46 @@ mod tests {
         assert_eq!(close(b"\x03").0, Err(Reject::BadCloseFrame));
         assert_eq!(close(b"\x03\xed").0, Err(Reject::BadCloseFrame)); // 1005
         assert_eq!(close(b"\x03\xe8\xff").0, Err(Reject::InvalidUtf8));
+    }
+
+    #[test]
+    fn a_big_frame_in_small_reads_is_gathered_with_linear_copying() {
+        // 4 MiB sent 1 KiB at a time, as the shard's read path handles it.
+        let frame = client_frame(true, 1, &vec![b'a'; 4 << 20]);
+        let mut partial: Vec<u8> = Vec::new();
+        let mut need = 0;
+        let mut copied = 0usize;
+        let mut seen = Vec::new();
+        for piece in frame.chunks(1024) {
+            if gathers(&partial, need) {
+                let start = make_room(&mut partial, 64 * 1024);
+                partial.truncate(start);
+                partial.extend_from_slice(piece);
+                copied += piece.len();
+                if partial.len() < need {
+                    continue;
+                }
+            } else {
+                partial.extend_from_slice(piece);
+                copied += partial.len(); // through the scratch buffer and back
+            }
+            let mut frags = None;
+            let p = parse(&mut partial, &mut frags, 8 << 20, |m| {
+                if let Incoming::Text(t) = m {
+                    seen.push(t.len());
+                }
+                Flow::Continue
+            })
+            .expect("parses");
+            partial.drain(..p.consumed);
+            need = p.need.unwrap_or(0);
+        }
+        assert_eq!(seen, vec![4 << 20]);
+        assert!(
+            copied < 3 * frame.len(),
+            "copied {copied} bytes for a {} byte frame",
+            frame.len()
+        );
     }
 
     #[test]

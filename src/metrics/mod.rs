@@ -308,6 +308,13 @@ pub fn render(broker: &Broker) -> HttpResponse {
     );
     metric(
         &mut out,
+        "accept_errors_total",
+        "counter",
+        "Failed accept calls (e.g. out of file descriptors; accepting backs off meanwhile).",
+        broker.global.accept_errors.load(Ordering::Relaxed),
+    );
+    metric(
+        &mut out,
         "api_requests_total",
         "counter",
         "HTTP API requests.",

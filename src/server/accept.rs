@@ -12,15 +12,15 @@
 //! on the port, so a second broker started on the same port fails with "address in use"
 //! instead of quietly taking a share of the connections.
 
+use super::pending::Pending;
 use crate::auth::IpRefusal;
-use crate::broker::HTTP_HEADROOM;
 use crate::error::Reject;
 use crate::shard::Shard;
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
@@ -89,21 +89,34 @@ pub fn listen(socket: TcpSocket) -> io::Result<TcpListener> {
 /// shutting down (dropping the listener closes it).
 pub async fn run(shard: Rc<Shard>, listener: TcpListener) {
     let broker = shard.broker.clone();
-    let max = broker.config.server.max_connections + HTTP_HEADROOM;
+    let budget = Pending::share(
+        broker.config.server.max_pending_handshakes,
+        broker.shard_stats.len(),
+    );
+    let pending = Pending::new(budget);
+    let mut errors = AcceptErrors::default();
     loop {
         let accepted = tokio::select! {
             () = shard.accept_stopped() => return,
             accepted = listener.accept() => accepted,
         };
         let (stream, peer) = match accepted {
-            Ok(s) => s,
+            Ok(s) => {
+                errors.recovered();
+                s
+            }
             Err(e) => {
-                // EMFILE and friends: back off instead of spinning on the error.
-                tracing::warn!(shard = shard.id, error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                broker.global.accept_errors.fetch_add(1, Ordering::Relaxed);
+                if let Some(pause) = errors.failed(shard.id, &e) {
+                    tokio::time::sleep(pause).await;
+                }
                 continue;
             }
         };
+        let accepted_at = Instant::now();
+        // A dual-stack listener sees IPv4 clients as `::ffff:a.b.c.d`: from here on they
+        // are plain IPv4 (loopback checks, per-IP limits, logs).
+        let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
         let ip_slot = match broker.ip_limits.admit(peer.ip()) {
             Ok(slot) => slot,
             Err(refusal) => {
@@ -118,8 +131,62 @@ pub async fn run(shard: Rc<Shard>, listener: TcpListener) {
                 continue;
             }
         };
-        let over_limit = broker.open_sockets.fetch_add(1, Ordering::AcqRel) >= max;
-        super::handshake::spawn(shard.clone(), stream, peer, over_limit, ip_slot);
+        if pending.make_room() {
+            broker.global.reject(Reject::PendingEvicted);
+        }
+        let shard = shard.clone();
+        pending.spawn(move |ticket| {
+            super::handshake::accept(shard, stream, peer, ip_slot, ticket, accepted_at)
+        });
+    }
+}
+
+/// First pause after a failed `accept` that is about resources (doubling up to
+/// [`MAX_PAUSE`] while it keeps failing).
+const FIRST_PAUSE: Duration = Duration::from_millis(10);
+/// Longest pause between `accept` attempts while descriptors or memory are exhausted.
+const MAX_PAUSE: Duration = Duration::from_millis(500);
+/// At most one `accept failed` line per shard per this period.
+const LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Failed `accept` calls on one shard: how long to pause, and when to log.
+#[derive(Debug, Default)]
+struct AcceptErrors {
+    pause: Option<Duration>,
+    logged: Option<Instant>,
+    unlogged: u64,
+}
+
+impl AcceptErrors {
+    /// Records a failure; returns how long to pause before accepting again (`None`:
+    /// the failure was one connection's, such as a reset before accept).
+    fn failed(&mut self, shard: u16, e: &io::Error) -> Option<Duration> {
+        let exhausted = matches!(
+            e.raw_os_error(),
+            Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+        );
+        self.unlogged += 1;
+        let due = self.logged.is_none_or(|at| at.elapsed() >= LOG_EVERY);
+        if exhausted && due {
+            // Out of descriptors the error repeats on every attempt: one line per
+            // period, with how many it stands for (all are in accept_errors_total).
+            tracing::warn!(shard, error = %e, failures = self.unlogged, "accept failed; pausing accepts");
+            self.logged = Some(Instant::now());
+            self.unlogged = 0;
+        } else if !exhausted {
+            tracing::debug!(shard, error = %e, "accept failed");
+        }
+        if !exhausted {
+            return None;
+        }
+        let pause = self.pause.map_or(FIRST_PAUSE, |p| (p * 2).min(MAX_PAUSE));
+        self.pause = Some(pause);
+        Some(pause)
+    }
+
+    /// An accept succeeded: the next failure starts with the shortest pause again.
+    fn recovered(&mut self) {
+        self.pause = None;
     }
 }
 

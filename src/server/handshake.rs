@@ -13,6 +13,7 @@
 //! only accepts; it never refuses.
 
 use super::http;
+use super::pending::Ticket;
 use super::prefixed::Prefixed;
 use crate::auth::{Authenticator, Identity, IpSlot, Offered};
 use crate::conn::Admission;
@@ -28,6 +29,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::Poll;
+use std::time::Instant;
 use tokio::io::{AsyncRead, AsyncWriteExt as _, ReadBuf};
 use tokio::net::TcpStream;
 
@@ -66,53 +68,40 @@ pub struct Rules<'a> {
 }
 
 /// Serves one accepted socket on this shard: the lean upgrade when it applies, hyper
-/// otherwise.
-pub fn spawn(
-    shard: Rc<Shard>,
-    stream: TcpStream,
-    peer: SocketAddr,
-    over_limit: bool,
-    ip_slot: Option<IpSlot>,
-) {
-    if over_limit {
-        // hyper answers 503 to whatever arrives.
-        tokio::task::spawn_local(http::serve(
-            shard,
-            Prefixed::new(stream, Vec::new()),
-            peer,
-            true,
-            ip_slot,
-        ));
-        return;
-    }
-    tokio::task::spawn_local(accept(shard, stream, peer, ip_slot));
-}
-
-async fn accept(
+/// otherwise. Until its first request head is complete the socket holds only `ticket`
+/// (a place among the pending sockets, see `pending`); the head must then be complete
+/// `server.handshake_timeout` after `accepted_at`, its first byte there within
+/// `server.first_byte_timeout`.
+pub async fn accept(
     shard: Rc<Shard>,
     mut stream: TcpStream,
     peer: SocketAddr,
     ip_slot: Option<IpSlot>,
+    ticket: Ticket,
+    accepted_at: Instant,
 ) {
-    let timeout = shard.broker.config.server.handshake_timeout;
-    let first = tokio::time::timeout(timeout, read_head(&shard, &mut stream)).await;
+    let server = &shard.broker.config.server;
+    let deadline = accepted_at + server.handshake_timeout;
+    let first_byte = accepted_at + server.first_byte_timeout.min(server.handshake_timeout);
+    let first = tokio::time::timeout_at(first_byte.into(), read_head(&shard, &mut stream)).await;
     let (upgrade, leftover) = match first {
         Err(_) => {
             // Slowloris: not a byte within the timeout. Nothing to answer.
             shard.broker.global.reject(Reject::HandshakeTimeout);
-            shard.broker.socket_closed();
             return;
         }
-        Ok(Read::Closed) => {
-            shard.broker.socket_closed();
-            return;
-        }
+        Ok(Read::Closed) => return,
         Ok(Read::Fallback(prefix)) => {
-            http::serve(shard, Prefixed::new(stream, prefix), peer, false, ip_slot).await;
+            let stream = Prefixed::new(stream, prefix);
+            http::serve(shard, stream, peer, ticket, deadline, ip_slot).await;
             return;
         }
         Ok(Read::Upgrade { upgrade, leftover }) => (upgrade, leftover),
     };
+    drop(ticket);
+    // The WebSocket slot is the limit here (reserved in `classify`); the socket counts
+    // as open from now on either way.
+    let _ = shard.broker.socket_opened();
     let mut response = [0u8; 192];
     let len = render_101(&mut response, &upgrade);
     let written = match response.get(..len) {
@@ -173,9 +162,11 @@ fn classify(shard: &Shard, got: &[u8]) -> Read {
         default_dialect: server.default_dialect,
         auth: &shard.broker.auth,
     };
-    // Over the WebSocket limit or shutting down: hyper gives the 503.
-    let upgrade =
-        parse_upgrade(got, &rules).filter(|_| !shard.is_draining() && shard.broker.reserve_ws());
+    // Over the head limit: hyper gives the 431. Over the WebSocket limit or shutting
+    // down: hyper gives the 503.
+    let upgrade = parse_upgrade(got, &rules)
+        .filter(|u| u.head_len <= server.max_request_head_bytes)
+        .filter(|_| !shard.is_draining() && shard.broker.reserve_ws());
     match upgrade {
         Some(upgrade) => Read::Upgrade {
             leftover: got.get(upgrade.head_len..).unwrap_or_default().to_vec(),

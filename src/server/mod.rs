@@ -10,6 +10,7 @@ pub mod accept;
 pub mod handshake;
 pub mod http;
 pub mod os;
+pub mod pending;
 mod prefixed;
 pub mod upgrade;
 
@@ -43,7 +44,11 @@ impl Server {
     /// # Errors
     /// Binding the port or spawning threads failed.
     pub fn start(config: Config) -> io::Result<ServerHandle> {
-        os::raise_fd_limit(config.server.max_connections);
+        os::raise_fd_limit(
+            config.server.max_connections
+                + crate::broker::HTTP_HEADROOM
+                + config.server.max_pending_handshakes,
+        );
         let shard_count = config.shard_count();
         let (senders, receivers): (Vec<_>, Vec<_>) = (0..shard_count)
             .map(|_| inbox::channel(config.server.inbox_capacity))
@@ -71,6 +76,7 @@ impl Server {
             s.max_connections_per_ip,
             s.connection_rate_per_ip,
             s.connection_burst_per_ip,
+            s.ipv6_prefix_per_ip,
         ));
         let (listeners, addr) = accept::bind(config.server.listen, shard_count)?;
         let history = Arc::new(crate::history::History::new(&config.history));

@@ -170,6 +170,10 @@ impl Shard {
         if conn.subs.len() >= self.broker.config.client.max_subscriptions {
             return Err(Reject::TooManySubscriptions);
         }
+        let max_wildcards = self.broker.config.client.max_wildcard_subscriptions;
+        if wildcard && topic::wildcard_count(&conn.subs) >= max_wildcards {
+            return Err(Reject::TooManyWildcards);
+        }
         if conn.subs.len() < 4 {
             // Most connections hold a few subscriptions: exact capacity, not Vec's 4 slots.
             conn.subs.reserve_exact(1);

@@ -399,6 +399,38 @@ impl Shard {
                 ShardStats::add(&self.stats.read_pauses, 1);
                 return Poll::Pending;
             }
+            if !conn.unparsed && reader::gathers(&conn.partial, conn.need as usize) {
+                // A big frame is incomplete: read straight onto its end (see `reader`).
+                let start = reader::make_room(&mut conn.partial, READ_CHUNK);
+                let mut free = ReadBuf::new(conn.partial.get_mut(start..).unwrap_or_default());
+                let got = match Pin::new(&mut conn.stream).poll_read(cx, &mut free) {
+                    Poll::Pending => {
+                        conn.partial.truncate(start);
+                        if conn.outbox.is_empty()
+                            && conn.cursors.as_ref().is_some_and(|c| c.behind())
+                        {
+                            cx.waker().wake_by_ref(); // as below: more history to send
+                        }
+                        return Poll::Pending;
+                    }
+                    Poll::Ready(Ok(())) => free.filled().len(),
+                    Poll::Ready(Err(_)) => 0,
+                };
+                conn.partial.truncate(start + got);
+                if got == 0 {
+                    conn.phase = Phase::Done;
+                    continue;
+                }
+                let read_at = Instant::now();
+                self.read_at.set(read_at);
+                self.read_wall.set(None);
+                conn.last_seen_ms = self.ms_at(read_at);
+                if conn.partial.len() < conn.need as usize {
+                    continue;
+                }
+                // Complete: parse it (once) without reading more.
+                conn.unparsed = true;
+            }
             let carried = conn.partial.len();
             let unparsed = std::mem::take(&mut conn.unparsed);
             let mut scratch = self.scratch.borrow_mut();
@@ -467,6 +499,7 @@ impl Shard {
                         .get(p.consumed..filled)
                         .map(<[u8]>::to_vec)
                         .unwrap_or_default();
+                    conn.need = p.need.and_then(|n| u32::try_from(n).ok()).unwrap_or(0);
                     // Paused with whole messages left: parse them before reading more.
                     conn.unparsed = p.paused && !conn.partial.is_empty();
                     if let Some(need) = p.need {

@@ -80,6 +80,15 @@ pub fn validate_topic(topic: &str, limits: &Limits) -> Result<(), TopicError> {
     Ok(())
 }
 
+/// How many of `patterns` (valid patterns: a wildcard is always a whole level) are
+/// wildcard patterns: they are what `client.max_wildcard_subscriptions` bounds.
+pub fn wildcard_count(patterns: &[Box<str>]) -> usize {
+    patterns
+        .iter()
+        .filter(|p| p.bytes().any(|b| b == b'+' || b == b'#'))
+        .count()
+}
+
 /// Validates a subscription pattern. Returns `Ok(true)` when it contains a wildcard
 /// (`+` or `#`), `Ok(false)` when it is an exact topic.
 ///
