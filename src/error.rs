@@ -82,6 +82,14 @@ pub enum Reject {
     RecoveryNeedsExactChannel,
     /// A frame length not in the fewest bytes (RFC 6455 §5.2; close 1002).
     NonMinimalLength,
+    /// Cluster mode: the channel's NATS subject would make a control line longer than
+    /// `cluster.max_control_line` (nats-server would drop the whole link for it).
+    ClusterSubjectTooLong,
+    /// Cluster mode: the publication would not fit in one NATS message (the server's
+    /// `max_payload`), so other nodes could not get it.
+    ClusterPayloadTooLarge,
+    /// Subscription changes faster than `client.subscribe_rate`.
+    SubscribeRateLimited,
 }
 
 /// How a refusal is classed for `shardcast_errors_total{class}` (as SemStreams classes
@@ -103,7 +111,7 @@ impl ErrorClass {
 
 impl Reject {
     /// Every variant's metric label, in `index()` order (for per-shard counter arrays).
-    pub const LABELS: [&'static str; 35] = [
+    pub const LABELS: [&'static str; 38] = [
         "malformed_json",
         "not_an_object",
         "unknown_type",
@@ -139,6 +147,9 @@ impl Reject {
         "bad_position",
         "recovery_needs_exact_channel",
         "non_minimal_length",
+        "cluster_subject_too_long",
+        "cluster_payload_too_large",
+        "subscribe_rate_limited",
     ];
 
     /// Position of this variant in [`Reject::LABELS`] and in counter arrays.
@@ -179,6 +190,9 @@ impl Reject {
             Reject::BadPosition(..) => 32,
             Reject::RecoveryNeedsExactChannel => 33,
             Reject::NonMinimalLength => 34,
+            Reject::ClusterSubjectTooLong => 35,
+            Reject::ClusterPayloadTooLarge => 36,
+            Reject::SubscribeRateLimited => 37,
         }
     }
 
@@ -230,6 +244,7 @@ impl Reject {
             Reject::HandshakeTimeout => ErrorClass::Fatal,
             Reject::TooManySubscriptions
             | Reject::RateLimited
+            | Reject::SubscribeRateLimited
             | Reject::Overloaded
             | Reject::TooManyConnections
             | Reject::IpConnectionLimit
@@ -293,6 +308,9 @@ impl Reject {
             Reject::BadPosition("", ""),
             Reject::RecoveryNeedsExactChannel,
             Reject::NonMinimalLength,
+            Reject::ClusterSubjectTooLong,
+            Reject::ClusterPayloadTooLarge,
+            Reject::SubscribeRateLimited,
         ]
     }
 
@@ -303,7 +321,8 @@ impl Reject {
             | Reject::Overloaded
             | Reject::IpConnectionLimit
             | Reject::ConnectRateLimited => 503,
-            Reject::RateLimited => 429,
+            Reject::RateLimited | Reject::SubscribeRateLimited => 429,
+            Reject::ClusterPayloadTooLarge => 413,
             Reject::HandshakeTimeout => 408,
             Reject::MissingCredentials | Reject::BadCredentials => 401,
             Reject::PublishNotAllowed | Reject::SubscribeNotAllowed | Reject::OriginNotAllowed => {
@@ -349,6 +368,15 @@ impl fmt::Display for Reject {
             }
             Reject::BadPosition(name, why) => write!(f, "invalid position: '{name}' {why}"),
             Reject::RecoveryNeedsExactChannel => f.write_str("recovery needs an exact channel"),
+            Reject::ClusterSubjectTooLong => f.write_str(
+                "topic too long for the cluster: its NATS subject would exceed cluster.max_control_line",
+            ),
+            Reject::ClusterPayloadTooLarge => {
+                f.write_str("publication too large for the cluster (NATS max_payload)")
+            }
+            Reject::SubscribeRateLimited => {
+                f.write_str("subscription changes rate limited (client.subscribe_rate)")
+            }
             other => f.write_str(other.close_reason()),
         }
     }
@@ -370,7 +398,10 @@ mod tests {
             assert_eq!(Reject::LABELS[r.index()], r.label());
         }
         assert_eq!(Reject::SlowConsumer.label(), "slow_consumer");
-        assert_eq!(Reject::NonMinimalLength.index(), Reject::LABELS.len() - 1);
+        assert_eq!(
+            Reject::SubscribeRateLimited.index(),
+            Reject::LABELS.len() - 1
+        );
     }
 
     #[test]

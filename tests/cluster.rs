@@ -633,3 +633,121 @@ async fn node_fails_over_to_another_server_of_a_nats_cluster() {
         "{mb}"
     );
 }
+
+/// A vws client's nack for `msg`, checked to name `needle`.
+async fn nacked(ws: &mut Ws, msg: serde_json::Value, needle: &str) {
+    ws.send_json(&msg).await;
+    let v = ws.recv().await;
+    assert_eq!(v["k"], "n", "{msg} must be refused: {v}");
+    assert!(
+        v["e"].as_str().unwrap_or("").contains(needle),
+        "{msg}: reason should name {needle:?}: {v}"
+    );
+}
+
+/// Issue 16 finding 1: one subscription whose NATS subject would overflow nats-server's
+/// control line (4096 bytes) used to drop the whole link, over and over. It is refused
+/// per request now, and the link never sees it.
+#[tokio::test]
+async fn a_subject_too_long_for_nats_is_refused_per_request_and_the_link_stays() {
+    let Some(bin) = require_nats() else { return };
+    let port = free_port();
+    let _nats = start_nats(&bin, port, &[]).await;
+    let big = "[client]\nmax_topic_bytes = 3000\nallow_publish = true\n";
+    let a = node_with(&[port], "a", big);
+    let b = node_with(&[port], "b", big);
+    ready(&a).await;
+    ready(&b).await;
+    // 1,400 bytes of 'é' escape to 4,200 bytes of `%C3%A9`: over 4096 with the prefix.
+    let long = "é".repeat(700);
+    let mut attacker = a.ws(Dialect::Subprotocol("vws")).await;
+    nacked(
+        &mut attacker,
+        json!({"k": "s", "t": long, "i": "s1"}),
+        "cluster.max_control_line",
+    )
+    .await;
+    nacked(
+        &mut attacker,
+        json!({"k": "s", "t": format!("x/{long}/#"), "i": "s2"}),
+        "cluster.max_control_line",
+    )
+    .await;
+    nacked(
+        &mut attacker,
+        json!({"t": long, "d": 1, "i": "p1"}),
+        "cluster.max_control_line",
+    )
+    .await;
+    let r = a
+        .post_json("/api/publish", &json!({"channel": long, "data": 1}))
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert!(r.text.contains("cluster.max_control_line"), "{}", r.text);
+    let m = a.metrics().await;
+    assert_eq!(
+        rejections(&m).get("cluster_subject_too_long").copied(),
+        Some(4.0),
+        "{m}"
+    );
+
+    // A long ASCII channel escapes to itself and still crosses nodes.
+    let ascii = "a".repeat(3000);
+    let mut b_sub = b.vws_subscriber(&ascii).await;
+    subscriptions(&b, 2.0).await;
+    resumed(&a, &mut b_sub, &ascii).await;
+    assert_eq!(a.get("/readyz").await.status, 200);
+    for n in [&a, &b] {
+        let m = n.metrics().await;
+        assert_eq!(
+            counter(&m, "shardcast_cluster_connects_total"),
+            1.0,
+            "the link was never dropped: {m}"
+        );
+    }
+}
+
+/// Issue 16 finding 9: a publication larger than the NATS server's `max_payload` used to
+/// reach local subscribers and silently not the other nodes. It is refused as a whole
+/// (nobody gets it), counted, and the publisher is told why.
+#[tokio::test]
+async fn a_publication_over_nats_max_payload_is_refused() {
+    let Some(bin) = require_nats() else { return };
+    let port = free_port();
+    let conf = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(conf.path(), "max_payload: 4096\n").unwrap();
+    let _nats = start_nats(&bin, port, &["-c", conf.path().to_str().unwrap()]).await;
+    let publishing = "[client]\nallow_publish = true\n";
+    let a = node_with(&[port], "a", publishing);
+    let b = node_with(&[port], "b", publishing);
+    ready(&a).await;
+    ready(&b).await;
+    let mut a_sub = a.vws_subscriber("big").await;
+    let mut b_sub = b.vws_subscriber("big").await;
+    subscriptions(&b, 2.0).await;
+
+    let large = "x".repeat(5000);
+    let r = a
+        .post_json("/api/publish", &json!({"channel": "big", "data": large}))
+        .await;
+    assert_eq!(r.status, 413, "{}", r.text);
+    assert!(r.text.contains("max_payload"), "{}", r.text);
+    let mut publisher = a.ws(Dialect::Subprotocol("vws")).await;
+    nacked(
+        &mut publisher,
+        json!({"t": "big", "d": large, "i": 1}),
+        "max_payload",
+    )
+    .await;
+    let m = a.metrics().await;
+    assert_eq!(
+        rejections(&m).get("cluster_payload_too_large").copied(),
+        Some(2.0),
+        "{m}"
+    );
+    a_sub.expect_silence(SILENCE).await;
+
+    // What fits still goes everywhere.
+    resumed(&a, &mut b_sub, "big").await;
+    assert_eq!(a_sub.recv_json(RECV).await["t"], "big");
+}

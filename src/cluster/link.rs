@@ -99,6 +99,11 @@ impl Link {
                     let up = client.connection_state() == async_nats::connection::State::Connected;
                     if up != self.stats.connected.swap(up, Ordering::AcqRel) {
                         if up {
+                            let max_payload = client.server_info().max_payload;
+                            self.stats.max_payload.store(
+                                u64::try_from(max_payload).unwrap_or(u64::MAX),
+                                Ordering::Relaxed,
+                            );
                             self.stats.connects.fetch_add(1, Ordering::Relaxed);
                             tracing::info!(url = %self.url, node = %self.node_id, "cluster: connected to NATS");
                         } else {

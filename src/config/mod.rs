@@ -241,6 +241,9 @@ pub struct ClusterConfig {
     pub node_id: String,
     /// Prefix of every NATS subject.
     pub subject_prefix: String,
+    /// Longest NATS control line (`SUB`/`PUB` + subject) the link may send: nats-server's
+    /// `max_control_line`. Channels whose subject would not fit are refused per request.
+    pub max_control_line: usize,
 }
 
 /// `[history]` section: the rules (also written as `[[history]]` tables) and the cap.

@@ -431,6 +431,26 @@ fn cluster(c: &Config) -> Result<(), Violation> {
             format!("{p:?} is not a NATS subject prefix (dot-separated tokens without spaces, '*' or '>')"),
         )?;
     }
+    if !(128..=1_048_576).contains(&k.max_control_line) {
+        fail(
+            "cluster.max_control_line",
+            format!(
+                "must be between 128 and 1048576 (got {})",
+                k.max_control_line
+            ),
+        )?;
+    }
+    let shortest =
+        crate::cluster::subject::worst_subject_len(p, 1) + crate::cluster::subject::LINE_OVERHEAD;
+    if shortest > k.max_control_line {
+        fail(
+            "cluster.max_control_line",
+            format!(
+                "{} is too short for subject_prefix {p:?}: even a one-byte channel needs a {shortest}-byte control line",
+                k.max_control_line
+            ),
+        )?;
+    }
     if k.node_id
         .chars()
         .any(|ch| ch.is_whitespace() || ch.is_control())

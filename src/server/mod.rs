@@ -78,7 +78,8 @@ impl Server {
         let mut cluster = None;
         let mut link = None;
         if !config.cluster.nats_url.is_empty() {
-            let (outbound, c, pending) = crate::cluster::queues(&config.cluster);
+            let (outbound, c, pending) =
+                crate::cluster::queues(&config.cluster, config.client.max_topic_bytes);
             router = router.with_cluster(outbound);
             cluster = Some(c);
             link = Some(pending);

@@ -170,6 +170,7 @@ impl Shard {
         if conn.subs.len() >= self.broker.config.client.max_subscriptions {
             return Err(Reject::TooManySubscriptions);
         }
+        self.broker.router.cluster_check_pattern(pattern)?;
         if conn.subs.len() < 4 {
             // Most connections hold a few subscriptions: exact capacity, not Vec's 4 slots.
             conn.subs.reserve_exact(1);
@@ -306,6 +307,7 @@ impl Shard {
             headers,
             read_at,
         ));
+        self.broker.router.cluster_check_publication(&publication)?;
         if self.route(&publication).full != 0 {
             return Err(Reject::Overloaded);
         }
