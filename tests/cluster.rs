@@ -751,3 +751,248 @@ async fn a_publication_over_nats_max_payload_is_refused() {
     resumed(&a, &mut b_sub, "big").await;
     assert_eq!(a_sub.recv_json(RECV).await["t"], "big");
 }
+
+/// A bare NATS client over TCP speaking the text protocol: what an attacker with access
+/// to the NATS server has.
+struct RawNats {
+    stream: tokio::io::BufReader<tokio::net::TcpStream>,
+}
+
+impl RawNats {
+    async fn connect(port: u16, connect: &str) -> RawNats {
+        use tokio::io::AsyncBufReadExt;
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let mut stream = tokio::io::BufReader::new(tcp);
+        let mut info = String::new();
+        stream.read_line(&mut info).await.unwrap();
+        assert!(info.starts_with("INFO"), "{info}");
+        let mut n = RawNats { stream };
+        n.send(format!("CONNECT {connect}\r\n").as_bytes()).await;
+        n.sync().await;
+        n
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        self.stream.get_mut().write_all(bytes).await.unwrap();
+    }
+
+    /// Publishes `payload` on `subject` and waits until the server has processed it.
+    async fn publish(&mut self, subject: &str, payload: &[u8]) {
+        let head = format!("PUB {subject} {}\r\n", payload.len());
+        self.send(&[head.as_bytes(), payload, b"\r\n"].concat())
+            .await;
+        self.sync().await;
+    }
+
+    /// PING, then reads lines until PONG (failing on -ERR).
+    async fn sync(&mut self) {
+        use tokio::io::AsyncBufReadExt;
+        self.send(b"PING\r\n").await;
+        loop {
+            let mut line = String::new();
+            within(RECV, "PONG from NATS", self.stream.read_line(&mut line))
+                .await
+                .unwrap();
+            assert!(!line.starts_with("-ERR"), "{line}");
+            if line.starts_with("PONG") {
+                return;
+            }
+        }
+    }
+
+    /// The next `MSG` payload (after `SUB`), skipping PINGs.
+    async fn next_msg(&mut self) -> (String, Vec<u8>) {
+        use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+        loop {
+            let mut line = String::new();
+            within(RECV, "a MSG from NATS", self.stream.read_line(&mut line))
+                .await
+                .unwrap();
+            if line.starts_with("PING") {
+                self.send(b"PONG\r\n").await;
+                continue;
+            }
+            let parts: Vec<&str> = line.split_whitespace().collect();
+            if parts.first() != Some(&"MSG") {
+                continue;
+            }
+            let len: usize = parts.last().unwrap().parse().unwrap();
+            let mut buf = vec![0; len + 2];
+            self.stream.read_exact(&mut buf).await.unwrap();
+            buf.truncate(len);
+            return (parts[1].to_owned(), buf);
+        }
+    }
+}
+
+fn forged(o: &str, i: u64, s: u64, k: &str, t: &str, d: serde_json::Value) -> Vec<u8> {
+    json!({"o": o, "i": i, "s": s, "k": k, "n": if k == "c" { "" } else { "ev" }, "t": t, "d": d})
+        .to_string()
+        .into_bytes()
+}
+
+fn refused(metrics: &str, reason: &str) -> f64 {
+    counter(
+        metrics,
+        &format!("shardcast_cluster_refused_total{{reason=\"{reason}\"}}"),
+    )
+}
+
+/// Issue 16 finding 5: anyone who can publish on NATS used to be able to deliver any
+/// envelope (routed by its own `t`), forge `$sys/stats`, control characters, wildcards,
+/// broadcasts on channel subjects, and silence a node with one sequence number 2^64-1.
+#[tokio::test]
+async fn forged_envelopes_from_nats_are_refused_and_do_not_silence_a_node() {
+    let Some(bin) = require_nats() else { return };
+    let port = free_port();
+    let _nats = start_nats(&bin, port, &[]).await;
+    let a = node(port, "a");
+    let b = node(port, "b");
+    ready(&a).await;
+    ready(&b).await;
+    let mut b_all = b.vws_subscriber("#").await;
+    subscriptions(&b, 2.0).await;
+    let mut spy = RawNats::connect(port, "{\"verbose\":false}").await;
+    spy.send(b"SUB sctest.> 1\r\n").await;
+    spy.sync().await;
+    // A real envelope from a, read off NATS: its origin and start number.
+    resumed(&a, &mut b_all, "room/1").await;
+    let (_, real) = spy.next_msg().await;
+    let real: serde_json::Value = serde_json::from_slice(&real).unwrap();
+    let (o, i) = (real["o"].as_str().unwrap(), real["i"].as_u64().unwrap());
+
+    let mut attacker = RawNats::connect(port, "{\"verbose\":false}").await;
+    let cases: [(&str, Vec<u8>, &str); 7] = [
+        (
+            "sctest.t.room.1",
+            forged("x", 1, 1, "c", "room/2", json!("moved")),
+            "subject_mismatch",
+        ),
+        (
+            "sctest.t.room.1",
+            forged("x", 1, 2, "e", "", json!("bcast on channel")),
+            "kind_mismatch",
+        ),
+        (
+            "sctest.b",
+            forged("x", 1, 3, "c", "room/1", json!("channel on bcast")),
+            "kind_mismatch",
+        ),
+        (
+            "sctest.t.%24sys.stats",
+            forged("x", 1, 4, "c", "$sys/stats", json!({"clients": 0})),
+            "invalid_topic",
+        ),
+        (
+            "sctest.t.a%01",
+            forged("x", 1, 5, "c", "a\u{1}", json!("control")),
+            "invalid_topic",
+        ),
+        (
+            "sctest.t.a%2B",
+            forged("x", 1, 6, "c", "a+", json!("wildcard")),
+            "invalid_topic",
+        ),
+        (
+            "sctest.t.room.1",
+            forged(o, i, u64::MAX, "c", "room/1", json!("silence")),
+            "sequence_jump",
+        ),
+    ];
+    for (subject, payload, _) in &cases {
+        attacker.publish(subject, payload).await;
+    }
+    eventually("b to refuse every forged envelope", READY, || async {
+        let m = b.metrics().await;
+        cases.iter().all(|(_, _, reason)| {
+            let want = cases.iter().filter(|c| c.2 == *reason).count() as f64;
+            refused(&m, reason) >= want
+        })
+    })
+    .await;
+    // Nothing forged was delivered, and a is not silenced: its next publication arrives.
+    assert!(a.publish("room/1", json!("after")).await.is_success());
+    let v = b_all.recv_json(RECV).await;
+    assert_eq!(v["d"], "after", "{v}");
+    b_all.expect_silence(SILENCE).await;
+}
+
+/// With `cluster.secret_env`, envelopes carry an HMAC: an unsigned (or wrongly signed)
+/// envelope injected on NATS is refused, signed ones cross.
+#[tokio::test]
+async fn with_a_shared_secret_unsigned_envelopes_are_refused() {
+    let Some(bin) = require_nats() else { return };
+    let port = free_port();
+    let _nats = start_nats(&bin, port, &[]).await;
+    let conf = |id: &str| {
+        format!(
+            "[cluster]\nnats_url = \"nats://127.0.0.1:{port}\"\nnode_id = \"{id}\"\nsubject_prefix = \"sctest\"\nsecret_env = \"SC_CLUSTER_SECRET\"\n"
+        )
+    };
+    let env = [("SC_CLUSTER_SECRET", "a shared secret of some length")];
+    let a = Broker::start_with(&conf("a"), &[], &env);
+    let b = Broker::start_with(&conf("b"), &[], &env);
+    ready(&a).await;
+    ready(&b).await;
+    let mut b_sub = b.vws_subscriber("room/1").await;
+    subscriptions(&b, 2.0).await;
+    resumed(&a, &mut b_sub, "room/1").await;
+
+    let mut attacker = RawNats::connect(port, "{\"verbose\":false,\"headers\":true}").await;
+    let payload = forged("x", 1, 1, "c", "room/1", json!("forged"));
+    attacker.publish("sctest.t.room.1", &payload).await;
+    let head = format!(
+        "HPUB sctest.t.room.1 {} {}\r\n",
+        "NATS/1.0\r\nShardcast-Mac: 00\r\n\r\n".len(),
+        "NATS/1.0\r\nShardcast-Mac: 00\r\n\r\n".len() + payload.len()
+    );
+    attacker
+        .send(
+            &[
+                head.as_bytes(),
+                b"NATS/1.0\r\nShardcast-Mac: 00\r\n\r\n",
+                &payload,
+                b"\r\n",
+            ]
+            .concat(),
+        )
+        .await;
+    attacker.sync().await;
+    eventually("b to refuse both", READY, || async {
+        refused(&b.metrics().await, "bad_mac") >= 2.0
+    })
+    .await;
+    b_sub.expect_silence(SILENCE).await;
+    assert!(a.publish("room/1", json!("signed")).await.is_success());
+    assert_eq!(b_sub.recv_json(RECV).await["d"], "signed");
+}
+
+/// `[cluster] user` + `password_env` log in to a NATS server that requires them.
+#[tokio::test]
+async fn nodes_log_in_to_nats_with_user_and_password() {
+    let Some(bin) = require_nats() else { return };
+    let port = free_port();
+    let _nats = start_nats(&bin, port, &["--user", "sc", "--pass", "s3cret-pw"]).await;
+    let conf = |id: &str, pw_env: &str| {
+        format!(
+            "[cluster]\nnats_url = \"nats://127.0.0.1:{port}\"\nnode_id = \"{id}\"\nsubject_prefix = \"sctest\"\nuser = \"sc\"\npassword_env = \"{pw_env}\"\n"
+        )
+    };
+    let env = [("SC_NATS_PW", "s3cret-pw"), ("SC_WRONG_PW", "wrong")];
+    let a = Broker::start_with(&conf("a", "SC_NATS_PW"), &[], &env);
+    let b = Broker::start_with(&conf("b", "SC_NATS_PW"), &[], &env);
+    let wrong = Broker::start_with(&conf("w", "SC_WRONG_PW"), &[], &env);
+    ready(&a).await;
+    ready(&b).await;
+    let mut b_sub = b.vws_subscriber("room/1").await;
+    subscriptions(&b, 2.0).await;
+    resumed(&a, &mut b_sub, "room/1").await;
+    assert_eq!(
+        wrong.get("/readyz").await.status,
+        503,
+        "a wrong password never joins"
+    );
+}

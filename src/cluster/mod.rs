@@ -14,7 +14,9 @@
 
 pub mod dedup;
 pub mod envelope;
+pub mod inbound;
 mod link;
+pub mod options;
 pub mod subject;
 
 use crate::broker::Broker;
@@ -60,6 +62,20 @@ pub struct ClusterStats {
     pub subscriptions: AtomicU64,
     /// The NATS server's `max_payload` (from its INFO), 0 before the first connection.
     pub max_payload: AtomicU64,
+    /// Envelopes from NATS refused, by [`inbound::Refusal`] (index order).
+    pub refused: [AtomicU64; inbound::Refusal::LABELS.len()],
+}
+
+impl ClusterStats {
+    /// Counts an envelope refused for `why`.
+    pub fn refuse(&self, why: inbound::Refusal) {
+        if let Some(c) = self.refused.get(why.index()) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+        if why == inbound::Refusal::Malformed {
+            self.malformed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// The router's way to the link: cheap, never blocks.
@@ -182,8 +198,18 @@ pub struct Pending {
 }
 
 /// Makes the queues between router and link for `config` (cluster mode on); channels
-/// are at most `max_topic_bytes` long (`client.max_topic_bytes`).
-pub fn queues(config: &ClusterConfig, max_topic_bytes: usize) -> (Outbound, Cluster, Pending) {
+/// are limited by `topics` (`client.max_topic_bytes`, `max_topic_levels`), and the
+/// secrets `config` names are read from `env`.
+///
+/// # Errors
+/// The NATS login or MAC secret is not usable (see [`options::login`]).
+pub fn queues(
+    config: &ClusterConfig,
+    topics: crate::topic::Limits,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(Outbound, Cluster, Pending), String> {
+    let login = options::login(config, env)?;
+    let max_topic_bytes = topics.max_bytes;
     let stats = Arc::new(ClusterStats::default());
     let (ptx, prx) = mpsc::channel(OUTBOUND_CAPACITY);
     let (itx, irx) = mpsc::unbounded_channel();
@@ -198,6 +224,8 @@ pub fn queues(config: &ClusterConfig, max_topic_bytes: usize) -> (Outbound, Clus
         node_id: node_id.clone(),
         instance: draw(),
         stats: stats.clone(),
+        login,
+        topics,
     };
     let worst = subject::worst_subject_len(&config.subject_prefix, max_topic_bytes);
     if worst + subject::LINE_OVERHEAD > config.max_control_line {
@@ -209,7 +237,7 @@ pub fn queues(config: &ClusterConfig, max_topic_bytes: usize) -> (Outbound, Clus
              (cluster_subject_too_long)"
         );
     }
-    (
+    Ok((
         Outbound {
             publications: ptx,
             interest: itx,
@@ -224,7 +252,7 @@ pub fn queues(config: &ClusterConfig, max_topic_bytes: usize) -> (Outbound, Clus
             publications: prx,
             interest: irx,
         },
-    )
+    ))
 }
 
 impl Pending {

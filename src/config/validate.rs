@@ -431,6 +431,10 @@ fn cluster(c: &Config) -> Result<(), Violation> {
             format!("{p:?} is not a NATS subject prefix (dot-separated tokens without spaces, '*' or '>')"),
         )?;
     }
+    env_name("cluster.nkey_seed_env", &k.nkey_seed_env)?;
+    env_name("cluster.password_env", &k.password_env)?;
+    env_name("cluster.token_env", &k.token_env)?;
+    env_name("cluster.secret_env", &k.secret_env)?;
     if !(128..=1_048_576).contains(&k.max_control_line) {
         fail(
             "cluster.max_control_line",
