@@ -996,3 +996,63 @@ async fn nodes_log_in_to_nats_with_user_and_password() {
         "a wrong password never joins"
     );
 }
+
+/// Issue 16 finding 4: one client churning subscriptions used to queue an unbounded
+/// stream of interest changes to the link, delaying everyone's cross-node
+/// subscriptions. Changes are rate-limited per connection now: the storm is refused and
+/// counted, the link holds few subscriptions, and a legitimate subscriber's interest
+/// crosses promptly.
+#[tokio::test]
+async fn a_subscribe_storm_is_rate_limited_and_does_not_delay_others() {
+    let Some(bin) = require_nats() else { return };
+    let port = free_port();
+    let _nats = start_nats(&bin, port, &[]).await;
+    let limited = "[client]\nsubscribe_rate = 50.0\nsubscribe_burst = 100\n";
+    let a = node_with(&[port], "a", limited);
+    let b = node_with(&[port], "b", limited);
+    ready(&a).await;
+    ready(&b).await;
+    let mut storm = b.ws(Dialect::Subprotocol("vws")).await;
+    let pairs = 2000;
+    for n in 0..pairs {
+        storm
+            .send_json(&json!({"k": "s", "t": format!("storm/{n}")}))
+            .await;
+        storm
+            .send_json(&json!({"k": "u", "t": format!("storm/{n}")}))
+            .await;
+    }
+    // Each refused subscribe gets a nack without an id; the burst (100 tokens: 50
+    // pairs) and the refill go through.
+    eventually("the storm to be refused", READY, || async {
+        rejections(&b.metrics().await)
+            .get("subscribe_rate_limited")
+            .copied()
+            .unwrap_or(0.0)
+            >= f64::from(pairs) * 0.8
+    })
+    .await;
+    let v = storm.recv().await;
+    assert_eq!(v["k"], "n", "{v}");
+    assert!(
+        v["e"]
+            .as_str()
+            .unwrap_or("")
+            .contains("client.subscribe_rate"),
+        "{v}"
+    );
+
+    let started = Instant::now();
+    let mut legit = b.vws_subscriber("legit/1").await;
+    resumed(&a, &mut legit, "legit/1").await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "cross-node interest took {:?}",
+        started.elapsed()
+    );
+    let m = b.metrics().await;
+    assert!(
+        counter(&m, "shardcast_cluster_subscriptions") <= 10.0,
+        "the storm left NATS subscriptions behind: {m}"
+    );
+}

@@ -125,6 +125,10 @@ pub struct ClientConfig {
     pub publish_rate: f64,
     /// Token bucket size.
     pub publish_burst: u32,
+    /// Subscription changes/s a connection may make (token bucket); 0 = unlimited.
+    pub subscribe_rate: f64,
+    /// Its bucket size.
+    pub subscribe_burst: u32,
     /// Rate-limited messages in a row that close the connection with 1008.
     pub rate_limit_strikes: u32,
     /// Whether WebSocket clients may publish at all.

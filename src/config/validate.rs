@@ -277,6 +277,18 @@ fn client(c: &Config) -> Result<(), Violation> {
             "must be at least 1 when client.publish_rate is set",
         )?;
     }
+    rate(
+        "client.subscribe_rate",
+        "subscription changes",
+        k.subscribe_rate,
+    )?;
+    if k.subscribe_rate > 0.0 && k.subscribe_burst == 0 {
+        fail_with(
+            "client.subscribe_burst",
+            "client.subscribe_rate",
+            "must be at least 1 when client.subscribe_rate is set",
+        )?;
+    }
     if k.rate_limit_strikes == 0 {
         fail("client.rate_limit_strikes", "must be at least 1")?;
     }
