@@ -92,6 +92,14 @@ pub enum Reject {
     /// A close frame with a 1-byte payload or a code that may not be sent (RFC 6455
     /// §5.5.1, §7.4; close 1002).
     BadCloseFrame,
+    /// Cluster mode: the channel's NATS subject would make a control line longer than
+    /// `cluster.max_control_line` (nats-server would drop the whole link for it).
+    ClusterSubjectTooLong,
+    /// Cluster mode: the publication would not fit in one NATS message (the server's
+    /// `max_payload`), so other nodes could not get it.
+    ClusterPayloadTooLarge,
+    /// Subscription changes faster than `client.subscribe_rate`.
+    SubscribeRateLimited,
 }
 
 /// How a refusal is classed for `shardcast_errors_total{class}` (as SemStreams classes
@@ -113,7 +121,7 @@ impl ErrorClass {
 
 impl Reject {
     /// Every variant's metric label, in `index()` order (for per-shard counter arrays).
-    pub const LABELS: [&'static str; 39] = [
+    pub const LABELS: [&'static str; 42] = [
         "malformed_json",
         "not_an_object",
         "unknown_type",
@@ -153,6 +161,9 @@ impl Reject {
         "request_head_too_large",
         "too_many_wildcards",
         "bad_close_frame",
+        "cluster_subject_too_long",
+        "cluster_payload_too_large",
+        "subscribe_rate_limited",
     ];
 
     /// Position of this variant in [`Reject::LABELS`] and in counter arrays.
@@ -197,6 +208,9 @@ impl Reject {
             Reject::HeadTooLarge => 36,
             Reject::TooManyWildcards => 37,
             Reject::BadCloseFrame => 38,
+            Reject::ClusterSubjectTooLong => 39,
+            Reject::ClusterPayloadTooLarge => 40,
+            Reject::SubscribeRateLimited => 41,
         }
     }
 
@@ -253,6 +267,7 @@ impl Reject {
             Reject::TooManySubscriptions
             | Reject::TooManyWildcards
             | Reject::RateLimited
+            | Reject::SubscribeRateLimited
             | Reject::Overloaded
             | Reject::TooManyConnections
             | Reject::IpConnectionLimit
@@ -322,6 +337,9 @@ impl Reject {
             Reject::HeadTooLarge,
             Reject::TooManyWildcards,
             Reject::BadCloseFrame,
+            Reject::ClusterSubjectTooLong,
+            Reject::ClusterPayloadTooLarge,
+            Reject::SubscribeRateLimited,
         ]
     }
 
@@ -332,7 +350,8 @@ impl Reject {
             | Reject::Overloaded
             | Reject::IpConnectionLimit
             | Reject::ConnectRateLimited => 503,
-            Reject::RateLimited => 429,
+            Reject::RateLimited | Reject::SubscribeRateLimited => 429,
+            Reject::ClusterPayloadTooLarge => 413,
             Reject::HandshakeTimeout => 408,
             Reject::HeadTooLarge => 431,
             Reject::MissingCredentials | Reject::BadCredentials => 401,
@@ -388,6 +407,15 @@ impl fmt::Display for Reject {
             Reject::HeadTooLarge => {
                 f.write_str("request head too large (server.max_request_head_bytes)")
             }
+            Reject::ClusterSubjectTooLong => f.write_str(
+                "topic too long for the cluster: its NATS subject would exceed cluster.max_control_line",
+            ),
+            Reject::ClusterPayloadTooLarge => {
+                f.write_str("publication too large for the cluster (NATS max_payload)")
+            }
+            Reject::SubscribeRateLimited => {
+                f.write_str("subscription changes rate limited (client.subscribe_rate)")
+            }
             other => f.write_str(other.close_reason()),
         }
     }
@@ -409,7 +437,7 @@ mod tests {
             assert_eq!(Reject::LABELS[r.index()], r.label());
         }
         assert_eq!(Reject::SlowConsumer.label(), "slow_consumer");
-        assert_eq!(Reject::BadCloseFrame.index(), Reject::LABELS.len() - 1);
+        assert_eq!(Reject::SubscribeRateLimited.index(), Reject::LABELS.len() - 1);
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! inside are rendered once per dialect and shared by all of them.
 
 use crate::cluster::Outbound;
+use crate::error::Reject;
 use crate::history::History;
 use crate::publication::Publication;
 use crate::shard::inbox::{InboxSender, ShardMsg};
@@ -85,6 +86,26 @@ impl Router {
     pub fn with_cluster(mut self, outbound: Outbound) -> Self {
         self.cluster = Some(outbound);
         self
+    }
+
+    /// In cluster mode, whether subscribing `pattern` is safe for the NATS link.
+    ///
+    /// # Errors
+    /// The pattern's NATS subject would be too long (see [`Outbound::check_pattern`]).
+    pub fn cluster_check_pattern(&self, pattern: &str) -> Result<(), Reject> {
+        self.cluster
+            .as_ref()
+            .map_or(Ok(()), |c| c.check_pattern(pattern))
+    }
+
+    /// In cluster mode, whether `publication` can reach the other nodes.
+    ///
+    /// # Errors
+    /// See [`Outbound::check_publication`].
+    pub fn cluster_check_publication(&self, publication: &Publication) -> Result<(), Reject> {
+        self.cluster
+            .as_ref()
+            .map_or(Ok(()), |c| c.check_publication(publication))
     }
 
     /// Number of shards.

@@ -637,3 +637,426 @@ async fn node_fails_over_to_another_server_of_a_nats_cluster() {
         "{mb}"
     );
 }
+
+/// A vws client's nack for `msg`, checked to name `needle`.
+async fn nacked(ws: &mut Ws, msg: serde_json::Value, needle: &str) {
+    ws.send_json(&msg).await;
+    let v = ws.recv().await;
+    assert_eq!(v["k"], "n", "{msg} must be refused: {v}");
+    assert!(
+        v["e"].as_str().unwrap_or("").contains(needle),
+        "{msg}: reason should name {needle:?}: {v}"
+    );
+}
+
+/// Issue 16 finding 1: one subscription whose NATS subject would overflow nats-server's
+/// control line (4096 bytes) used to drop the whole link, over and over. It is refused
+/// per request now, and the link never sees it.
+#[tokio::test]
+async fn a_subject_too_long_for_nats_is_refused_per_request_and_the_link_stays() {
+    let Some(bin) = require_nats() else { return };
+    let port = free_port();
+    let _nats = start_nats(&bin, port, &[]).await;
+    let big = "[client]\nmax_topic_bytes = 3000\nallow_publish = true\n";
+    let a = node_with(&[port], "a", big);
+    let b = node_with(&[port], "b", big);
+    ready(&a).await;
+    ready(&b).await;
+    // 1,400 bytes of 'é' escape to 4,200 bytes of `%C3%A9`: over 4096 with the prefix.
+    let long = "é".repeat(700);
+    let mut attacker = a.ws(Dialect::Subprotocol("vws")).await;
+    nacked(
+        &mut attacker,
+        json!({"k": "s", "t": long, "i": "s1"}),
+        "cluster.max_control_line",
+    )
+    .await;
+    nacked(
+        &mut attacker,
+        json!({"k": "s", "t": format!("x/{long}/#"), "i": "s2"}),
+        "cluster.max_control_line",
+    )
+    .await;
+    nacked(
+        &mut attacker,
+        json!({"t": long, "d": 1, "i": "p1"}),
+        "cluster.max_control_line",
+    )
+    .await;
+    let r = a
+        .post_json("/api/publish", &json!({"channel": long, "data": 1}))
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert!(r.text.contains("cluster.max_control_line"), "{}", r.text);
+    let m = a.metrics().await;
+    assert_eq!(
+        rejections(&m).get("cluster_subject_too_long").copied(),
+        Some(4.0),
+        "{m}"
+    );
+
+    // A long ASCII channel escapes to itself and still crosses nodes.
+    let ascii = "a".repeat(3000);
+    let mut b_sub = b.vws_subscriber(&ascii).await;
+    subscriptions(&b, 2.0).await;
+    resumed(&a, &mut b_sub, &ascii).await;
+    assert_eq!(a.get("/readyz").await.status, 200);
+    for n in [&a, &b] {
+        let m = n.metrics().await;
+        assert_eq!(
+            counter(&m, "shardcast_cluster_connects_total"),
+            1.0,
+            "the link was never dropped: {m}"
+        );
+    }
+}
+
+/// Issue 16 finding 9: a publication larger than the NATS server's `max_payload` used to
+/// reach local subscribers and silently not the other nodes. It is refused as a whole
+/// (nobody gets it), counted, and the publisher is told why.
+#[tokio::test]
+async fn a_publication_over_nats_max_payload_is_refused() {
+    let Some(bin) = require_nats() else { return };
+    let port = free_port();
+    let conf = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(conf.path(), "max_payload: 4096\n").unwrap();
+    let _nats = start_nats(&bin, port, &["-c", conf.path().to_str().unwrap()]).await;
+    let publishing = "[client]\nallow_publish = true\n";
+    let a = node_with(&[port], "a", publishing);
+    let b = node_with(&[port], "b", publishing);
+    ready(&a).await;
+    ready(&b).await;
+    let mut a_sub = a.vws_subscriber("big").await;
+    let mut b_sub = b.vws_subscriber("big").await;
+    subscriptions(&b, 2.0).await;
+
+    let large = "x".repeat(5000);
+    let r = a
+        .post_json("/api/publish", &json!({"channel": "big", "data": large}))
+        .await;
+    assert_eq!(r.status, 413, "{}", r.text);
+    assert!(r.text.contains("max_payload"), "{}", r.text);
+    let mut publisher = a.ws(Dialect::Subprotocol("vws")).await;
+    nacked(
+        &mut publisher,
+        json!({"t": "big", "d": large, "i": 1}),
+        "max_payload",
+    )
+    .await;
+    let m = a.metrics().await;
+    assert_eq!(
+        rejections(&m).get("cluster_payload_too_large").copied(),
+        Some(2.0),
+        "{m}"
+    );
+    a_sub.expect_silence(SILENCE).await;
+
+    // What fits still goes everywhere.
+    resumed(&a, &mut b_sub, "big").await;
+    assert_eq!(a_sub.recv_json(RECV).await["t"], "big");
+}
+
+/// A bare NATS client over TCP speaking the text protocol: what an attacker with access
+/// to the NATS server has.
+struct RawNats {
+    stream: tokio::io::BufReader<tokio::net::TcpStream>,
+}
+
+impl RawNats {
+    async fn connect(port: u16, connect: &str) -> RawNats {
+        use tokio::io::AsyncBufReadExt;
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let mut stream = tokio::io::BufReader::new(tcp);
+        let mut info = String::new();
+        stream.read_line(&mut info).await.unwrap();
+        assert!(info.starts_with("INFO"), "{info}");
+        let mut n = RawNats { stream };
+        n.send(format!("CONNECT {connect}\r\n").as_bytes()).await;
+        n.sync().await;
+        n
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        self.stream.get_mut().write_all(bytes).await.unwrap();
+    }
+
+    /// Publishes `payload` on `subject` and waits until the server has processed it.
+    async fn publish(&mut self, subject: &str, payload: &[u8]) {
+        let head = format!("PUB {subject} {}\r\n", payload.len());
+        self.send(&[head.as_bytes(), payload, b"\r\n"].concat())
+            .await;
+        self.sync().await;
+    }
+
+    /// PING, then reads lines until PONG (failing on -ERR).
+    async fn sync(&mut self) {
+        use tokio::io::AsyncBufReadExt;
+        self.send(b"PING\r\n").await;
+        loop {
+            let mut line = String::new();
+            within(RECV, "PONG from NATS", self.stream.read_line(&mut line))
+                .await
+                .unwrap();
+            assert!(!line.starts_with("-ERR"), "{line}");
+            if line.starts_with("PONG") {
+                return;
+            }
+        }
+    }
+
+    /// The next `MSG` payload (after `SUB`), skipping PINGs.
+    async fn next_msg(&mut self) -> (String, Vec<u8>) {
+        use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+        loop {
+            let mut line = String::new();
+            within(RECV, "a MSG from NATS", self.stream.read_line(&mut line))
+                .await
+                .unwrap();
+            if line.starts_with("PING") {
+                self.send(b"PONG\r\n").await;
+                continue;
+            }
+            let parts: Vec<&str> = line.split_whitespace().collect();
+            if parts.first() != Some(&"MSG") {
+                continue;
+            }
+            let len: usize = parts.last().unwrap().parse().unwrap();
+            let mut buf = vec![0; len + 2];
+            self.stream.read_exact(&mut buf).await.unwrap();
+            buf.truncate(len);
+            return (parts[1].to_owned(), buf);
+        }
+    }
+}
+
+fn forged(o: &str, i: u64, s: u64, k: &str, t: &str, d: serde_json::Value) -> Vec<u8> {
+    json!({"o": o, "i": i, "s": s, "k": k, "n": if k == "c" { "" } else { "ev" }, "t": t, "d": d})
+        .to_string()
+        .into_bytes()
+}
+
+fn refused(metrics: &str, reason: &str) -> f64 {
+    counter(
+        metrics,
+        &format!("shardcast_cluster_refused_total{{reason=\"{reason}\"}}"),
+    )
+}
+
+/// Issue 16 finding 5: anyone who can publish on NATS used to be able to deliver any
+/// envelope (routed by its own `t`), forge `$sys/stats`, control characters, wildcards,
+/// broadcasts on channel subjects, and silence a node with one sequence number 2^64-1.
+#[tokio::test]
+async fn forged_envelopes_from_nats_are_refused_and_do_not_silence_a_node() {
+    let Some(bin) = require_nats() else { return };
+    let port = free_port();
+    let _nats = start_nats(&bin, port, &[]).await;
+    let a = node(port, "a");
+    let b = node(port, "b");
+    ready(&a).await;
+    ready(&b).await;
+    let mut b_all = b.vws_subscriber("#").await;
+    subscriptions(&b, 2.0).await;
+    let mut spy = RawNats::connect(port, "{\"verbose\":false}").await;
+    spy.send(b"SUB sctest.> 1\r\n").await;
+    spy.sync().await;
+    // A real envelope from a, read off NATS: its origin and start number.
+    resumed(&a, &mut b_all, "room/1").await;
+    let (_, real) = spy.next_msg().await;
+    let real: serde_json::Value = serde_json::from_slice(&real).unwrap();
+    let (o, i) = (real["o"].as_str().unwrap(), real["i"].as_u64().unwrap());
+
+    let mut attacker = RawNats::connect(port, "{\"verbose\":false}").await;
+    let cases: [(&str, Vec<u8>, &str); 7] = [
+        (
+            "sctest.t.room.1",
+            forged("x", 1, 1, "c", "room/2", json!("moved")),
+            "subject_mismatch",
+        ),
+        (
+            "sctest.t.room.1",
+            forged("x", 1, 2, "e", "", json!("bcast on channel")),
+            "kind_mismatch",
+        ),
+        (
+            "sctest.b",
+            forged("x", 1, 3, "c", "room/1", json!("channel on bcast")),
+            "kind_mismatch",
+        ),
+        (
+            "sctest.t.%24sys.stats",
+            forged("x", 1, 4, "c", "$sys/stats", json!({"clients": 0})),
+            "invalid_topic",
+        ),
+        (
+            "sctest.t.a%01",
+            forged("x", 1, 5, "c", "a\u{1}", json!("control")),
+            "invalid_topic",
+        ),
+        (
+            "sctest.t.a%2B",
+            forged("x", 1, 6, "c", "a+", json!("wildcard")),
+            "invalid_topic",
+        ),
+        (
+            "sctest.t.room.1",
+            forged(o, i, u64::MAX, "c", "room/1", json!("silence")),
+            "sequence_jump",
+        ),
+    ];
+    for (subject, payload, _) in &cases {
+        attacker.publish(subject, payload).await;
+    }
+    eventually("b to refuse every forged envelope", READY, || async {
+        let m = b.metrics().await;
+        cases.iter().all(|(_, _, reason)| {
+            let want = cases.iter().filter(|c| c.2 == *reason).count() as f64;
+            refused(&m, reason) >= want
+        })
+    })
+    .await;
+    // Nothing forged was delivered, and a is not silenced: its next publication arrives.
+    assert!(a.publish("room/1", json!("after")).await.is_success());
+    let v = b_all.recv_json(RECV).await;
+    assert_eq!(v["d"], "after", "{v}");
+    b_all.expect_silence(SILENCE).await;
+}
+
+/// With `cluster.secret_env`, envelopes carry an HMAC: an unsigned (or wrongly signed)
+/// envelope injected on NATS is refused, signed ones cross.
+#[tokio::test]
+async fn with_a_shared_secret_unsigned_envelopes_are_refused() {
+    let Some(bin) = require_nats() else { return };
+    let port = free_port();
+    let _nats = start_nats(&bin, port, &[]).await;
+    let conf = |id: &str| {
+        format!(
+            "[cluster]\nnats_url = \"nats://127.0.0.1:{port}\"\nnode_id = \"{id}\"\nsubject_prefix = \"sctest\"\nsecret_env = \"SC_CLUSTER_SECRET\"\n"
+        )
+    };
+    let env = [("SC_CLUSTER_SECRET", "a shared secret of some length")];
+    let a = Broker::start_with(&conf("a"), &[], &env);
+    let b = Broker::start_with(&conf("b"), &[], &env);
+    ready(&a).await;
+    ready(&b).await;
+    let mut b_sub = b.vws_subscriber("room/1").await;
+    subscriptions(&b, 2.0).await;
+    resumed(&a, &mut b_sub, "room/1").await;
+
+    let mut attacker = RawNats::connect(port, "{\"verbose\":false,\"headers\":true}").await;
+    let payload = forged("x", 1, 1, "c", "room/1", json!("forged"));
+    attacker.publish("sctest.t.room.1", &payload).await;
+    let head = format!(
+        "HPUB sctest.t.room.1 {} {}\r\n",
+        "NATS/1.0\r\nShardcast-Mac: 00\r\n\r\n".len(),
+        "NATS/1.0\r\nShardcast-Mac: 00\r\n\r\n".len() + payload.len()
+    );
+    attacker
+        .send(
+            &[
+                head.as_bytes(),
+                b"NATS/1.0\r\nShardcast-Mac: 00\r\n\r\n",
+                &payload,
+                b"\r\n",
+            ]
+            .concat(),
+        )
+        .await;
+    attacker.sync().await;
+    eventually("b to refuse both", READY, || async {
+        refused(&b.metrics().await, "bad_mac") >= 2.0
+    })
+    .await;
+    b_sub.expect_silence(SILENCE).await;
+    assert!(a.publish("room/1", json!("signed")).await.is_success());
+    assert_eq!(b_sub.recv_json(RECV).await["d"], "signed");
+}
+
+/// `[cluster] user` + `password_env` log in to a NATS server that requires them.
+#[tokio::test]
+async fn nodes_log_in_to_nats_with_user_and_password() {
+    let Some(bin) = require_nats() else { return };
+    let port = free_port();
+    let _nats = start_nats(&bin, port, &["--user", "sc", "--pass", "s3cret-pw"]).await;
+    let conf = |id: &str, pw_env: &str| {
+        format!(
+            "[cluster]\nnats_url = \"nats://127.0.0.1:{port}\"\nnode_id = \"{id}\"\nsubject_prefix = \"sctest\"\nuser = \"sc\"\npassword_env = \"{pw_env}\"\n"
+        )
+    };
+    let env = [("SC_NATS_PW", "s3cret-pw"), ("SC_WRONG_PW", "wrong")];
+    let a = Broker::start_with(&conf("a", "SC_NATS_PW"), &[], &env);
+    let b = Broker::start_with(&conf("b", "SC_NATS_PW"), &[], &env);
+    let wrong = Broker::start_with(&conf("w", "SC_WRONG_PW"), &[], &env);
+    ready(&a).await;
+    ready(&b).await;
+    let mut b_sub = b.vws_subscriber("room/1").await;
+    subscriptions(&b, 2.0).await;
+    resumed(&a, &mut b_sub, "room/1").await;
+    assert_eq!(
+        wrong.get("/readyz").await.status,
+        503,
+        "a wrong password never joins"
+    );
+}
+
+/// Issue 16 finding 4: one client churning subscriptions used to queue an unbounded
+/// stream of interest changes to the link, delaying everyone's cross-node
+/// subscriptions. Changes are rate-limited per connection now: the storm is refused and
+/// counted, the link holds few subscriptions, and a legitimate subscriber's interest
+/// crosses promptly.
+#[tokio::test]
+async fn a_subscribe_storm_is_rate_limited_and_does_not_delay_others() {
+    let Some(bin) = require_nats() else { return };
+    let port = free_port();
+    let _nats = start_nats(&bin, port, &[]).await;
+    let limited = "[client]\nsubscribe_rate = 50.0\nsubscribe_burst = 100\n";
+    let a = node_with(&[port], "a", limited);
+    let b = node_with(&[port], "b", limited);
+    ready(&a).await;
+    ready(&b).await;
+    let mut storm = b.ws(Dialect::Subprotocol("vws")).await;
+    let pairs = 2000;
+    for n in 0..pairs {
+        storm
+            .send_json(&json!({"k": "s", "t": format!("storm/{n}")}))
+            .await;
+        storm
+            .send_json(&json!({"k": "u", "t": format!("storm/{n}")}))
+            .await;
+    }
+    // Each refused subscribe gets a nack without an id; the burst (100 tokens: 50
+    // pairs) and the refill go through.
+    eventually("the storm to be refused", READY, || async {
+        rejections(&b.metrics().await)
+            .get("subscribe_rate_limited")
+            .copied()
+            .unwrap_or(0.0)
+            >= f64::from(pairs) * 0.8
+    })
+    .await;
+    let v = storm.recv().await;
+    assert_eq!(v["k"], "n", "{v}");
+    assert!(
+        v["e"]
+            .as_str()
+            .unwrap_or("")
+            .contains("client.subscribe_rate"),
+        "{v}"
+    );
+
+    let started = Instant::now();
+    let mut legit = b.vws_subscriber("legit/1").await;
+    resumed(&a, &mut legit, "legit/1").await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "cross-node interest took {:?}",
+        started.elapsed()
+    );
+    let m = b.metrics().await;
+    assert!(
+        counter(&m, "shardcast_cluster_subscriptions") <= 10.0,
+        "the storm left NATS subscriptions behind: {m}"
+    );
+}

@@ -90,6 +90,21 @@ pub async fn post(
         }
     };
     let count = publications.len();
+    // All or nothing: a batch with one publication the cluster cannot carry is refused
+    // before any of it is routed.
+    for p in &publications {
+        shard
+            .broker
+            .router
+            .cluster_check_publication(p)
+            .map_err(|reject| {
+                shard.broker.global.reject(reject);
+                ApiError {
+                    status: reject.http_status(),
+                    reason: reject.to_string(),
+                }
+            })?;
+    }
     for p in publications {
         route_waiting(shard, Arc::new(p)).await?;
     }

@@ -42,6 +42,38 @@ fn push_str(out: &mut Vec<u8>, s: &str) {
     let _ = serde_json::to_writer(&mut *out, s);
 }
 
+/// The length of `s` as a JSON string (quotes and escapes included), as serde_json
+/// writes it.
+fn json_str_len(s: &str) -> usize {
+    2 + s
+        .bytes()
+        .map(|b| match b {
+            b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 2,
+            0..=0x1f => 6,
+            _ => 1,
+        })
+        .sum::<usize>()
+}
+
+/// The most bytes [`encode`] can write for `p` sent by node `node` (the sequence and
+/// instance numbers counted at their longest): what NATS `max_payload` is checked against
+/// before a publication is accepted.
+pub fn encoded_len_bound(p: &Publication, node: &str) -> usize {
+    let name = match &p.kind {
+        Kind::Channel { gows_type } => &**gows_type,
+        Kind::BroadcastEvent { event } => &**event,
+        Kind::BroadcastError => "",
+    };
+    // `{"o":` `,"i":` (20) `,"s":` (20) `,"k":"c"` `,"n":` `,"t":` `,"h":` `,"d":` `}`
+    let fixed = 5 + 5 + 20 + 5 + 20 + 8 + 5 + 5 + 5 + 5 + 1;
+    fixed
+        + json_str_len(node)
+        + json_str_len(name)
+        + json_str_len(&p.topic)
+        + p.headers.as_ref().map_or(0, Bytes::len)
+        + p.data.len()
+}
+
 /// Encodes `p` as sent by `origin`.
 pub fn encode(p: &Publication, origin: &Origin) -> Bytes {
     let (kind, name) = match &p.kind {
@@ -133,6 +165,26 @@ mod tests {
         let (_, q) = decode(&encode(&e, &origin)).expect("decodes");
         assert_eq!(q.kind, e.kind);
         assert_eq!(q.headers, None);
+    }
+
+    #[test]
+    fn length_bound_holds_at_the_longest_numbers() {
+        let origin = Origin {
+            node: "n\"\u{1}é".into(),
+            instance: u64::MAX,
+            seq: u64::MAX,
+        };
+        let p = Publication::new(
+            "a\tb\"c\u{2}ü".into(),
+            Kind::BroadcastEvent {
+                event: "ev\\".into(),
+            },
+            Bytes::from_static(b"[1,2]"),
+            Some(Bytes::from_static(br#"{"k":"v"}"#)),
+        );
+        let bound = encoded_len_bound(&p, &origin.node);
+        let real = encode(&p, &origin).len();
+        assert!(real <= bound && bound <= real + 10, "{real} {bound}");
     }
 
     #[test]

@@ -5,8 +5,10 @@
 //! other nodes to the local shards. async-nats reconnects forever with backoff and
 //! re-sends every live subscription after a reconnect, so interest comes back by itself.
 
-use super::dedup::Dedup;
+use super::dedup::{Dedup, Verdict};
 use super::envelope::{self, Origin};
+use super::inbound::{self, Refusal};
+use super::options::{Login, MAC_HEADER};
 use super::subject;
 use super::{ClusterStats, ToLink};
 use crate::broker::Broker;
@@ -35,6 +37,8 @@ pub(super) struct Link {
     pub(super) node_id: String,
     pub(super) instance: u64,
     pub(super) stats: Arc<ClusterStats>,
+    pub(super) login: Login,
+    pub(super) topics: crate::topic::Limits,
 }
 
 /// NATS subscriptions for one pattern, shared by the shards that want it.
@@ -50,12 +54,12 @@ fn backoff(attempts: usize) -> Duration {
 
 impl Link {
     pub(super) async fn run(
-        self,
+        mut self,
         broker: Weak<Broker>,
         mut publications: mpsc::Receiver<Arc<Publication>>,
         mut interest: mpsc::UnboundedReceiver<ToLink>,
     ) {
-        let options = async_nats::ConnectOptions::new()
+        let options = std::mem::take(&mut self.login.options)
             .name(format!("shardcast {}", self.node_id))
             .no_echo()
             .retry_on_initial_connect()
@@ -76,7 +80,7 @@ impl Link {
             .subscribe(&client, subject::broadcast_subject(&self.prefix))
             .await
             .map(|s| self.forward(s, &inbound_tx));
-        let mut dedup = Dedup::default();
+        let mut dedup = Dedup::new(self.login.mac.is_some());
         let mut cache = MatchCache::default();
         let mut seq = 0u64;
         let mut tick = tokio::time::interval(STATE_POLL);
@@ -93,12 +97,17 @@ impl Link {
                 }
                 Some(message) = inbound.recv() => {
                     let Some(broker) = broker.upgrade() else { break };
-                    self.receive(&broker, &message.payload, &mut dedup, &mut cache).await;
+                    self.receive(&broker, &message, &mut dedup, &mut cache).await;
                 }
                 _ = tick.tick() => {
                     let up = client.connection_state() == async_nats::connection::State::Connected;
                     if up != self.stats.connected.swap(up, Ordering::AcqRel) {
                         if up {
+                            let max_payload = client.server_info().max_payload;
+                            self.stats.max_payload.store(
+                                u64::try_from(max_payload).unwrap_or(u64::MAX),
+                                Ordering::Relaxed,
+                            );
                             self.stats.connects.fetch_add(1, Ordering::Relaxed);
                             tracing::info!(url = %self.url, node = %self.node_id, "cluster: connected to NATS");
                         } else {
@@ -140,7 +149,16 @@ impl Link {
             instance: self.instance,
             seq,
         };
-        match client.publish(subject, envelope::encode(p, &origin)).await {
+        let payload = envelope::encode(p, &origin);
+        let sent = match &self.login.mac {
+            Some(key) => {
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert(MAC_HEADER, key.sign(&subject, &payload).as_str());
+                client.publish_with_headers(subject, headers, payload).await
+            }
+            None => client.publish(subject, payload).await,
+        };
+        match sent {
             Ok(()) => self.stats.sent.fetch_add(1, Ordering::Relaxed),
             Err(_) => self
                 .stats
@@ -225,21 +243,39 @@ impl Link {
     async fn receive(
         &self,
         broker: &Broker,
-        payload: &[u8],
+        message: &async_nats::Message,
         dedup: &mut Dedup,
         cache: &mut MatchCache,
     ) {
-        let Ok((origin, p)) = envelope::decode(payload) else {
-            self.stats.malformed.fetch_add(1, Ordering::Relaxed);
-            return;
+        let admitted = inbound::admit(
+            &self.prefix,
+            self.login.mac.as_ref(),
+            &self.topics,
+            message.subject.as_str(),
+            inbound::mac_header(message),
+            &message.payload,
+        );
+        let (origin, p) = match admitted {
+            Ok(x) => x,
+            Err(why) => {
+                self.stats.refuse(why);
+                return;
+            }
         };
         if origin.node == self.node_id && origin.instance == self.instance {
             return; // our own (no_echo already keeps these away)
         }
         let key = format!("{}/{:x}", origin.node, origin.instance);
-        if !dedup.accept(&key, origin.seq) {
-            self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
-            return;
+        match dedup.check(&key, origin.seq) {
+            Verdict::New => {}
+            Verdict::Duplicate => {
+                self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            Verdict::Jump => {
+                self.stats.refuse(Refusal::SequenceJump);
+                return;
+            }
         }
         self.stats.received.fetch_add(1, Ordering::Relaxed);
         let p = Arc::new(p);

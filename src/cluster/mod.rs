@@ -14,11 +14,14 @@
 
 pub mod dedup;
 pub mod envelope;
+pub mod inbound;
 mod link;
+pub mod options;
 pub mod subject;
 
 use crate::broker::Broker;
 use crate::config::ClusterConfig;
+use crate::error::Reject;
 use crate::publication::Publication;
 use crate::router::Router;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -57,6 +60,22 @@ pub struct ClusterStats {
     pub connects: AtomicU64,
     /// NATS subjects subscribed now.
     pub subscriptions: AtomicU64,
+    /// The NATS server's `max_payload` (from its INFO), 0 before the first connection.
+    pub max_payload: AtomicU64,
+    /// Envelopes from NATS refused, by [`inbound::Refusal`] (index order).
+    pub refused: [AtomicU64; inbound::Refusal::LABELS.len()],
+}
+
+impl ClusterStats {
+    /// Counts an envelope refused for `why`.
+    pub fn refuse(&self, why: inbound::Refusal) {
+        if let Some(c) = self.refused.get(why.index()) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+        if why == inbound::Refusal::Malformed {
+            self.malformed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// The router's way to the link: cheap, never blocks.
@@ -64,9 +83,64 @@ pub struct Outbound {
     publications: mpsc::Sender<Arc<Publication>>,
     interest: mpsc::UnboundedSender<ToLink>,
     stats: Arc<ClusterStats>,
+    prefix: Box<str>,
+    node_id: Box<str>,
+    max_control_line: usize,
 }
 
 impl Outbound {
+    /// Whether a NATS control line for a subject of `len` bytes fits.
+    fn line_fits(&self, len: usize) -> bool {
+        len + subject::LINE_OVERHEAD <= self.max_control_line
+    }
+
+    /// Checks that subscribing `pattern` can never take the link down: each NATS subject
+    /// it needs fits in a `SUB` line of `cluster.max_control_line`.
+    ///
+    /// # Errors
+    /// [`Reject::ClusterSubjectTooLong`] otherwise.
+    pub fn check_pattern(&self, pattern: &str) -> Result<(), Reject> {
+        if self.line_fits(subject::worst_subject_len(&self.prefix, pattern.len())) {
+            return Ok(());
+        }
+        if subject::pattern_subjects(&self.prefix, pattern)
+            .iter()
+            .all(|s| self.line_fits(s.len()))
+        {
+            Ok(())
+        } else {
+            Err(Reject::ClusterSubjectTooLong)
+        }
+    }
+
+    /// Checks that `p`, accepted here, can reach the other nodes: its subject fits in a
+    /// `PUB` line and its envelope in the NATS server's `max_payload`. Broker topics
+    /// (`$sys/...`) never leave the node and always pass.
+    ///
+    /// # Errors
+    /// [`Reject::ClusterSubjectTooLong`] or [`Reject::ClusterPayloadTooLarge`].
+    pub fn check_publication(&self, p: &Publication) -> Result<(), Reject> {
+        if !p.is_broadcast() {
+            if crate::topic::is_broker_topic(&p.topic) {
+                return Ok(());
+            }
+            if !self.line_fits(subject::worst_subject_len(&self.prefix, p.topic.len()))
+                && !self.line_fits(subject::channel_subject_len(&self.prefix, &p.topic))
+            {
+                return Err(Reject::ClusterSubjectTooLong);
+            }
+        }
+        let max = self.stats.max_payload.load(Ordering::Relaxed);
+        // Unknown before the first connection: nothing is sent then anyway.
+        if max != 0 {
+            let len = envelope::encoded_len_bound(p, &self.node_id);
+            if u64::try_from(len).unwrap_or(u64::MAX) > max {
+                return Err(Reject::ClusterPayloadTooLarge);
+            }
+        }
+        Ok(())
+    }
+
     /// Queues a locally accepted publication for the other nodes. Node-local broker
     /// topics (`$sys/...`) stay here.
     pub fn publish(&self, p: &Arc<Publication>) {
@@ -123,8 +197,19 @@ pub struct Pending {
     interest: mpsc::UnboundedReceiver<ToLink>,
 }
 
-/// Makes the queues between router and link for `config` (cluster mode on).
-pub fn queues(config: &ClusterConfig) -> (Outbound, Cluster, Pending) {
+/// Makes the queues between router and link for `config` (cluster mode on); channels
+/// are limited by `topics` (`client.max_topic_bytes`, `max_topic_levels`), and the
+/// secrets `config` names are read from `env`.
+///
+/// # Errors
+/// The NATS login or MAC secret is not usable (see [`options::login`]).
+pub fn queues(
+    config: &ClusterConfig,
+    topics: crate::topic::Limits,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(Outbound, Cluster, Pending), String> {
+    let login = options::login(config, env)?;
+    let max_topic_bytes = topics.max_bytes;
     let stats = Arc::new(ClusterStats::default());
     let (ptx, prx) = mpsc::channel(OUTBOUND_CAPACITY);
     let (itx, irx) = mpsc::unbounded_channel();
@@ -139,12 +224,27 @@ pub fn queues(config: &ClusterConfig) -> (Outbound, Cluster, Pending) {
         node_id: node_id.clone(),
         instance: draw(),
         stats: stats.clone(),
+        login,
+        topics,
     };
-    (
+    let worst = subject::worst_subject_len(&config.subject_prefix, max_topic_bytes);
+    if worst + subject::LINE_OVERHEAD > config.max_control_line {
+        tracing::warn!(
+            max_control_line = config.max_control_line,
+            worst_line = worst + subject::LINE_OVERHEAD,
+            "cluster: client.max_topic_bytes allows channels whose NATS subject is longer \
+             than cluster.max_control_line allows; they are refused per request \
+             (cluster_subject_too_long)"
+        );
+    }
+    Ok((
         Outbound {
             publications: ptx,
             interest: itx,
             stats: stats.clone(),
+            prefix: config.subject_prefix.as_str().into(),
+            node_id: node_id.as_str().into(),
+            max_control_line: config.max_control_line,
         },
         Cluster { node_id, stats },
         Pending {
@@ -152,7 +252,7 @@ pub fn queues(config: &ClusterConfig) -> (Outbound, Cluster, Pending) {
             publications: prx,
             interest: irx,
         },
-    )
+    ))
 }
 
 impl Pending {

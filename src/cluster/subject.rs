@@ -99,6 +99,36 @@ pub fn channel_subject(prefix: &str, topic: &str) -> Option<String> {
     Some(s)
 }
 
+/// Bytes a NATS control line adds around a subject: `SUB <subject> <sid>\r\n` or
+/// `PUB <subject> <size>\r\n`, with the number at its longest (20 digits).
+pub const LINE_OVERHEAD: usize = 4 + 1 + 20 + 2;
+
+/// The length of the token [`escape_level`] writes for `level`.
+fn escaped_level_len(level: &str) -> usize {
+    if level.is_empty() {
+        return 1;
+    }
+    level.bytes().map(|b| if keep(b) { 1 } else { 3 }).sum()
+}
+
+/// The length of [`channel_subject`]`(prefix, topic)`, without building it.
+pub fn channel_subject_len(prefix: &str, topic: &str) -> usize {
+    prefix.len()
+        + 1
+        + CHANNELS.len()
+        + topic
+            .split('/')
+            .map(|level| 1 + escaped_level_len(level))
+            .sum::<usize>()
+}
+
+/// The longest subject a channel (or pattern) of at most `max_topic_bytes` bytes escapes
+/// to: one level of bytes that are all written `%XX` (`prefix.t.` + 3 bytes per byte).
+/// Levels, empty levels and wildcards all escape to less.
+pub fn worst_subject_len(prefix: &str, max_topic_bytes: usize) -> usize {
+    prefix.len() + 1 + CHANNELS.len() + 1 + 3 * max_topic_bytes.max(1)
+}
+
 /// The subject broadcasts travel on.
 pub fn broadcast_subject(prefix: &str) -> String {
     format!("{prefix}.{BROADCASTS}")
@@ -201,7 +231,34 @@ mod tests {
         assert_eq!(topic_of("sc", "sc.t.%FF"), None, "not UTF-8");
     }
 
+    #[test]
+    fn subject_lengths_are_exact_and_bounded() {
+        for topic in ["a/b", "ü", "a//b/", "/", "100%", "x/*/>", "é/é/é"] {
+            let subject = channel_subject("sc", topic).unwrap_or_default();
+            assert_eq!(channel_subject_len("sc", topic), subject.len(), "{topic}");
+            assert!(
+                subject.len() <= worst_subject_len("sc", topic.len()),
+                "{topic}"
+            );
+        }
+        // The worst case is reached: one level of escaped bytes.
+        let worst = "é".repeat(10);
+        assert_eq!(
+            channel_subject_len("sc", &worst),
+            worst_subject_len("sc", worst.len())
+        );
+    }
+
     proptest! {
+        #[test]
+        fn worst_case_bounds_every_topic_and_pattern(topic in "[ -~\u{80}-\u{10FFFF}/]{1,40}") {
+            let worst = worst_subject_len("p", topic.len());
+            prop_assert!(channel_subject_len("p", &topic) <= worst);
+            for s in pattern_subjects("p", &topic) {
+                prop_assert!(s.len() <= worst);
+            }
+        }
+
         #[test]
         fn escaping_round_trips(topic in any::<String>()) {
             prop_assume!(!topic.starts_with('$'));

@@ -142,6 +142,10 @@ pub struct ClientConfig {
     pub publish_rate: f64,
     /// Token bucket size.
     pub publish_burst: u32,
+    /// Subscription changes/s a connection may make (token bucket); 0 = unlimited.
+    pub subscribe_rate: f64,
+    /// Its bucket size.
+    pub subscribe_burst: u32,
     /// Rate-limited messages in a row that close the connection with 1008.
     pub rate_limit_strikes: u32,
     /// Whether WebSocket clients may publish at all.
@@ -258,6 +262,30 @@ pub struct ClusterConfig {
     pub node_id: String,
     /// Prefix of every NATS subject.
     pub subject_prefix: String,
+    /// Longest NATS control line (`SUB`/`PUB` + subject) the link may send: nats-server's
+    /// `max_control_line`. Channels whose subject would not fit are refused per request.
+    pub max_control_line: usize,
+    /// NATS credentials file (`.creds`: user JWT + nkey seed); "" = none.
+    pub credentials_file: String,
+    /// Environment variable holding a NATS user nkey seed (`SU...`); "" = none.
+    pub nkey_seed_env: String,
+    /// NATS user name (with `password_env`); "" = none.
+    pub user: String,
+    /// Environment variable holding the NATS password of `user`.
+    pub password_env: String,
+    /// Environment variable holding a NATS token; "" = none.
+    pub token_env: String,
+    /// PEM file of the CA(s) that signed the NATS server's certificate; "" = system roots.
+    pub tls_ca_file: String,
+    /// PEM client certificate for NATS TLS (with `tls_key_file`); "" = none.
+    pub tls_cert_file: String,
+    /// PEM private key of `tls_cert_file`.
+    pub tls_key_file: String,
+    /// Refuse to talk to NATS without TLS.
+    pub require_tls: bool,
+    /// Environment variable holding the shared secret that signs every envelope
+    /// (HMAC-SHA256); "" = envelopes are not signed.
+    pub secret_env: String,
 }
 
 /// `[history]` section: the rules (also written as `[[history]]` tables) and the cap.

@@ -652,6 +652,16 @@ fn every_validation_rule() {
             "NATS subject prefix",
         ),
         ("[cluster]\nnode_id = \"a b\"", "cluster.node_id", "spaces"),
+        (
+            "[cluster]\nmax_control_line = 100",
+            "cluster.max_control_line",
+            "between 128 and 1048576",
+        ),
+        (
+            "[cluster]\nmax_control_line = 128\nsubject_prefix = \"a-very-long-prefix.of-many-tokens.that-leaves-no-room.for-any-channel.in-a-control-line-of-128-bytes\"",
+            "cluster.max_control_line",
+            "too short for subject_prefix",
+        ),
     ];
     for (toml, key, needle) in cases {
         let text = invalid(defaults_with(toml), key, needle);

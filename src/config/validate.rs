@@ -313,6 +313,18 @@ fn client(c: &Config) -> Result<(), Violation> {
             "must be at least 1 when client.publish_rate is set",
         )?;
     }
+    rate(
+        "client.subscribe_rate",
+        "subscription changes",
+        k.subscribe_rate,
+    )?;
+    if k.subscribe_rate > 0.0 && k.subscribe_burst == 0 {
+        fail_with(
+            "client.subscribe_burst",
+            "client.subscribe_rate",
+            "must be at least 1 when client.subscribe_rate is set",
+        )?;
+    }
     if k.rate_limit_strikes == 0 {
         fail("client.rate_limit_strikes", "must be at least 1")?;
     }
@@ -465,6 +477,30 @@ fn cluster(c: &Config) -> Result<(), Violation> {
         fail(
             "cluster.subject_prefix",
             format!("{p:?} is not a NATS subject prefix (dot-separated tokens without spaces, '*' or '>')"),
+        )?;
+    }
+    env_name("cluster.nkey_seed_env", &k.nkey_seed_env)?;
+    env_name("cluster.password_env", &k.password_env)?;
+    env_name("cluster.token_env", &k.token_env)?;
+    env_name("cluster.secret_env", &k.secret_env)?;
+    if !(128..=1_048_576).contains(&k.max_control_line) {
+        fail(
+            "cluster.max_control_line",
+            format!(
+                "must be between 128 and 1048576 (got {})",
+                k.max_control_line
+            ),
+        )?;
+    }
+    let shortest =
+        crate::cluster::subject::worst_subject_len(p, 1) + crate::cluster::subject::LINE_OVERHEAD;
+    if shortest > k.max_control_line {
+        fail(
+            "cluster.max_control_line",
+            format!(
+                "{} is too short for subject_prefix {p:?}: even a one-byte channel needs a {shortest}-byte control line",
+                k.max_control_line
+            ),
         )?;
     }
     if k.node_id

@@ -93,6 +93,42 @@ impl RateLimiter {
     }
 }
 
+/// A token bucket in 8 bytes (the connection struct is kept small): the clock is kept as
+/// the low 32 bits of the shard's milliseconds, compared with wrapping arithmetic, so a
+/// connection idle for over 49 days merely refills from an older-looking time.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ChangeLimiter {
+    tokens: f32,
+    last_ms: u32,
+}
+
+impl ChangeLimiter {
+    /// A full bucket.
+    pub fn new(burst: u32, now_ms: u64) -> Self {
+        ChangeLimiter {
+            tokens: burst as f32,
+            last_ms: now_ms as u32,
+        }
+    }
+
+    /// Takes one token; false when over `rate`. `rate` 0 = unlimited.
+    pub fn allow(&mut self, rate: f64, burst: u32, now_ms: u64) -> bool {
+        if rate <= 0.0 {
+            return true;
+        }
+        let now = now_ms as u32;
+        let elapsed = f64::from(now.wrapping_sub(self.last_ms)) / 1000.0;
+        self.last_ms = now;
+        self.tokens = (f64::from(self.tokens) + elapsed * rate).min(f64::from(burst)) as f32;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 /// What let a connection in, kept for its life: who it is (policies ask) and its place
 /// in its IP address's count (given back when the connection is dropped). Boxed on the
 /// connection only when auth or per-IP limits are on, so an anonymous connection pays
@@ -146,6 +182,8 @@ pub struct Conn {
     pub waker: Option<Waker>,
     /// Publish rate limiter.
     pub rate: RateLimiter,
+    /// Subscription-change rate limiter (`client.subscribe_rate` / `subscribe_burst`).
+    pub sub_rate: ChangeLimiter,
     /// In the shard's dirty list (has frames queued since the last flush).
     pub dirty: bool,
     /// `partial` holds bytes sent right behind the handshake, not yet parsed.
@@ -168,6 +206,7 @@ impl Conn {
         dialect: Dialect,
         now_ms: u64,
         burst: u32,
+        sub_burst: u32,
         admission: Option<Box<Admission>>,
     ) -> Self {
         Conn {
@@ -184,6 +223,7 @@ impl Conn {
             phase: Phase::Open,
             waker: None,
             rate: RateLimiter::new(burst, now_ms),
+            sub_rate: ChangeLimiter::new(sub_burst, now_ms),
             dirty: false,
             unparsed: false,
             admission,
@@ -261,6 +301,14 @@ mod tests {
             RateLimiter::new(0, 0).allow(0.0, 0, 0),
             "rate 0 = unlimited"
         );
+        let mut c = ChangeLimiter::new(2, u64::from(u32::MAX) - 50);
+        assert!(c.allow(10.0, 2, u64::from(u32::MAX) - 50));
+        assert!(c.allow(10.0, 2, u64::from(u32::MAX) - 50));
+        assert!(!c.allow(10.0, 2, u64::from(u32::MAX) - 50));
+        assert!(
+            c.allow(10.0, 2, u64::from(u32::MAX) + 60),
+            "refills across the 32-bit wrap"
+        );
     }
 }
 
@@ -270,8 +318,10 @@ mod size_tests {
     fn connection_state_stays_small() {
         // An idle subscribed connection should cost about 1 KiB of broker memory in all
         // (this struct, tokio's I/O registration and task, subscription strings).
-        // Growing this struct is a design decision, not an accident.
+        // Growing this struct is a design decision, not an accident: 224 bytes, + 8 for
+        // the subscription-change bucket (issue 16 finding 4, subscribe storms), + 8 for
+        // `need` (linear gathering of a partial frame; issue 16 finding 9).
         let size = std::mem::size_of::<super::Conn>();
-        assert!(size <= 224, "Conn is {size} bytes");
+        assert!(size <= 240, "Conn is {size} bytes");
     }
 }

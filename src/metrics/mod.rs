@@ -453,4 +453,22 @@ fn cluster(out: &mut String, c: &crate::cluster::ClusterStats) {
     for (name, kind, help, value) in rows {
         metric(out, name, kind, help, value);
     }
+    metric(
+        out,
+        "cluster_max_payload_bytes",
+        "gauge",
+        "The NATS server's max_payload (0 before the first connection).",
+        get(&c.max_payload),
+    );
+    labelled(
+        out,
+        "cluster_refused_total",
+        "counter",
+        "Messages from NATS not delivered, by reason (malformed, bad_mac, subject_mismatch, kind_mismatch, invalid_topic, sequence_jump).",
+        "reason",
+        crate::cluster::inbound::Refusal::LABELS
+            .iter()
+            .zip(&c.refused)
+            .map(|(label, n)| (label, get(n))),
+    );
 }

@@ -84,7 +84,14 @@ impl Server {
         let mut cluster = None;
         let mut link = None;
         if !config.cluster.nats_url.is_empty() {
-            let (outbound, c, pending) = crate::cluster::queues(&config.cluster);
+            let topics = crate::topic::Limits {
+                max_bytes: config.client.max_topic_bytes,
+                max_levels: config.client.max_topic_levels,
+            };
+            let (outbound, c, pending) = crate::cluster::queues(&config.cluster, topics, &env)
+                .map_err(|e| {
+                    io::Error::new(io::ErrorKind::InvalidInput, format!("config error: {e}"))
+                })?;
             router = router.with_cluster(outbound);
             cluster = Some(c);
             link = Some(pending);

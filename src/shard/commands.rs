@@ -174,6 +174,8 @@ impl Shard {
         if wildcard && topic::wildcard_count(&conn.subs) >= max_wildcards {
             return Err(Reject::TooManyWildcards);
         }
+        self.allow_sub_change(conn)?;
+        self.broker.router.cluster_check_pattern(pattern)?;
         if conn.subs.len() < 4 {
             // Most connections hold a few subscriptions: exact capacity, not Vec's 4 slots.
             conn.subs.reserve_exact(1);
@@ -254,6 +256,7 @@ impl Shard {
     fn unsubscribe(&self, conn: &mut Conn, key: usize, pattern: &str) -> Result<(), Reject> {
         topic::validate_pattern(pattern, self.topic_limits()).map_err(Reject::InvalidPattern)?;
         if let Some(pos) = conn.subs.iter().position(|s| &**s == pattern) {
+            self.allow_sub_change(conn)?;
             conn.subs.swap_remove(pos);
             if conn.cursors.as_mut().is_some_and(|c| c.remove(pattern)) {
                 conn.cursors = None;
@@ -262,6 +265,20 @@ impl Shard {
             self.unindex(&mut self.index.borrow_mut(), pattern, key);
         }
         Ok(())
+    }
+
+    /// Takes a token from the connection's subscription-change bucket.
+    fn allow_sub_change(&self, conn: &mut Conn) -> Result<(), Reject> {
+        let client = &self.broker.config.client;
+        let now = self.now_ms();
+        if conn
+            .sub_rate
+            .allow(client.subscribe_rate, client.subscribe_burst, now)
+        {
+            Ok(())
+        } else {
+            Err(Reject::SubscribeRateLimited)
+        }
     }
 
     fn unsubscribe_all(&self, conn: &mut Conn, key: usize) {
@@ -310,6 +327,7 @@ impl Shard {
             headers,
             read_at,
         ));
+        self.broker.router.cluster_check_publication(&publication)?;
         if self.route(&publication).full != 0 {
             return Err(Reject::Overloaded);
         }

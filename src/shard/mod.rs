@@ -212,6 +212,7 @@ impl Shard {
             dialect,
             now,
             self.broker.config.client.publish_burst,
+            self.broker.config.client.subscribe_burst,
             admission,
         );
         if !leftover.is_empty() {
