@@ -82,6 +82,15 @@ pub enum Reject {
     RecoveryNeedsExactChannel,
     /// A frame length not in the fewest bytes (RFC 6455 §5.2; close 1002).
     NonMinimalLength,
+    /// A `Host` that is not a name of this broker (`server.allowed_hosts`; HTTP 403):
+    /// DNS rebinding against the same-origin rule or the keyless loopback API.
+    HostNotAllowed,
+    /// A keyless (loopback-only) API request with an `Origin`: a browser page (CSRF).
+    ApiFromBrowser,
+    /// An API body whose `Content-Type` the endpoint does not take (HTTP 415).
+    UnsupportedMediaType,
+    /// A vws publish with an `h.type` header: only the HTTP API sets a publication's type.
+    ReservedHeader,
 }
 
 /// How a refusal is classed for `shardcast_errors_total{class}` (as SemStreams classes
@@ -103,7 +112,7 @@ impl ErrorClass {
 
 impl Reject {
     /// Every variant's metric label, in `index()` order (for per-shard counter arrays).
-    pub const LABELS: [&'static str; 35] = [
+    pub const LABELS: [&'static str; 39] = [
         "malformed_json",
         "not_an_object",
         "unknown_type",
@@ -139,6 +148,10 @@ impl Reject {
         "bad_position",
         "recovery_needs_exact_channel",
         "non_minimal_length",
+        "host_not_allowed",
+        "api_from_browser",
+        "unsupported_media_type",
+        "reserved_header",
     ];
 
     /// Position of this variant in [`Reject::LABELS`] and in counter arrays.
@@ -179,6 +192,10 @@ impl Reject {
             Reject::BadPosition(..) => 32,
             Reject::RecoveryNeedsExactChannel => 33,
             Reject::NonMinimalLength => 34,
+            Reject::HostNotAllowed => 35,
+            Reject::ApiFromBrowser => 36,
+            Reject::UnsupportedMediaType => 37,
+            Reject::ReservedHeader => 38,
         }
     }
 
@@ -246,6 +263,7 @@ impl Reject {
             Reject::BadHandshake
                 | Reject::TooManyConnections
                 | Reject::OriginNotAllowed
+                | Reject::HostNotAllowed
                 | Reject::MissingCredentials
                 | Reject::BadCredentials
                 | Reject::IpConnectionLimit
@@ -293,6 +311,10 @@ impl Reject {
             Reject::BadPosition("", ""),
             Reject::RecoveryNeedsExactChannel,
             Reject::NonMinimalLength,
+            Reject::HostNotAllowed,
+            Reject::ApiFromBrowser,
+            Reject::UnsupportedMediaType,
+            Reject::ReservedHeader,
         ]
     }
 
@@ -306,9 +328,12 @@ impl Reject {
             Reject::RateLimited => 429,
             Reject::HandshakeTimeout => 408,
             Reject::MissingCredentials | Reject::BadCredentials => 401,
-            Reject::PublishNotAllowed | Reject::SubscribeNotAllowed | Reject::OriginNotAllowed => {
-                403
-            }
+            Reject::PublishNotAllowed
+            | Reject::SubscribeNotAllowed
+            | Reject::OriginNotAllowed
+            | Reject::HostNotAllowed
+            | Reject::ApiFromBrowser => 403,
+            Reject::UnsupportedMediaType => 415,
             _ => 400,
         }
     }
@@ -349,6 +374,16 @@ impl fmt::Display for Reject {
             }
             Reject::BadPosition(name, why) => write!(f, "invalid position: '{name}' {why}"),
             Reject::RecoveryNeedsExactChannel => f.write_str("recovery needs an exact channel"),
+            Reject::HostNotAllowed => {
+                f.write_str("Host is not a name of this broker (server.allowed_hosts)")
+            }
+            Reject::ApiFromBrowser => f.write_str(
+                "a browser page may not use the keyless API (it answers loopback peers; set api.key_env)",
+            ),
+            Reject::UnsupportedMediaType => f.write_str("unsupported Content-Type"),
+            Reject::ReservedHeader => f.write_str(
+                "header 'type' is reserved: only the HTTP API sets a publication's type",
+            ),
             other => f.write_str(other.close_reason()),
         }
     }
@@ -370,7 +405,7 @@ mod tests {
             assert_eq!(Reject::LABELS[r.index()], r.label());
         }
         assert_eq!(Reject::SlowConsumer.label(), "slow_consumer");
-        assert_eq!(Reject::NonMinimalLength.index(), Reject::LABELS.len() - 1);
+        assert_eq!(Reject::ReservedHeader.index(), Reject::LABELS.len() - 1);
     }
 
     #[test]

@@ -315,7 +315,7 @@ async fn a_body_that_never_finishes_gets_408() {
     let broker = Broker::start("[server]\nhandshake_timeout = \"1s\"\n");
     let mut s = tokio::net::TcpStream::connect(broker.addr).await.unwrap();
     s.write_all(
-        b"POST /api/publish HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"chan",
+        b"POST /api/publish HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"chan",
     )
     .await
     .unwrap();

@@ -21,6 +21,8 @@ use std::time::Duration;
 
 /// How long an API publish waits for a full shard inbox before answering 503.
 const INBOX_FULL_WAIT: Duration = Duration::from_secs(2);
+/// The media type of JSON bodies.
+const JSON: &str = "application/json";
 /// Longest accepted gows `type` name.
 const MAX_TYPE_LEN: usize = 64;
 
@@ -66,6 +68,14 @@ pub async fn post(
     content_type: &str,
     body: Bytes,
 ) -> Result<HttpResponse, ApiError> {
+    // What a page may POST anywhere without asking (form, text/plain) is never read
+    // as JSON (api/access.rs).
+    let accepted: &[&str] = if path.ends_with("/output") {
+        &[JSON, "text/plain"]
+    } else {
+        &[JSON]
+    };
+    super::access::require_media_type(shard, content_type, accepted)?;
     // serde_json bounds its own recursion, but `RawValue` data is only scanned: apply
     // the same nesting limit clients get (+2 for the envelope object and batch array).
     if !json::depth_within(&body, shard.broker.config.client.max_json_depth + 2) {
@@ -254,7 +264,7 @@ fn process_output(
     body: &[u8],
 ) -> Result<Vec<Publication>, ApiError> {
     let channel = process_channel(shard, id)?;
-    let lines: Vec<String> = if content_type.starts_with("application/json") {
+    let lines: Vec<String> = if super::access::media_type(content_type) == JSON {
         let b: OutputBody = parse(body)?;
         match (b.line, b.lines) {
             (Some(line), None) => vec![line],
