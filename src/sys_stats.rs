@@ -91,7 +91,7 @@ pub async fn run(shard: Rc<Shard>) {
         if broker.router.targets(TOPIC, &mut cache) == 0 {
             continue; // nobody listening: do not gather channel lists for nothing
         }
-        let Ok(body) = stats::snapshot(&broker).await else {
+        let Ok(body) = stats::snapshot(&broker, stats::Readers::Subscribers).await else {
             continue; // a shard did not answer in time; next tick
         };
         let data = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());

@@ -1,6 +1,6 @@
-//! Who may do what: the publish API's key rule (SPEC §2: with `[api] key_env` naming a
-//! variable that holds a key, publishing needs `Authorization: Bearer <key>`; reads stay
-//! open) and the WebSocket `Origin` check (`server.allowed_origins`, SPEC §5).
+//! Who may do what: the API's key rule (SPEC §2: with `[api] key_env` naming a variable
+//! that holds a key, every endpoint but health, readiness and the pages needs
+//! `Authorization: Bearer <key>`) and the WebSocket `Origin` check (`server.allowed_origins`, SPEC §5).
 #![allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
 
 mod common;
@@ -66,9 +66,72 @@ async fn publishing_requires_the_bearer_key_when_one_is_configured() {
         assert_eq!(sub.recv_json(RECV).await["d"], 1);
     }
 
-    // Reads do not need the key.
+    // Health and readiness stay open; everything that names channels needs the key
+    // (issue 16, finding 7).
     assert_eq!(broker.get("/healthz").await.status, 200);
-    assert_eq!(broker.get("/api/stats").await.status, 200);
+    assert_eq!(broker.get("/readyz").await.status, 200);
+    let get = |path: &str, auth: &str| {
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n")
+    };
+    for path in [
+        "/api/stats",
+        "/api/channels",
+        "/api/channels/news",
+        "/metrics",
+    ] {
+        let (status, text) = exchange(&broker, get(path, "")).await;
+        assert_eq!(status, 401, "{path}: {text}");
+        assert!(
+            !text.contains("news"),
+            "{path} leaks a channel name: {text}"
+        );
+        let (status, text) =
+            exchange(&broker, get(path, "Authorization: Bearer s3cret-key\r\n")).await;
+        assert_eq!(status, 200, "{path}: {text}");
+    }
+}
+
+#[tokio::test]
+async fn sys_stats_names_only_channels_every_reader_may_subscribe() {
+    // Issue 16, finding 7: a reader refused `secret/#` read a `secret/...` name in
+    // `$sys/stats` `top_channels`.
+    let broker = Broker::start_with(
+        "[auth]\ntype = \"bearer\"\nbearer_token_env = \"T_TOKEN\"\nanonymous = true\n\n\
+         [[policy]]\npattern = \"secret/#\"\nsubscribe = \"authenticated\"\npublish = \"nobody\"\n",
+        &[],
+        &[("T_TOKEN", "insider")],
+    );
+    let url = format!("{}?token=insider", broker.ws_url());
+    let mut insider = Ws::connect(&url, Dialect::Subprotocol("vws")).await;
+    insider.vws_subscribe("secret/merger-acme-2027", 1).await;
+    insider.vws_subscribe("public/news", 2).await;
+    let mut reader = broker.vws_subscriber("$sys/stats").await;
+    // The anonymous reader may not subscribe to the secret channel itself.
+    reader
+        .send_json(&json!({"k": "s", "t": "secret/merger-acme-2027", "i": 9}))
+        .await;
+    assert_eq!(reader.recv().await["k"], "n");
+    let deadline = tokio::time::Instant::now() + READY;
+    let top = loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no $sys/stats with public/news"
+        );
+        let v = reader.recv().await;
+        let top = v["d"]["top_channels"].clone();
+        if top.to_string().contains("public/news") {
+            break top;
+        }
+    };
+    assert!(!top.to_string().contains("secret"), "{top}");
+    // The operator (keyless loopback here) sees every channel.
+    let stats = broker.stats().await;
+    assert!(
+        stats["top_channels"]
+            .to_string()
+            .contains("secret/merger-acme-2027"),
+        "{stats}"
+    );
 }
 
 #[tokio::test]

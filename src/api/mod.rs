@@ -1,5 +1,6 @@
 //! The HTTP API on the WebSocket port (SPEC §2): routing, the API-key / loopback rule for
-//! publishing endpoints, body limits, and JSON errors `{"error": "<reason>"}`.
+//! every endpoint but health, readiness, ws-check and the pages (`access`), body limits,
+//! and JSON errors `{"error": "<reason>"}`.
 
 mod access;
 mod dashboard;
@@ -84,18 +85,28 @@ pub async fn handle(shard: &Rc<Shard>, peer: SocketAddr, req: Request<Incoming>)
     let result = match (method.clone(), path.as_str()) {
         (Method::GET, "/healthz") => Ok(health::healthz(broker)),
         (Method::GET, "/readyz") => Ok(health::readyz(broker)),
-        (Method::GET, "/metrics") if broker.config.metrics.enabled => {
-            Ok(crate::metrics::render(broker))
-        }
-        (Method::GET, "/metrics") => Err(ApiError {
+        (Method::GET, "/metrics") if !broker.config.metrics.enabled => Err(ApiError {
             status: 404,
             reason: "metrics are disabled (metrics.enabled = false)".into(),
         }),
-        (Method::GET, "/api/stats") => stats::stats(broker).await,
-        (Method::GET, "/api/channels") => stats::channels(broker, None).await,
+        // These name channels (issue 16, finding 7): the key / loopback rule applies.
+        (Method::GET, "/metrics") => {
+            authorize(shard, peer, &req).map(|()| crate::metrics::render(broker))
+        }
+        (Method::GET, "/api/stats") => match authorize(shard, peer, &req) {
+            Ok(()) => stats::stats(broker).await,
+            Err(e) => Err(e),
+        },
+        (Method::GET, "/api/channels") => match authorize(shard, peer, &req) {
+            Ok(()) => stats::channels(broker, None).await,
+            Err(e) => Err(e),
+        },
         (Method::GET, p) if p.starts_with("/api/channels/") => {
-            let name = p.trim_start_matches("/api/channels/");
-            stats::channels(broker, Some(&percent_decode(name))).await
+            let name = percent_decode(p.trim_start_matches("/api/channels/"));
+            match authorize(shard, peer, &req) {
+                Ok(()) => stats::channels(broker, Some(&name)).await,
+                Err(e) => Err(e),
+            }
         }
         (Method::GET, p) if p.starts_with("/api/history/") => {
             let name = percent_decode(p.trim_start_matches("/api/history/"));

@@ -16,17 +16,42 @@ use std::time::Duration;
 /// Channels listed in `top_channels`.
 const TOP_CHANNELS: usize = 10;
 
+/// Who reads a stats object, which decides the channel names it may show.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readers {
+    /// A caller of the protected API (key or trusted loopback): every channel.
+    Operator,
+    /// Every `$sys/stats` subscriber, whatever its policy: only channels that every
+    /// possible reader may subscribe to (see [`visible_to_every_reader`]).
+    Subscribers,
+}
+
 /// `GET /api/stats`.
 pub async fn stats(broker: &Broker) -> Result<HttpResponse, ApiError> {
-    Ok(json_response(200, &snapshot(broker).await?))
+    Ok(json_response(
+        200,
+        &snapshot(broker, Readers::Operator).await?,
+    ))
+}
+
+/// Whether every client that may read `$sys/stats` may also subscribe to `channel`, so
+/// naming it in `top_channels` tells nobody what their policy hides (issue 16, finding
+/// 7). A rule that admits an anonymous client admits everyone; a JWT may carry a
+/// subscribe grant narrower than the rules, and the frame is the same for every
+/// subscriber, so with JWT grants enabled no channel is named.
+pub fn visible_to_every_reader(broker: &Broker, channel: &str) -> bool {
+    let auth = &broker.config.auth;
+    let grants = auth.kind == crate::config::AuthType::Jwt && !auth.jwt_subscribe_claim.is_empty();
+    !grants && broker.policies.may_subscribe(None, channel)
 }
 
 /// The stats object of `GET /api/stats` and `$sys/stats`: totals, rates over the last
-/// second, delivery latency, per-shard figures and the channels with most subscribers.
+/// second, delivery latency, per-shard figures and the channels with most subscribers
+/// (for `Readers::Subscribers`, only those every reader may see).
 ///
 /// # Errors
 /// A shard did not answer the channel query in time.
-pub async fn snapshot(broker: &Broker) -> Result<serde_json::Value, ApiError> {
+pub async fn snapshot(broker: &Broker, readers: Readers) -> Result<serde_json::Value, ApiError> {
     let shards: Vec<_> = broker
         .shard_stats
         .iter()
@@ -47,6 +72,7 @@ pub async fn snapshot(broker: &Broker) -> Result<serde_json::Value, ApiError> {
         .await?
         .into_iter()
         .filter(|(name, _)| !crate::topic::is_broker_topic(name))
+        .filter(|(name, _)| readers == Readers::Operator || visible_to_every_reader(broker, name))
         .collect();
     // Most subscribers first; ties by name so the list is stable from tick to tick.
     top.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
