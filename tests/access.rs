@@ -399,3 +399,40 @@ async fn dns_rebinding_gets_neither_the_api_nor_the_same_origin_websocket() {
     .await;
     assert_eq!(status, 200, "{text}");
 }
+
+#[tokio::test]
+async fn only_the_api_sets_a_publication_type() {
+    // Issue 16, finding 9: a vws client's `h.type` made its publication look like a
+    // typed API one (`process_status`, a broadcast `error`) to vws subscribers.
+    let broker = Broker::start("[client]\nallow_publish = true\n");
+    let mut sub = broker.vws_subscriber("process:b1").await;
+    let mut publisher = broker.ws(Dialect::Subprotocol("vws")).await;
+    publisher
+        .send_json(
+            &json!({"t": "process:b1", "d": {"status": "exited", "exitCode": 0},
+                           "h": {"type": "process_status"}, "i": 1}),
+        )
+        .await;
+    let nack = publisher.recv().await;
+    assert_eq!(nack["k"], "n", "{nack}");
+    assert!(nack["e"].as_str().unwrap().contains("reserved"), "{nack}");
+    sub.expect_silence(SILENCE).await;
+    // Other headers pass, untyped.
+    publisher
+        .send_json(&json!({"t": "process:b1", "d": 1, "h": {"traceparent": "t1"}, "i": 2}))
+        .await;
+    assert_eq!(publisher.recv().await["k"], "a");
+    let v = sub.recv().await;
+    assert_eq!(v["h"], json!({"traceparent": "t1"}), "{v}");
+    // The API still sets it.
+    let r = broker
+        .post_json(
+            "/api/process/b1/status",
+            &json!({"status": "exited", "exitCode": 0}),
+        )
+        .await;
+    assert!(r.is_success(), "{}", r.text);
+    assert_eq!(sub.recv().await["h"]["type"], "process_status");
+    let m = broker.metrics().await;
+    assert_eq!(rejections(&m).get("reserved_header").copied(), Some(1.0));
+}
