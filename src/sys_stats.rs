@@ -5,7 +5,8 @@
 //! One task on shard 0 ticks every second: it turns the counters' growth into rates
 //! (kept in [`Rates`] for `/api/stats` and `/metrics`), and when some shard has a
 //! subscriber on `$sys/stats` it renders the stats once and routes them like any
-//! publication. The `$` topic is out of reach of `#` and `+` at the first level
+//! publication. Its own frames are left out of the next delivery rate, and `$sys/stats`
+//! is not counted as a channel. The `$` topic is out of reach of `#` and `+` at the first level
 //! (`topic::is_broker_topic`), and clients cannot publish to it. Ticks are not counted as
 //! published messages; their deliveries are counted as deliveries.
 
@@ -56,7 +57,9 @@ impl Sample {
         }
     }
 
-    fn rates_since(&self, earlier: &Sample) -> Rates {
+    /// Rates from `earlier` to this sample, not counting `own` deliveries (the broker's
+    /// own `$sys/stats` frames) made in between.
+    fn rates_since(&self, earlier: &Sample, own: u64) -> Rates {
         let secs = self.at.duration_since(earlier.at).as_secs_f64();
         if secs <= 0.0 {
             return Rates::default();
@@ -65,7 +68,7 @@ impl Sample {
         Rates {
             received_per_s: per_s(self.received, earlier.received),
             published_per_s: per_s(self.published, earlier.published),
-            delivered_per_s: per_s(self.delivered, earlier.delivered),
+            delivered_per_s: per_s(self.delivered.saturating_sub(own), earlier.delivered),
         }
     }
 }
@@ -78,6 +81,8 @@ pub async fn run(shard: Rc<Shard>) {
     let mut cache = MatchCache::default();
     tick.tick().await; // the first tick is immediate: rates start a period from now
     let mut last = Sample::take(&broker);
+    // Frames of the last `$sys/stats` tick: not traffic, left out of the next rates.
+    let mut own = 0u64;
     loop {
         tick.tick().await;
         // Checked per tick, not through `accept_stopped`: that notification wakes one
@@ -86,8 +91,9 @@ pub async fn run(shard: Rc<Shard>) {
             return;
         }
         let now = Sample::take(&broker);
-        *broker.rates.lock() = now.rates_since(&last);
+        *broker.rates.lock() = now.rates_since(&last, own);
         last = now;
+        own = 0;
         if broker.router.targets(TOPIC, &mut cache) == 0 {
             continue; // nobody listening: do not gather channel lists for nothing
         }
@@ -104,6 +110,7 @@ pub async fn run(shard: Rc<Shard>) {
             None,
         ));
         broker.router.publish(&publication, &mut cache);
+        own = stats::reach(&broker, TOPIC).await.map_or(0, |n| n as u64);
     }
 }
 
@@ -126,7 +133,7 @@ mod tests {
             published: 150,
             delivered: 1000,
         };
-        let r = b.rates_since(&a);
+        let r = b.rates_since(&a, 0);
         assert_eq!(
             r,
             Rates {
@@ -135,6 +142,15 @@ mod tests {
                 delivered_per_s: 0.0
             }
         );
-        assert_eq!(a.rates_since(&a), Rates::default(), "no time, no rate");
+        assert_eq!(a.rates_since(&a, 0), Rates::default(), "no time, no rate");
+        let c = Sample {
+            delivered: 1003,
+            ..b
+        };
+        assert_eq!(
+            c.rates_since(&a, 3).delivered_per_s,
+            0.0,
+            "own frames left out"
+        );
     }
 }
