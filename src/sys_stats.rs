@@ -14,6 +14,7 @@ use crate::api::stats;
 use crate::broker::Broker;
 use crate::publication::{Kind, Publication};
 use crate::router::MatchCache;
+use crate::shard::stats::new_histogram;
 use crate::shard::Shard;
 use bytes::Bytes;
 use std::rc::Rc;
@@ -36,6 +37,75 @@ pub struct Rates {
     pub published_per_s: f64,
     /// Frames queued to subscribers.
     pub delivered_per_s: f64,
+    /// Delivery latency over the last [`WINDOW`] (not since start).
+    pub latency: crate::metrics::Latency,
+}
+
+/// How far back the dashboard / `/api/stats` latency looks.
+pub const WINDOW: Duration = Duration::from_secs(60);
+/// The window is this many rotating histograms, each covering `WINDOW / SLOTS`.
+const SLOTS: usize = 6;
+
+/// Delivery latency over a sliding window: each tick adds what the shards' (cumulative)
+/// histograms gained since the last tick to the current slot; every `WINDOW / SLOTS`
+/// the oldest slot is cleared and becomes current. The window is the sum of the slots:
+/// the last 50 to 60 seconds.
+struct LatencyWindow {
+    slots: Vec<hdrhistogram::Histogram<u64>>,
+    current: usize,
+    ticks: u64,
+    /// The shards' merged histogram at the last tick.
+    last_total: hdrhistogram::Histogram<u64>,
+}
+
+impl LatencyWindow {
+    fn new() -> Self {
+        LatencyWindow {
+            slots: (0..SLOTS).map(|_| new_histogram()).collect(),
+            current: 0,
+            ticks: 0,
+            last_total: new_histogram(),
+        }
+    }
+
+    /// Takes in the merged cumulative histogram `total` at a tick; returns the window.
+    fn tick(&mut self, total: hdrhistogram::Histogram<u64>) -> crate::metrics::Latency {
+        let per_slot = (WINDOW.as_secs() / SLOTS as u64 / PERIOD.as_secs().max(1)).max(1);
+        self.ticks += 1;
+        if self.ticks.is_multiple_of(per_slot) {
+            self.current = (self.current + 1) % SLOTS;
+            if let Some(slot) = self.slots.get_mut(self.current) {
+                slot.reset();
+            }
+        }
+        let mut gained = total.clone();
+        if gained.subtract(&self.last_total).is_err() {
+            gained = total.clone(); // counts went down: a shard reset; start over
+        }
+        if let Some(slot) = self.slots.get_mut(self.current) {
+            let _ = slot.add(&gained);
+        }
+        self.last_total = total;
+        let mut window = new_histogram();
+        for slot in &self.slots {
+            let _ = window.add(slot);
+        }
+        crate::metrics::Latency {
+            p50: window.value_at_quantile(0.5),
+            p99: window.value_at_quantile(0.99),
+            p999: window.value_at_quantile(0.999),
+            max: window.max(),
+            count: window.len(),
+        }
+    }
+}
+
+fn merged_latency(broker: &Broker) -> hdrhistogram::Histogram<u64> {
+    let mut merged = new_histogram();
+    for s in &broker.shard_stats {
+        let _ = merged.add(&*s.latency_us.lock());
+    }
+    merged
 }
 
 /// Counter values at one tick, to difference with the next.
@@ -69,6 +139,7 @@ impl Sample {
             received_per_s: per_s(self.received, earlier.received),
             published_per_s: per_s(self.published, earlier.published),
             delivered_per_s: per_s(self.delivered.saturating_sub(own), earlier.delivered),
+            latency: crate::metrics::Latency::default(),
         }
     }
 }
@@ -83,6 +154,7 @@ pub async fn run(shard: Rc<Shard>) {
     let mut last = Sample::take(&broker);
     // Frames of the last `$sys/stats` tick: not traffic, left out of the next rates.
     let mut own = 0u64;
+    let mut window = LatencyWindow::new();
     loop {
         tick.tick().await;
         // Checked per tick, not through `accept_stopped`: that notification wakes one
@@ -91,7 +163,9 @@ pub async fn run(shard: Rc<Shard>) {
             return;
         }
         let now = Sample::take(&broker);
-        *broker.rates.lock() = now.rates_since(&last, own);
+        let mut rates = now.rates_since(&last, own);
+        rates.latency = window.tick(merged_latency(&broker));
+        *broker.rates.lock() = rates;
         last = now;
         own = 0;
         if broker.router.targets(TOPIC, &mut cache) == 0 {
@@ -139,7 +213,8 @@ mod tests {
             Rates {
                 received_per_s: 20.0,
                 published_per_s: 100.0,
-                delivered_per_s: 0.0
+                delivered_per_s: 0.0,
+                latency: Default::default(),
             }
         );
         assert_eq!(a.rates_since(&a, 0), Rates::default(), "no time, no rate");
@@ -152,5 +227,26 @@ mod tests {
             0.0,
             "own frames left out"
         );
+    }
+
+    #[test]
+    fn latency_is_over_the_last_minute_only() {
+        let mut w = LatencyWindow::new();
+        let mut total = new_histogram();
+        let _ = total.record_n(50_000, 10); // a slow burst: 50 ms
+        assert_eq!(w.tick(total.clone()).count, 10);
+        // A minute of fast deliveries later, the burst has left the window.
+        for _ in 0..60 {
+            let _ = total.record_n(100, 5);
+            let l = w.tick(total.clone());
+            assert!(l.count <= 5 * 60 + 10, "{l:?}");
+        }
+        let l = w.tick(total.clone());
+        assert!(l.count >= 5 * 50 && l.count <= 5 * 60, "{l:?}");
+        assert!(
+            l.max < 1_000,
+            "the 50 ms burst is older than the window: {l:?}"
+        );
+        assert!(l.p99 <= 101, "{l:?}");
     }
 }

@@ -5,7 +5,6 @@
 
 use super::{json_response, ApiError};
 use crate::broker::Broker;
-use crate::metrics;
 use crate::server::http::HttpResponse;
 use crate::shard::inbox::ShardMsg;
 use crate::shard::stats::ShardStats;
@@ -86,8 +85,8 @@ pub async fn snapshot(broker: &Broker, readers: Readers) -> Result<serde_json::V
         .into_iter()
         .map(|(channel, subscribers)| json!({ "channel": channel, "subscribers": subscribers }))
         .collect();
-    let latency = metrics::latency(broker);
     let rates = *broker.rates.lock();
+    let latency = rates.latency;
     Ok(json!({
         "clients": broker.sum(|s| &s.connections_active),
         "channels": channel_count,
