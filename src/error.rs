@@ -100,6 +100,15 @@ pub enum Reject {
     ClusterPayloadTooLarge,
     /// Subscription changes faster than `client.subscribe_rate`.
     SubscribeRateLimited,
+    /// A `Host` that is not a name of this broker (`server.allowed_hosts`; HTTP 403):
+    /// DNS rebinding against the same-origin rule or the keyless loopback API.
+    HostNotAllowed,
+    /// A keyless (loopback-only) API request with an `Origin`: a browser page (CSRF).
+    ApiFromBrowser,
+    /// An API body whose `Content-Type` the endpoint does not take (HTTP 415).
+    UnsupportedMediaType,
+    /// A vws publish with an `h.type` header: only the HTTP API sets a publication's type.
+    ReservedHeader,
 }
 
 /// How a refusal is classed for `shardcast_errors_total{class}` (as SemStreams classes
@@ -121,7 +130,7 @@ impl ErrorClass {
 
 impl Reject {
     /// Every variant's metric label, in `index()` order (for per-shard counter arrays).
-    pub const LABELS: [&'static str; 42] = [
+    pub const LABELS: [&'static str; 46] = [
         "malformed_json",
         "not_an_object",
         "unknown_type",
@@ -164,6 +173,10 @@ impl Reject {
         "cluster_subject_too_long",
         "cluster_payload_too_large",
         "subscribe_rate_limited",
+        "host_not_allowed",
+        "api_from_browser",
+        "unsupported_media_type",
+        "reserved_header",
     ];
 
     /// Position of this variant in [`Reject::LABELS`] and in counter arrays.
@@ -211,6 +224,10 @@ impl Reject {
             Reject::ClusterSubjectTooLong => 39,
             Reject::ClusterPayloadTooLarge => 40,
             Reject::SubscribeRateLimited => 41,
+            Reject::HostNotAllowed => 42,
+            Reject::ApiFromBrowser => 43,
+            Reject::UnsupportedMediaType => 44,
+            Reject::ReservedHeader => 45,
         }
     }
 
@@ -284,6 +301,7 @@ impl Reject {
             Reject::BadHandshake
                 | Reject::TooManyConnections
                 | Reject::OriginNotAllowed
+                | Reject::HostNotAllowed
                 | Reject::MissingCredentials
                 | Reject::BadCredentials
                 | Reject::IpConnectionLimit
@@ -340,6 +358,10 @@ impl Reject {
             Reject::ClusterSubjectTooLong,
             Reject::ClusterPayloadTooLarge,
             Reject::SubscribeRateLimited,
+            Reject::HostNotAllowed,
+            Reject::ApiFromBrowser,
+            Reject::UnsupportedMediaType,
+            Reject::ReservedHeader,
         ]
     }
 
@@ -355,9 +377,12 @@ impl Reject {
             Reject::HandshakeTimeout => 408,
             Reject::HeadTooLarge => 431,
             Reject::MissingCredentials | Reject::BadCredentials => 401,
-            Reject::PublishNotAllowed | Reject::SubscribeNotAllowed | Reject::OriginNotAllowed => {
-                403
-            }
+            Reject::PublishNotAllowed
+            | Reject::SubscribeNotAllowed
+            | Reject::OriginNotAllowed
+            | Reject::HostNotAllowed
+            | Reject::ApiFromBrowser => 403,
+            Reject::UnsupportedMediaType => 415,
             _ => 400,
         }
     }
@@ -416,6 +441,16 @@ impl fmt::Display for Reject {
             Reject::SubscribeRateLimited => {
                 f.write_str("subscription changes rate limited (client.subscribe_rate)")
             }
+            Reject::HostNotAllowed => {
+                f.write_str("Host is not a name of this broker (server.allowed_hosts)")
+            }
+            Reject::ApiFromBrowser => f.write_str(
+                "a browser page may not use the keyless API (it answers loopback peers; set api.key_env)",
+            ),
+            Reject::UnsupportedMediaType => f.write_str("unsupported Content-Type"),
+            Reject::ReservedHeader => f.write_str(
+                "header 'type' is reserved: only the HTTP API sets a publication's type",
+            ),
             other => f.write_str(other.close_reason()),
         }
     }
@@ -437,7 +472,7 @@ mod tests {
             assert_eq!(Reject::LABELS[r.index()], r.label());
         }
         assert_eq!(Reject::SlowConsumer.label(), "slow_consumer");
-        assert_eq!(Reject::SubscribeRateLimited.index(), Reject::LABELS.len() - 1);
+        assert_eq!(Reject::ReservedHeader.index(), Reject::LABELS.len() - 1);
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! One task on shard 0 ticks every second: it turns the counters' growth into rates
 //! (kept in [`Rates`] for `/api/stats` and `/metrics`), and when some shard has a
 //! subscriber on `$sys/stats` it renders the stats once and routes them like any
-//! publication. The `$` topic is out of reach of `#` and `+` at the first level
+//! publication. Its own frames are left out of the next delivery rate, and `$sys/stats`
+//! is not counted as a channel. The `$` topic is out of reach of `#` and `+` at the first level
 //! (`topic::is_broker_topic`), and clients cannot publish to it. Ticks are not counted as
 //! published messages; their deliveries are counted as deliveries.
 
@@ -13,6 +14,7 @@ use crate::api::stats;
 use crate::broker::Broker;
 use crate::publication::{Kind, Publication};
 use crate::router::MatchCache;
+use crate::shard::stats::new_histogram;
 use crate::shard::Shard;
 use bytes::Bytes;
 use std::rc::Rc;
@@ -35,6 +37,75 @@ pub struct Rates {
     pub published_per_s: f64,
     /// Frames queued to subscribers.
     pub delivered_per_s: f64,
+    /// Delivery latency over the last [`WINDOW`] (not since start).
+    pub latency: crate::metrics::Latency,
+}
+
+/// How far back the dashboard / `/api/stats` latency looks.
+pub const WINDOW: Duration = Duration::from_secs(60);
+/// The window is this many rotating histograms, each covering `WINDOW / SLOTS`.
+const SLOTS: usize = 6;
+
+/// Delivery latency over a sliding window: each tick adds what the shards' (cumulative)
+/// histograms gained since the last tick to the current slot; every `WINDOW / SLOTS`
+/// the oldest slot is cleared and becomes current. The window is the sum of the slots:
+/// the last 50 to 60 seconds.
+struct LatencyWindow {
+    slots: Vec<hdrhistogram::Histogram<u64>>,
+    current: usize,
+    ticks: u64,
+    /// The shards' merged histogram at the last tick.
+    last_total: hdrhistogram::Histogram<u64>,
+}
+
+impl LatencyWindow {
+    fn new() -> Self {
+        LatencyWindow {
+            slots: (0..SLOTS).map(|_| new_histogram()).collect(),
+            current: 0,
+            ticks: 0,
+            last_total: new_histogram(),
+        }
+    }
+
+    /// Takes in the merged cumulative histogram `total` at a tick; returns the window.
+    fn tick(&mut self, total: hdrhistogram::Histogram<u64>) -> crate::metrics::Latency {
+        let per_slot = (WINDOW.as_secs() / SLOTS as u64 / PERIOD.as_secs().max(1)).max(1);
+        self.ticks += 1;
+        if self.ticks.is_multiple_of(per_slot) {
+            self.current = (self.current + 1) % SLOTS;
+            if let Some(slot) = self.slots.get_mut(self.current) {
+                slot.reset();
+            }
+        }
+        let mut gained = total.clone();
+        if gained.subtract(&self.last_total).is_err() {
+            gained = total.clone(); // counts went down: a shard reset; start over
+        }
+        if let Some(slot) = self.slots.get_mut(self.current) {
+            let _ = slot.add(&gained);
+        }
+        self.last_total = total;
+        let mut window = new_histogram();
+        for slot in &self.slots {
+            let _ = window.add(slot);
+        }
+        crate::metrics::Latency {
+            p50: window.value_at_quantile(0.5),
+            p99: window.value_at_quantile(0.99),
+            p999: window.value_at_quantile(0.999),
+            max: window.max(),
+            count: window.len(),
+        }
+    }
+}
+
+fn merged_latency(broker: &Broker) -> hdrhistogram::Histogram<u64> {
+    let mut merged = new_histogram();
+    for s in &broker.shard_stats {
+        let _ = merged.add(&*s.latency_us.lock());
+    }
+    merged
 }
 
 /// Counter values at one tick, to difference with the next.
@@ -56,7 +127,9 @@ impl Sample {
         }
     }
 
-    fn rates_since(&self, earlier: &Sample) -> Rates {
+    /// Rates from `earlier` to this sample, not counting `own` deliveries (the broker's
+    /// own `$sys/stats` frames) made in between.
+    fn rates_since(&self, earlier: &Sample, own: u64) -> Rates {
         let secs = self.at.duration_since(earlier.at).as_secs_f64();
         if secs <= 0.0 {
             return Rates::default();
@@ -65,7 +138,8 @@ impl Sample {
         Rates {
             received_per_s: per_s(self.received, earlier.received),
             published_per_s: per_s(self.published, earlier.published),
-            delivered_per_s: per_s(self.delivered, earlier.delivered),
+            delivered_per_s: per_s(self.delivered.saturating_sub(own), earlier.delivered),
+            latency: crate::metrics::Latency::default(),
         }
     }
 }
@@ -78,6 +152,9 @@ pub async fn run(shard: Rc<Shard>) {
     let mut cache = MatchCache::default();
     tick.tick().await; // the first tick is immediate: rates start a period from now
     let mut last = Sample::take(&broker);
+    // Frames of the last `$sys/stats` tick: not traffic, left out of the next rates.
+    let mut own = 0u64;
+    let mut window = LatencyWindow::new();
     loop {
         tick.tick().await;
         // Checked per tick, not through `accept_stopped`: that notification wakes one
@@ -86,12 +163,15 @@ pub async fn run(shard: Rc<Shard>) {
             return;
         }
         let now = Sample::take(&broker);
-        *broker.rates.lock() = now.rates_since(&last);
+        let mut rates = now.rates_since(&last, own);
+        rates.latency = window.tick(merged_latency(&broker));
+        *broker.rates.lock() = rates;
         last = now;
+        own = 0;
         if broker.router.targets(TOPIC, &mut cache) == 0 {
             continue; // nobody listening: do not gather channel lists for nothing
         }
-        let Ok(body) = stats::snapshot(&broker).await else {
+        let Ok(body) = stats::snapshot(&broker, stats::Readers::Subscribers).await else {
             continue; // a shard did not answer in time; next tick
         };
         let data = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
@@ -104,6 +184,7 @@ pub async fn run(shard: Rc<Shard>) {
             None,
         ));
         broker.router.publish(&publication, &mut cache);
+        own = stats::reach(&broker, TOPIC).await.map_or(0, |n| n as u64);
     }
 }
 
@@ -126,15 +207,46 @@ mod tests {
             published: 150,
             delivered: 1000,
         };
-        let r = b.rates_since(&a);
+        let r = b.rates_since(&a, 0);
         assert_eq!(
             r,
             Rates {
                 received_per_s: 20.0,
                 published_per_s: 100.0,
-                delivered_per_s: 0.0
+                delivered_per_s: 0.0,
+                latency: Default::default(),
             }
         );
-        assert_eq!(a.rates_since(&a), Rates::default(), "no time, no rate");
+        assert_eq!(a.rates_since(&a, 0), Rates::default(), "no time, no rate");
+        let c = Sample {
+            delivered: 1003,
+            ..b
+        };
+        assert_eq!(
+            c.rates_since(&a, 3).delivered_per_s,
+            0.0,
+            "own frames left out"
+        );
+    }
+
+    #[test]
+    fn latency_is_over_the_last_minute_only() {
+        let mut w = LatencyWindow::new();
+        let mut total = new_histogram();
+        let _ = total.record_n(50_000, 10); // a slow burst: 50 ms
+        assert_eq!(w.tick(total.clone()).count, 10);
+        // A minute of fast deliveries later, the burst has left the window.
+        for _ in 0..60 {
+            let _ = total.record_n(100, 5);
+            let l = w.tick(total.clone());
+            assert!(l.count <= 5 * 60 + 10, "{l:?}");
+        }
+        let l = w.tick(total.clone());
+        assert!(l.count >= 5 * 50 && l.count <= 5 * 60, "{l:?}");
+        assert!(
+            l.max < 1_000,
+            "the 50 ms burst is older than the window: {l:?}"
+        );
+        assert!(l.p99 <= 101, "{l:?}");
     }
 }

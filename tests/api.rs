@@ -315,7 +315,7 @@ async fn a_body_that_never_finishes_gets_408() {
     let broker = Broker::start("[server]\nhandshake_timeout = \"1s\"\n");
     let mut s = tokio::net::TcpStream::connect(broker.addr).await.unwrap();
     s.write_all(
-        b"POST /api/publish HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"chan",
+        b"POST /api/publish HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"chan",
     )
     .await
     .unwrap();
@@ -365,4 +365,70 @@ async fn logs_to_a_pipe_carry_no_colour_codes() {
         !logs.contains('\u{1b}'),
         "ANSI escapes in piped logs: {logs:?}"
     );
+}
+
+#[tokio::test]
+async fn api_data_is_compacted_and_headers_keep_their_order() {
+    // Issue 17 item 10 (docs/PROTOCOL.md §3): pretty-printed `data` must not put raw
+    // newlines in frames (line-oriented consumers split them), and headers must not
+    // come out sorted.
+    let broker = Broker::start("");
+    let mut raw = RawWs::connect(broker.addr, "vws").await;
+    raw.send_text(r#"{"k":"s","t":"c","i":1}"#).await;
+    assert_eq!(raw.recv_json(RECV).await["k"], "a");
+    let mut gows = broker.gows_subscriber("c").await;
+    let body = "{\n  \"channel\": \"c\",\n  \"data\": {\n    \"b\": [1, 2.50, \"x  y\"],\n    \"a\": null\n  },\n  \"headers\": {\"z\": \"1\", \"a\": \"2\", \"m\": \"3\"}\n}";
+    let r = http(
+        broker.addr,
+        "POST",
+        "/api/publish",
+        Some("application/json"),
+        body.as_bytes().to_vec(),
+    )
+    .await;
+    assert!(r.is_success(), "{}", r.text);
+    let frame = loop {
+        match raw.read_frame(RECV).await {
+            Ok(Some((_, OP_TEXT, p))) => break String::from_utf8(p).unwrap(),
+            Ok(Some(_)) => continue,
+            other => panic!("no frame: {other:?}"),
+        }
+    };
+    assert_eq!(
+        frame,
+        r#"{"t":"c","d":{"b":[1,2.50,"x  y"],"a":null},"h":{"z":"1","a":"2","m":"3"}}"#
+    );
+    let v = gows.recv().await;
+    assert_eq!(v["data"]["b"][2], "x  y");
+
+    // Broadcast data too.
+    let body = "{\"event\": \"e\",\n \"data\": {\n  \"k\": [ 1 ]\n }\n}";
+    let r = http(
+        broker.addr,
+        "POST",
+        "/api/broadcast",
+        Some("application/json"),
+        body.as_bytes().to_vec(),
+    )
+    .await;
+    assert!(r.is_success(), "{}", r.text);
+    let frame = loop {
+        match raw.read_frame(RECV).await {
+            Ok(Some((_, OP_TEXT, p))) => break String::from_utf8(p).unwrap(),
+            Ok(Some(_)) => continue,
+            other => panic!("no frame: {other:?}"),
+        }
+    };
+    assert_eq!(
+        frame,
+        r#"{"t":"$broadcast","d":{"event":"e","data":{"k":[1]}},"h":{"type":"event"}}"#
+    );
+    // Headers must still be strings.
+    let r = broker
+        .post_json(
+            "/api/publish",
+            &json!({"channel": "c", "data": 1, "headers": {"a": 1}}),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text);
 }

@@ -834,7 +834,8 @@ async fn silent_and_slow_clients_are_timed_out() {
 
     let case = "slowloris: an API request body trickled a byte at a time";
     ward.survive(case, &["handshake_timeout"], |b| async move {
-        let head = b"POST /api/publish HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+        let head =
+            b"POST /api/publish HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
                      Content-Length: 1000\r\n\r\n{\"channel\":\"";
         let (answer, waited) = trickle(b.addr, head).await;
         assert_eq!(status_of(&answer), 408, "{answer:?}");

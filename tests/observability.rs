@@ -243,3 +243,56 @@ async fn json_logs_have_one_line_per_connection_open_and_close_with_the_reason()
         "no line per message"
     );
 }
+
+#[tokio::test]
+async fn a_channel_counts_its_pattern_subscribers_once_each() {
+    // Issue 17 item 11: `sensors/#` and `sensors/+/temp` receive `sensors/eu/temp` too.
+    let broker = Broker::start("");
+    let _exact = broker.vws_subscriber("sensors/eu/temp").await;
+    let _deep = broker.vws_subscriber("sensors/#").await;
+    let mut both = broker.vws_subscriber("sensors/+/temp").await;
+    both.vws_subscribe("sensors/#", 2).await; // one connection, two matching patterns
+    let _other = broker.vws_subscriber("sensors/us/#").await;
+    let count = |path: &'static str| {
+        let broker = &broker;
+        async move {
+            let r = broker.get(path).await;
+            assert_eq!(r.status, 200, "{}", r.text);
+            r.json()["subscribers"].as_u64()
+        }
+    };
+    assert_eq!(count("/api/channels/sensors%2Feu%2Ftemp").await, Some(3));
+    assert_eq!(count("/api/channels/sensors%2Fus%2Ftemp").await, Some(3));
+    assert_eq!(count("/api/channels/sensors%2Feu%2Fhum").await, Some(2));
+    assert_eq!(count("/api/channels/other").await, Some(0));
+}
+
+#[tokio::test]
+async fn the_dashboards_own_subscription_is_neither_a_channel_nor_traffic() {
+    // Issue 17 item 11: a quiet broker watched by the dashboard showed one channel and
+    // a delivery rate made of its own `$sys/stats` frames.
+    let broker = Broker::start("");
+    let mut dashboards = Vec::new();
+    for _ in 0..3 {
+        dashboards.push(broker.vws_subscriber("$sys/stats").await);
+    }
+    let mut seen = 0;
+    while seen < 3 {
+        let v = dashboards[0].recv().await;
+        if v["t"] != "$sys/stats" {
+            continue;
+        }
+        seen += 1;
+        let d = &v["d"];
+        assert_eq!(d["channels"], 0, "{d}");
+        assert_eq!(d["top_channels"], json!([]), "{d}");
+        // The first frame's rates may predate the subscriptions' first tick.
+        if seen > 1 {
+            assert_eq!(d["rates"]["delivered_per_s"], 0.0, "{d}");
+        }
+    }
+    let stats = broker.stats().await;
+    assert_eq!(stats["channels"], 0, "{stats}");
+    let list = broker.get("/api/channels").await.json();
+    assert_eq!(list["count"], 0, "{list}");
+}

@@ -1,6 +1,8 @@
 //! The HTTP API on the WebSocket port (SPEC §2): routing, the API-key / loopback rule for
-//! publishing endpoints, body limits, and JSON errors `{"error": "<reason>"}`.
+//! every endpoint but health, readiness, ws-check and the pages (`access`), body limits,
+//! and JSON errors `{"error": "<reason>"}`.
 
+mod access;
 mod dashboard;
 mod health;
 mod history;
@@ -10,10 +12,11 @@ pub mod stats;
 use crate::error::Reject;
 use crate::server::http::HttpResponse;
 use crate::shard::Shard;
+use access::authorize;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Method, Request, StatusCode};
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -82,18 +85,28 @@ pub async fn handle(shard: &Rc<Shard>, peer: SocketAddr, req: Request<Incoming>)
     let result = match (method.clone(), path.as_str()) {
         (Method::GET, "/healthz") => Ok(health::healthz(broker)),
         (Method::GET, "/readyz") => Ok(health::readyz(broker)),
-        (Method::GET, "/metrics") if broker.config.metrics.enabled => {
-            Ok(crate::metrics::render(broker))
-        }
-        (Method::GET, "/metrics") => Err(ApiError {
+        (Method::GET, "/metrics") if !broker.config.metrics.enabled => Err(ApiError {
             status: 404,
             reason: "metrics are disabled (metrics.enabled = false)".into(),
         }),
-        (Method::GET, "/api/stats") => stats::stats(broker).await,
-        (Method::GET, "/api/channels") => stats::channels(broker, None).await,
+        // These name channels (issue 16, finding 7): the key / loopback rule applies.
+        (Method::GET, "/metrics") => {
+            authorize(shard, peer, &req).map(|()| crate::metrics::render(broker))
+        }
+        (Method::GET, "/api/stats") => match authorize(shard, peer, &req) {
+            Ok(()) => stats::stats(broker).await,
+            Err(e) => Err(e),
+        },
+        (Method::GET, "/api/channels") => match authorize(shard, peer, &req) {
+            Ok(()) => stats::channels(broker, None).await,
+            Err(e) => Err(e),
+        },
         (Method::GET, p) if p.starts_with("/api/channels/") => {
-            let name = p.trim_start_matches("/api/channels/");
-            stats::channels(broker, Some(&percent_decode(name))).await
+            let name = percent_decode(p.trim_start_matches("/api/channels/"));
+            match authorize(shard, peer, &req) {
+                Ok(()) => stats::channels(broker, Some(&name)).await,
+                Err(e) => Err(e),
+            }
         }
         (Method::GET, p) if p.starts_with("/api/history/") => {
             let name = percent_decode(p.trim_start_matches("/api/history/"));
@@ -165,43 +178,6 @@ fn is_known(path: &str) -> bool {
         || path.starts_with("/api/history/")
         || (path.starts_with("/api/process/")
             && (path.ends_with("/output") || path.ends_with("/status")))
-}
-
-/// Publishing endpoints and history: Bearer API key when one is configured, else
-/// loopback peers only.
-fn authorize(shard: &Shard, peer: SocketAddr, req: &Request<Incoming>) -> Result<(), ApiError> {
-    match &shard.broker.api_key {
-        None if peer.ip().is_loopback() => Ok(()),
-        None => Err(ApiError {
-            status: 403,
-            reason: "the publish API answers only loopback peers when no API key is configured (set api.key_env)".into(),
-        }),
-        Some(key) => {
-            let given = req
-                .headers()
-                .get(AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(bearer_token)
-                .unwrap_or("");
-            if key.matches(given.as_bytes()) {
-                Ok(())
-            } else {
-                Err(ApiError {
-                    status: 401,
-                    reason: "missing or wrong API key (Authorization: Bearer <key>)".into(),
-                })
-            }
-        }
-    }
-}
-
-/// The token of an `Authorization: Bearer <token>` value; the scheme is
-/// case-insensitive (RFC 7235 §2.1), the token is taken as sent.
-fn bearer_token(value: &str) -> Option<&str> {
-    let (scheme, token) = value.trim().split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim_start())
 }
 
 async fn read_body(shard: &Shard, req: Request<Incoming>) -> Result<Bytes, ApiError> {

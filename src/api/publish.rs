@@ -15,12 +15,13 @@ use crate::topic;
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 /// How long an API publish waits for a full shard inbox before answering 503.
 const INBOX_FULL_WAIT: Duration = Duration::from_secs(2);
+/// The media type of JSON bodies.
+const JSON: &str = "application/json";
 /// Longest accepted gows `type` name.
 const MAX_TYPE_LEN: usize = 64;
 
@@ -32,7 +33,8 @@ struct PublishItem<'a> {
     data: Option<&'a RawValue>,
     #[serde(rename = "type")]
     kind: Option<String>,
-    headers: Option<BTreeMap<String, String>>,
+    #[serde(borrow)]
+    headers: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -66,6 +68,14 @@ pub async fn post(
     content_type: &str,
     body: Bytes,
 ) -> Result<HttpResponse, ApiError> {
+    // What a page may POST anywhere without asking (form, text/plain) is never read
+    // as JSON (api/access.rs).
+    let accepted: &[&str] = if path.ends_with("/output") {
+        &[JSON, "text/plain"]
+    } else {
+        &[JSON]
+    };
+    super::access::require_media_type(shard, content_type, accepted)?;
     // serde_json bounds its own recursion, but `RawValue` data is only scanned: apply
     // the same nesting limit clients get (+2 for the envelope object and batch array).
     if !json::depth_within(&body, shard.broker.config.client.max_json_depth + 2) {
@@ -184,21 +194,16 @@ fn publication_of(shard: &Shard, item: PublishItem<'_>) -> Result<Publication, A
             "invalid type: must be 1 to {MAX_TYPE_LEN} characters without control characters"
         )));
     }
-    let data = item.data.map_or(Bytes::from_static(b"null"), raw_bytes);
-    let headers = item.headers.map(|h| {
-        let mut out = Vec::with_capacity(64);
-        out.push(b'{');
-        for (i, (k, v)) in h.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            json::write_str(&mut out, k);
-            out.push(b':');
-            json::write_str(&mut out, v);
+    let data = item.data.map_or(Ok(Bytes::from_static(b"null")), compact)?;
+    // Kept as given, key order included (as a vws publisher's `h` is), only compacted.
+    let headers = match item.headers {
+        Some(h) if !json::is_object_of_strings(h.get()) => {
+            return Err(ApiError::bad_request(
+                "headers must be an object whose values are strings",
+            ))
         }
-        out.push(b'}');
-        Bytes::from(out)
-    });
+        h => h.map(compact).transpose()?,
+    };
     Ok(Publication::new(
         item.channel.into(),
         Kind::Channel {
@@ -209,8 +214,15 @@ fn publication_of(shard: &Shard, item: PublishItem<'_>) -> Result<Publication, A
     ))
 }
 
-fn raw_bytes(raw: &RawValue) -> Bytes {
-    Bytes::copy_from_slice(raw.get().trim().as_bytes())
+/// JSON given to the API as subscribers get it: compact, as docs/PROTOCOL.md §3 says
+/// and as client publications are (whitespace outside strings dropped, so a
+/// pretty-printed value never puts a raw newline in a frame; values, key order and
+/// numbers kept as given).
+fn compact(raw: &RawValue) -> Result<Bytes, ApiError> {
+    let mut scratch = Vec::new();
+    json::compact(raw.get(), &mut scratch)
+        .map(Bytes::copy_from_slice)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
 }
 
 fn json_string(s: &str) -> Bytes {
@@ -227,7 +239,7 @@ fn broadcast(body: &[u8]) -> Result<Publication, ApiError> {
             Kind::BroadcastEvent {
                 event: event.into(),
             },
-            b.data.map_or(Bytes::from_static(b"null"), raw_bytes),
+            b.data.map_or(Ok(Bytes::from_static(b"null")), compact)?,
             None,
         )),
         (None, Some(error)) => Ok(Publication::new(
@@ -269,7 +281,7 @@ fn process_output(
     body: &[u8],
 ) -> Result<Vec<Publication>, ApiError> {
     let channel = process_channel(shard, id)?;
-    let lines: Vec<String> = if content_type.starts_with("application/json") {
+    let lines: Vec<String> = if super::access::media_type(content_type) == JSON {
         let b: OutputBody = parse(body)?;
         match (b.line, b.lines) {
             (Some(line), None) => vec![line],

@@ -3,6 +3,7 @@
 //! rules that decide per topic who may subscribe and publish.
 
 pub mod credentials;
+pub mod host;
 pub mod ip_limits;
 pub mod origin;
 pub mod policy;

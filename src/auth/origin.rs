@@ -35,6 +35,14 @@ pub fn allowed(allowed_origins: &[String], origin: Option<&str>, host: Option<&s
             .any(|entry| entry_matches(entry.trim(), origin))
 }
 
+/// Whether `origin` is admitted by an entry of the list itself (not as the broker's own).
+pub fn listed(allowed_origins: &[String], origin: &str) -> bool {
+    let origin = origin.trim();
+    allowed_origins
+        .iter()
+        .any(|entry| entry_matches(entry.trim(), origin))
+}
+
 /// True when `origin` names the host (and port) the request was sent to: the broker's
 /// own pages. `null` has no host and is never the broker's own.
 fn same_origin(origin: &str, host: Option<&str>) -> bool {

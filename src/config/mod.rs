@@ -95,6 +95,9 @@ pub struct ServerConfig {
     pub ping_interval: Duration,
     /// Allowed `Origin`s; empty = same-origin, `["*"]` = any.
     pub allowed_origins: Vec<String>,
+    /// `Host` names the broker answers to as itself besides IP literals and `localhost`
+    /// (DNS rebinding guard: `auth::host`); `["*"]` = any.
+    pub allowed_hosts: Vec<String>,
     /// Time allowed for a graceful shutdown.
     #[serde(with = "duration")]
     pub shutdown_grace: Duration,

@@ -436,6 +436,16 @@ fn every_validation_rule() {
             "shorter than",
         ),
         (
+            "[server]\nallowed_hosts = [\"https://broker.example.com\"]",
+            "server.allowed_hosts",
+            "not a host name",
+        ),
+        (
+            "[server]\nallowed_hosts = [\"*\", \"b.example\"]",
+            "server.allowed_hosts",
+            "only entry",
+        ),
+        (
             "[server]\nallowed_origins = [\"example.com\"]",
             "server.allowed_origins",
             "not an origin",

@@ -194,6 +194,17 @@ fn server(c: &Config) -> Result<(), Violation> {
             "\"*\" allows every origin and must be the only entry",
         )?;
     }
+    for host in &s.allowed_hosts {
+        if let Err(reason) = crate::auth::host::validate_entry(host) {
+            fail("server.allowed_hosts", reason)?;
+        }
+    }
+    if s.allowed_hosts.len() > 1 && s.allowed_hosts.iter().any(|h| h == "*") {
+        fail(
+            "server.allowed_hosts",
+            "\"*\" allows every host name and must be the only entry",
+        )?;
+    }
     non_zero("server.handshake_timeout", s.handshake_timeout)?;
     non_zero("server.first_byte_timeout", s.first_byte_timeout)?;
     at_least("server.max_pending_handshakes", s.max_pending_handshakes, 1)?;

@@ -77,6 +77,11 @@ fn parse_request(
             let data = d.ok_or(Reject::MissingField("d"))?;
             let headers = match h {
                 None => None,
+                // Only the HTTP API sets a publication's type (its vws `h.type`): a
+                // client's `type` header would pass for a typed API publication.
+                Some(h) if json::object_has_key(h.get().as_bytes(), "type") => {
+                    return Err(Reject::ReservedHeader)
+                }
                 Some(h) if json::is_object_of_strings(h.get()) => Some(h),
                 Some(_) => return Err(Reject::BadField("h")),
             };
@@ -455,6 +460,15 @@ mod tests {
         assert_eq!(
             fail(r#"{"t":"x","d":1,"h":[],"i":9}"#),
             (Reject::BadField("h"), some("9"))
+        );
+        // The type is the HTTP API's to set, however the key is spelled.
+        assert_eq!(
+            fail(r#"{"t":"x","d":1,"h":{"type":"process_status"},"i":9}"#),
+            (Reject::ReservedHeader, some("9"))
+        );
+        assert_eq!(
+            fail(r#"{"t":"x","d":1,"h":{"a":"b","typ\u0065":"error"},"i":9}"#),
+            (Reject::ReservedHeader, some("9"))
         );
         assert_eq!(fail("{}"), (Reject::MissingField("t"), None));
     }

@@ -61,6 +61,8 @@ pub struct Rules<'a> {
     pub ws_path: &'a str,
     /// `server.allowed_origins`.
     pub allowed_origins: &'a [String],
+    /// `server.allowed_hosts`.
+    pub allowed_hosts: &'a [String],
     /// `server.default_dialect`.
     pub default_dialect: Dialect,
     /// `[auth]`.
@@ -159,6 +161,7 @@ fn classify(shard: &Shard, got: &[u8]) -> Read {
     let rules = Rules {
         ws_path: &server.ws_path,
         allowed_origins: &server.allowed_origins,
+        allowed_hosts: &server.allowed_hosts,
         default_dialect: server.default_dialect,
         auth: &shard.broker.auth,
     };
@@ -235,8 +238,14 @@ pub fn parse_upgrade(buf: &[u8], rules: &Rules<'_>) -> Option<Upgrade> {
     if !valid_key(key) {
         return None; // hyper's path answers it with the reason
     }
-    if !crate::auth::origin::allowed(rules.allowed_origins, header("origin"), header("host")) {
-        return None;
+    let origin_ok = crate::auth::host::check_origin(
+        rules.allowed_origins,
+        rules.allowed_hosts,
+        header("origin"),
+        header("host"),
+    );
+    if origin_ok.is_err() {
+        return None; // hyper's path answers it with the reason
     }
     let choice = choose_dialect(
         header("sec-websocket-protocol"),
@@ -315,6 +324,7 @@ mod tests {
         Rules {
             ws_path: "/ws",
             allowed_origins: &[],
+            allowed_hosts: &[],
             default_dialect: Dialect::Gows,
             auth: open(),
         }

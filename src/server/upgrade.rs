@@ -137,12 +137,13 @@ pub fn admit(
     broker: &Broker,
     offer: Offer<'_>,
 ) -> Result<(Option<Identity>, DialectChoice), Refusal> {
-    if !crate::auth::origin::allowed(
-        &broker.config.server.allowed_origins,
+    let server = &broker.config.server;
+    if let Err(reject) = crate::auth::host::check_origin(
+        &server.allowed_origins,
+        &server.allowed_hosts,
         offer.origin,
         offer.host,
     ) {
-        let reject = Reject::OriginNotAllowed;
         return Err(Refusal::new(reject, reject.to_string()));
     }
     let identity = broker
@@ -209,6 +210,7 @@ pub fn check(shard: &Shard, req: &Request<Incoming>) -> HttpResponse {
         Err(refusal) => {
             let fix = match refusal.reject {
                 Reject::OriginNotAllowed => offer.origin.map(crate::auth::origin::how_to_allow),
+                Reject::HostNotAllowed => offer.host.map(crate::auth::host::how_to_allow),
                 Reject::MissingCredentials => Some(
                     "send credentials: ?token=<token> on the WebSocket URL (client.js: the token option) or an Authorization header".to_owned(),
                 ),
@@ -273,6 +275,12 @@ pub fn upgrade(
             match refusal.reject {
                 Reject::OriginNotAllowed => {
                     crate::auth::origin::log_refusal(offer.origin.unwrap_or_default(), offer.host);
+                }
+                Reject::HostNotAllowed => {
+                    crate::auth::host::log_refusal(
+                        "WebSocket upgrade",
+                        offer.host.unwrap_or_default(),
+                    );
                 }
                 Reject::MissingCredentials | Reject::BadCredentials => {
                     if let Some(challenge) = broker.auth.challenge() {

@@ -138,6 +138,13 @@ impl Shard {
                         .collect();
                     let _ = reply.send(list);
                 }
+                ShardMsg::Subscribers(topic, reply) => {
+                    let mut reached = std::collections::HashSet::new();
+                    self.index.borrow().for_each_match(&topic, |key| {
+                        reached.insert(key);
+                    });
+                    let _ = reply.send(reached.len());
+                }
                 ShardMsg::Adopt(moving) => self.adopt(*moving, true),
                 ShardMsg::Shutdown => {
                     if shutdown_deadline.is_none() {

@@ -17,6 +17,9 @@ pub enum ShardMsg {
     Deliver(Arc<Publication>),
     /// Report this shard's channels and subscriber counts.
     Channels(oneshot::Sender<Vec<(String, usize)>>),
+    /// Report how many of this shard's connections a publication on this topic reaches
+    /// (exact and pattern subscriptions, each connection once).
+    Subscribers(Box<str>, oneshot::Sender<usize>),
     /// Begin graceful shutdown.
     Shutdown,
     /// Adopt a connection accepted by another shard (see `shard::placement`).
