@@ -321,7 +321,10 @@ mod size_tests {
         // Growing this struct is a design decision, not an accident: 224 bytes, + 8 for
         // the subscription-change bucket (issue 16 finding 4, subscribe storms), + 8 for
         // `need` (linear gathering of a partial frame; issue 16 finding 9).
+        // The limit is 240 for the broker built alone; `cargo test --workspace` unifies
+        // tokio features from the other members' dev-dependencies (shardcast-client's
+        // tests), where the same struct measures 8 bytes more.
         let size = std::mem::size_of::<super::Conn>();
-        assert!(size <= 240, "Conn is {size} bytes");
+        assert!(size <= 248, "Conn is {size} bytes");
     }
 }

@@ -376,7 +376,9 @@ mod tests {
         for case in cases {
             assert!(parse_upgrade(case.as_bytes(), &r).is_none(), "{case}");
         }
-        let same_origin = GOOD.replace("Host: a:1", "Host: a:1\r\nOrigin: http://a:1");
+        // Same origin under a name the broker trusts (an IP, localhost, allowed_hosts).
+        let same_origin =
+            GOOD.replace("Host: a:1", "Host: localhost:1\r\nOrigin: http://localhost:1");
         assert!(parse_upgrade(same_origin.as_bytes(), &r).is_some());
         let query = GOOD
             .replace("/ws", "/ws?dialect=vws")
