@@ -418,7 +418,7 @@ async fn a_missing_secret_stops_the_broker_at_start() {
         READY,
     )
     .await;
-    assert_eq!(out.code, Some(1), "{out:?}");
+    assert_eq!(out.code, Some(2), "a config error like any other: {out:?}");
     assert!(
         out.stderr
             .contains("auth.jwt_secret_env: environment variable TEST_UNSET_SECRET_VAR is not set"),

@@ -521,11 +521,6 @@ fn every_validation_rule() {
             "between 1 and 128",
         ),
         (
-            "[client]\nmax_subscriptions = 10\nmax_wildcard_subscriptions = 11",
-            "client.max_wildcard_subscriptions",
-            "not be more than client.max_subscriptions",
-        ),
-        (
             "[server]\ninbox_capacity = 0",
             "server.inbox_capacity",
             "at least 1",

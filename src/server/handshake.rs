@@ -21,9 +21,6 @@ use crate::error::Reject;
 use crate::protocol::Dialect;
 use crate::server::upgrade::choose_dialect;
 use crate::shard::{Shard, Upgraded};
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine as _;
-use sha1::{Digest, Sha1};
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -37,8 +34,6 @@ use tokio::net::TcpStream;
 const MAX_HEADERS: usize = 32;
 /// Most bytes read for the first request head (a longer head goes to hyper).
 const HEAD_READ: usize = 8 * 1024;
-/// RFC 6455 §1.3: appended to the client's key before hashing.
-const WS_GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
 /// A valid upgrade the lean path can answer.
 #[derive(Debug, PartialEq)]
@@ -280,17 +275,9 @@ pub fn valid_key(key: &[u8]) -> bool {
             .is_ok_and(|bytes| bytes.len() == 16)
 }
 
-/// `Sec-WebSocket-Accept` for a client key (RFC 6455 §4.2.2).
-pub fn accept_key(key: &[u8]) -> [u8; 28] {
-    let mut sha1 = Sha1::new();
-    sha1.update(key);
-    sha1.update(WS_GUID);
-    let digest = sha1.finalize();
-    let mut out = [0u8; 28];
-    // 20 bytes always encode to exactly 28 base64 characters.
-    let _ = STANDARD.encode_slice(digest, &mut out);
-    out
-}
+/// `Sec-WebSocket-Accept` for a client key (RFC 6455 §4.2.2), shared with the client
+/// crate, which checks the same value on its side of the handshake.
+pub use shardcast_client::accept_key;
 
 /// Writes the 101 response into `buf`; returns its length.
 fn render_101(buf: &mut [u8], upgrade: &Upgrade) -> usize {
@@ -377,8 +364,10 @@ mod tests {
             assert!(parse_upgrade(case.as_bytes(), &r).is_none(), "{case}");
         }
         // Same origin under a name the broker trusts (an IP, localhost, allowed_hosts).
-        let same_origin =
-            GOOD.replace("Host: a:1", "Host: localhost:1\r\nOrigin: http://localhost:1");
+        let same_origin = GOOD.replace(
+            "Host: a:1",
+            "Host: localhost:1\r\nOrigin: http://localhost:1",
+        );
         assert!(parse_upgrade(same_origin.as_bytes(), &r).is_some());
         let query = GOOD
             .replace("/ws", "/ws?dialect=vws")
