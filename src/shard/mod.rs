@@ -138,6 +138,15 @@ impl Shard {
         }
     }
 
+    /// A read just returned bytes: the shard's read clock moves to now; returns now on the
+    /// shard clock, for the connection's `last_seen_ms`.
+    fn note_read(&self) -> u64 {
+        let read_at = Instant::now();
+        self.read_at.set(read_at);
+        self.read_wall.set(None);
+        self.ms_at(read_at)
+    }
+
     /// `at` on the shard clock.
     pub fn ms_at(&self, at: Instant) -> u64 {
         u64::try_from(at.saturating_duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX)
@@ -422,10 +431,7 @@ impl Shard {
                     conn.phase = Phase::Done;
                     continue;
                 }
-                let read_at = Instant::now();
-                self.read_at.set(read_at);
-                self.read_wall.set(None);
-                conn.last_seen_ms = self.ms_at(read_at);
+                conn.last_seen_ms = self.note_read();
                 if conn.partial.len() < conn.need as usize {
                     continue;
                 }
@@ -471,10 +477,7 @@ impl Shard {
                     }
                 }
             };
-            let read_at = Instant::now();
-            self.read_at.set(read_at);
-            self.read_wall.set(None);
-            conn.last_seen_ms = self.ms_at(read_at);
+            conn.last_seen_ms = self.note_read();
             if conn.is_closing() {
                 conn.partial = Vec::new(); // discarding input while closing
                 continue;

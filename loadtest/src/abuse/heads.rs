@@ -142,12 +142,7 @@ fn big_head_start() -> Vec<u8> {
 /// the broker accepts, or a close at its handshake timeout; the label says how much had
 /// been sent by then.
 pub async fn big_heads(ctx: Rc<Ctx>, kind: &'static str) {
-    let tasks: Vec<_> = (0..BIG_HEADS)
-        .map(|i| tokio::task::spawn_local(big_head(ctx.clone(), kind, i)))
-        .collect();
-    for t in tasks {
-        let _ = t.await;
-    }
+    super::run_copies(BIG_HEADS, |i| big_head(ctx.clone(), kind, i)).await;
 }
 
 async fn big_head(ctx: Rc<Ctx>, kind: &'static str, i: usize) {

@@ -128,6 +128,16 @@ impl Ctx {
 }
 
 /// Runs `f` for at most [`ANSWER_WAIT`].
+/// Runs `n` copies of an attacker (`attacker(i)`) on this thread and waits for them all.
+async fn run_copies<F: Future<Output = ()> + 'static>(n: usize, attacker: impl Fn(usize) -> F) {
+    let tasks: Vec<_> = (0..n)
+        .map(|i| tokio::task::spawn_local(attacker(i)))
+        .collect();
+    for t in tasks {
+        let _ = t.await;
+    }
+}
+
 async fn within<T>(f: impl Future<Output = Result<T>>) -> Result<T> {
     match tokio::time::timeout(ANSWER_WAIT, f).await {
         Ok(r) => r,

@@ -31,12 +31,7 @@ pub(super) fn status_of(answer: &[u8]) -> String {
 /// nothing, the rest a request line and then one header line a second. Each is reopened
 /// when the broker lets it go; the label says after how long (whole seconds).
 pub async fn slowloris(ctx: Rc<Ctx>, kind: &'static str) {
-    let tasks: Vec<_> = (0..SLOWLORIS)
-        .map(|i| tokio::task::spawn_local(slow_client(ctx.clone(), kind, i)))
-        .collect();
-    for t in tasks {
-        let _ = t.await;
-    }
+    super::run_copies(SLOWLORIS, |i| slow_client(ctx.clone(), kind, i)).await;
 }
 
 async fn slow_client(ctx: Rc<Ctx>, kind: &'static str, i: usize) {
