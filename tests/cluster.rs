@@ -1060,3 +1060,65 @@ async fn a_subscribe_storm_is_rate_limited_and_does_not_delay_others() {
         "the storm left NATS subscriptions behind: {m}"
     );
 }
+
+/// Issue 16 finding 4, without the rate limit: the link takes interest changes as one
+/// net count per pattern, so a subscribe and unsubscribe of one pattern cancel out
+/// before NATS hears of them, the table of pending changes drains, and what is left is
+/// sent as one batch with one flush. A legitimate subscriber made right after the storm
+/// gets publications from the other node promptly.
+#[tokio::test]
+async fn an_unlimited_subscribe_storm_is_coalesced_before_it_reaches_nats() {
+    let Some(bin) = require_nats() else { return };
+    let port = free_port();
+    let _nats = start_nats(&bin, port, &[]).await;
+    let unlimited = "[client]\nsubscribe_rate = 0.0\n";
+    let a = node_with(&[port], "a", unlimited);
+    let b = node_with(&[port], "b", unlimited);
+    ready(&a).await;
+    ready(&b).await;
+    let mut storm = b.ws(Dialect::Subprotocol("vws")).await;
+    let pairs = 20_000;
+    for n in 0..pairs {
+        let t = format!("storm/{n}");
+        storm.send_json(&json!({"k": "s", "t": t})).await;
+        storm.send_json(&json!({"k": "u", "t": t})).await;
+    }
+    // The shard handles a connection's messages in order: this ack comes after the storm.
+    storm
+        .send_json(&json!({"k": "s", "t": "storm/done", "i": "done"}))
+        .await;
+    loop {
+        let v = storm.recv().await;
+        if v["i"] == "done" {
+            assert_eq!(v["k"], "a", "{v}");
+            break;
+        }
+    }
+    let started = Instant::now();
+    let mut legit = b.vws_subscriber("legit/1").await;
+    resumed(&a, &mut legit, "legit/1").await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "cross-node interest took {:?}",
+        started.elapsed()
+    );
+    eventually("pending interest to drain", READY, || async {
+        counter(&b.metrics().await, "shardcast_cluster_interest_pending") == 0.0
+    })
+    .await;
+    let m = b.metrics().await;
+    assert!(
+        counter(&m, "shardcast_cluster_interest_coalesced_total") > 0.0,
+        "no change was coalesced: {m}"
+    );
+    // Far fewer batches than changes: each batch is one flush.
+    let batches = counter(&m, "shardcast_cluster_interest_batches_total");
+    assert!(
+        batches > 0.0 && batches < f64::from(pairs),
+        "{batches} batches for {pairs} pairs"
+    );
+    assert!(
+        counter(&m, "shardcast_cluster_subscriptions") <= 10.0,
+        "the storm left NATS subscriptions behind: {m}"
+    );
+}

@@ -10,7 +10,7 @@ use super::envelope::{self, Origin};
 use super::inbound::{self, Refusal};
 use super::options::{Login, MAC_HEADER};
 use super::subject;
-use super::{ClusterStats, ToLink};
+use super::ClusterStats;
 use crate::broker::Broker;
 use crate::publication::Publication;
 use crate::router::MatchCache;
@@ -57,7 +57,6 @@ impl Link {
         mut self,
         broker: Weak<Broker>,
         mut publications: mpsc::Receiver<Arc<Publication>>,
-        mut interest: mpsc::UnboundedReceiver<ToLink>,
     ) {
         let options = std::mem::take(&mut self.login.options)
             .name(format!("shardcast {}", self.node_id))
@@ -91,9 +90,9 @@ impl Link {
                     seq += 1;
                     self.send(&client, &p, seq).await;
                 }
-                change = interest.recv() => {
-                    let Some(change) = change else { break };
-                    self.on_interest(&client, change, &mut interests, &inbound_tx).await;
+                () = self.stats.interest.ready() => {
+                    let batch = self.stats.interest.take();
+                    self.apply_interest(&client, batch, &mut interests, &inbound_tx).await;
                 }
                 Some(message) = inbound.recv() => {
                     let Some(broker) = broker.upgrade() else { break };
@@ -202,33 +201,32 @@ impl Link {
         })
     }
 
-    async fn on_interest(
+    /// Applies a batch of net interest changes: subscribes patterns that gained their
+    /// first shard and unsubscribes those that lost their last, then waits for NATS once
+    /// for the whole batch (not once per pattern, which let a storm of new channels
+    /// stall the link for seconds).
+    async fn apply_interest(
         &self,
         client: &async_nats::Client,
-        change: ToLink,
+        batch: HashMap<Box<str>, i32>,
         interests: &mut HashMap<Box<str>, Interest>,
         inbound: &mpsc::Sender<async_nats::Message>,
     ) {
-        match change {
-            ToLink::Interest(pattern) => {
-                if let Some(i) = interests.get_mut(&pattern) {
-                    i.shards += 1;
-                    return;
+        let mut added = Vec::new();
+        for (pattern, delta) in batch {
+            let held = interests.get(&pattern).map_or(0, |i| i.shards);
+            let now =
+                u32::try_from((i64::from(held) + i64::from(delta)).max(0)).unwrap_or(u32::MAX);
+            match (held, now) {
+                (0, 0) => {}
+                (0, shards) => {
+                    let mut subs = Vec::new();
+                    for s in subject::pattern_subjects(&self.prefix, &pattern) {
+                        subs.extend(self.subscribe(client, s).await);
+                    }
+                    added.push((pattern, shards, subs));
                 }
-                let mut subs = Vec::new();
-                for s in subject::pattern_subjects(&self.prefix, &pattern) {
-                    subs.extend(self.subscribe(client, s).await);
-                }
-                self.settle(client).await;
-                let tasks = subs.into_iter().map(|s| self.forward(s, inbound)).collect();
-                interests.insert(pattern, Interest { shards: 1, tasks });
-            }
-            ToLink::NoInterest(pattern) => {
-                let Some(i) = interests.get_mut(&pattern) else {
-                    return;
-                };
-                i.shards = i.shards.saturating_sub(1);
-                if i.shards == 0 {
+                (_, 0) => {
                     if let Some(i) = interests.remove(&pattern) {
                         // Dropping the subscriber (with its task) unsubscribes in NATS.
                         for t in i.tasks {
@@ -236,8 +234,21 @@ impl Link {
                         }
                     }
                 }
+                (_, shards) => {
+                    if let Some(i) = interests.get_mut(&pattern) {
+                        i.shards = shards;
+                    }
+                }
             }
         }
+        if !added.is_empty() {
+            self.settle(client).await;
+        }
+        for (pattern, shards, subs) in added {
+            let tasks = subs.into_iter().map(|s| self.forward(s, inbound)).collect();
+            interests.insert(pattern, Interest { shards, tasks });
+        }
+        self.stats.interest_batches.fetch_add(1, Ordering::Relaxed);
     }
 
     async fn receive(

@@ -4,7 +4,8 @@
 //!  local publish ─► router ─► local shards (no NATS round trip)
 //!                     └─► Outbound (bounded queue) ─► link thread ─► NATS, once
 //!  NATS ─► link (drop own echo, drop duplicates) ─► router.dispatch ─► local shards
-//!  shard's first/last subscriber of a pattern ─► router ─► link: NATS (un)subscribe
+//!  shard's first/last subscriber of a pattern ─► router ─► PendingInterest (net change
+//!      per pattern, bounded) ─► link: one batch of NATS (un)subscribes, one flush
 //! ```
 //!
 //! The link runs on its own thread with its own tokio runtime (shards are current-thread
@@ -15,6 +16,7 @@
 pub mod dedup;
 pub mod envelope;
 pub mod inbound;
+mod interest;
 mod link;
 pub mod options;
 pub mod subject;
@@ -24,20 +26,13 @@ use crate::config::ClusterConfig;
 use crate::error::Reject;
 use crate::publication::Publication;
 use crate::router::Router;
+use interest::PendingInterest;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use tokio::sync::mpsc;
 
 /// Publications queued for NATS at most; past it they are counted as dropped.
 const OUTBOUND_CAPACITY: usize = 65_536;
-
-/// What the shards tell the link.
-pub(crate) enum ToLink {
-    /// A shard's first subscriber of this pattern.
-    Interest(Box<str>),
-    /// A shard's last subscriber of this pattern left.
-    NoInterest(Box<str>),
-}
 
 /// Cluster state shared by the broker: link status and counters.
 #[derive(Debug, Default)]
@@ -56,6 +51,10 @@ pub struct ClusterStats {
     pub malformed: AtomicU64,
     /// Received publications not delivered because local shard inboxes stayed full.
     pub dropped_inbox_full: AtomicU64,
+    /// Batches of interest changes the link applied (each ends with one flush).
+    pub interest_batches: AtomicU64,
+    /// Interest changes on their way from the shards to the link.
+    pub(crate) interest: PendingInterest,
     /// Times the link (re)connected.
     pub connects: AtomicU64,
     /// NATS subjects subscribed now.
@@ -81,7 +80,6 @@ impl ClusterStats {
 /// The router's way to the link: cheap, never blocks.
 pub struct Outbound {
     publications: mpsc::Sender<Arc<Publication>>,
-    interest: mpsc::UnboundedSender<ToLink>,
     stats: Arc<ClusterStats>,
     prefix: Box<str>,
     node_id: Box<str>,
@@ -158,13 +156,12 @@ impl Outbound {
 
     /// A shard's first subscriber of `pattern`.
     pub fn interest(&self, pattern: &str) {
-        // Fails only once the link thread is gone (shutdown): nothing to tell then.
-        let _ = self.interest.send(ToLink::Interest(pattern.into()));
+        self.stats.interest.change(pattern, 1);
     }
 
     /// A shard's last subscriber of `pattern` left.
     pub fn no_interest(&self, pattern: &str) {
-        let _ = self.interest.send(ToLink::NoInterest(pattern.into()));
+        self.stats.interest.change(pattern, -1);
     }
 }
 
@@ -194,7 +191,6 @@ fn draw() -> u64 {
 pub struct Pending {
     link: link::Link,
     publications: mpsc::Receiver<Arc<Publication>>,
-    interest: mpsc::UnboundedReceiver<ToLink>,
 }
 
 /// Makes the queues between router and link for `config` (cluster mode on); channels
@@ -212,7 +208,6 @@ pub fn queues(
     let max_topic_bytes = topics.max_bytes;
     let stats = Arc::new(ClusterStats::default());
     let (ptx, prx) = mpsc::channel(OUTBOUND_CAPACITY);
-    let (itx, irx) = mpsc::unbounded_channel();
     let node_id = if config.node_id.is_empty() {
         format!("{:016x}", draw())
     } else {
@@ -240,7 +235,6 @@ pub fn queues(
     Ok((
         Outbound {
             publications: ptx,
-            interest: itx,
             stats: stats.clone(),
             prefix: config.subject_prefix.as_str().into(),
             node_id: node_id.as_str().into(),
@@ -250,7 +244,6 @@ pub fn queues(
         Pending {
             link,
             publications: prx,
-            interest: irx,
         },
     ))
 }
@@ -267,7 +260,7 @@ impl Pending {
         std::thread::Builder::new()
             .name("cluster-link".into())
             .spawn(move || {
-                runtime.block_on(self.link.run(broker, self.publications, self.interest));
+                runtime.block_on(self.link.run(broker, self.publications));
             })?;
         Ok(())
     }

@@ -394,7 +394,7 @@ fn history(out: &mut String, h: &crate::history::HistoryStats) {
 fn cluster(out: &mut String, c: &crate::cluster::ClusterStats) {
     let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
     let connected = u64::from(c.connected.load(Ordering::Relaxed));
-    let rows: [(&str, &str, &str, u64); 9] = [
+    let rows: [(&str, &str, &str, u64); 12] = [
         (
             "cluster_connected",
             "gauge",
@@ -448,6 +448,24 @@ fn cluster(out: &mut String, c: &crate::cluster::ClusterStats) {
             "gauge",
             "NATS subscriptions held for local interest.",
             get(&c.subscriptions),
+        ),
+        (
+            "cluster_interest_pending",
+            "gauge",
+            "Patterns whose interest change (first subscriber / last one gone) waits for the NATS link.",
+            u64::try_from(c.interest.len()).unwrap_or(u64::MAX),
+        ),
+        (
+            "cluster_interest_coalesced_total",
+            "counter",
+            "Interest changes that cancelled out (a subscribe and unsubscribe of one pattern) before reaching NATS.",
+            c.interest.coalesced(),
+        ),
+        (
+            "cluster_interest_batches_total",
+            "counter",
+            "Batches of interest changes the link sent to NATS, each confirmed with one flush.",
+            get(&c.interest_batches),
         ),
     ];
     for (name, kind, help, value) in rows {
