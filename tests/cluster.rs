@@ -974,31 +974,81 @@ async fn with_a_shared_secret_unsigned_envelopes_are_refused() {
     assert_eq!(b_sub.recv_json(RECV).await["d"], "signed");
 }
 
-/// `[cluster] user` + `password_env` log in to a NATS server that requires them.
-#[tokio::test]
-async fn nodes_log_in_to_nats_with_user_and_password() {
+/// Two nodes log in to a NATS server started with `nats_args` using the `[cluster]`
+/// lines `login` (which name the variable `SC_NATS_SECRET`) and deliver across; a node
+/// whose variable holds `wrong` never becomes ready.
+async fn nodes_log_in(nats_args: &[&str], login: &str, good: &str, wrong: &str) {
     let Some(bin) = require_nats() else { return };
     let port = free_port();
-    let _nats = start_nats(&bin, port, &["--user", "sc", "--pass", "s3cret-pw"]).await;
-    let conf = |id: &str, pw_env: &str| {
+    let _nats = start_nats(&bin, port, nats_args).await;
+    let conf = |id: &str| {
         format!(
-            "[cluster]\nnats_url = \"nats://127.0.0.1:{port}\"\nnode_id = \"{id}\"\nsubject_prefix = \"sctest\"\nuser = \"sc\"\npassword_env = \"{pw_env}\"\n"
+            "[cluster]\nnats_url = \"nats://127.0.0.1:{port}\"\nnode_id = \"{id}\"\nsubject_prefix = \"sctest\"\n{login}\n"
         )
     };
-    let env = [("SC_NATS_PW", "s3cret-pw"), ("SC_WRONG_PW", "wrong")];
-    let a = Broker::start_with(&conf("a", "SC_NATS_PW"), &[], &env);
-    let b = Broker::start_with(&conf("b", "SC_NATS_PW"), &[], &env);
-    let wrong = Broker::start_with(&conf("w", "SC_WRONG_PW"), &[], &env);
+    let a = Broker::start_with(&conf("a"), &[], &[("SC_NATS_SECRET", good)]);
+    let b = Broker::start_with(&conf("b"), &[], &[("SC_NATS_SECRET", good)]);
+    let w = Broker::start_with(&conf("w"), &[], &[("SC_NATS_SECRET", wrong)]);
     ready(&a).await;
     ready(&b).await;
     let mut b_sub = b.vws_subscriber("room/1").await;
     subscriptions(&b, 2.0).await;
     resumed(&a, &mut b_sub, "room/1").await;
     assert_eq!(
-        wrong.get("/readyz").await.status,
+        w.get("/readyz").await.status,
         503,
-        "a wrong password never joins"
+        "a wrong secret never joins"
     );
+}
+
+/// `[cluster] user` + `password_env` log in to a NATS server that requires them.
+#[tokio::test]
+async fn nodes_log_in_to_nats_with_user_and_password() {
+    let login = "user = \"sc\"\npassword_env = \"SC_NATS_SECRET\"";
+    nodes_log_in(
+        &["--user", "sc", "--pass", "s3cret-pw"],
+        login,
+        "s3cret-pw",
+        "wrong",
+    )
+    .await;
+}
+
+/// `[cluster] token_env` logs in to a NATS server that requires a token.
+#[tokio::test]
+async fn nodes_log_in_to_nats_with_a_token() {
+    let login = "token_env = \"SC_NATS_SECRET\"";
+    nodes_log_in(
+        &["--auth", "t0ken-for-nats"],
+        login,
+        "t0ken-for-nats",
+        "t0ken-wrong",
+    )
+    .await;
+}
+
+/// `[cluster] nkey_seed_env` logs in to a NATS server that knows the user's public nkey;
+/// a node with another (valid, unknown) seed is refused.
+#[tokio::test]
+async fn nodes_log_in_to_nats_with_an_nkey() {
+    let user = nkeys::KeyPair::new_user();
+    let stranger = nkeys::KeyPair::new_user();
+    let (Ok(seed), Ok(wrong)) = (user.seed(), stranger.seed()) else {
+        panic!("nkey seeds")
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let conf = dir.path().join("nats.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "authorization {{ users = [ {{ nkey: \"{}\" }} ] }}\n",
+            user.public_key()
+        ),
+    )
+    .expect("write nats.conf");
+    let conf = conf.to_string_lossy().into_owned();
+    let login = "nkey_seed_env = \"SC_NATS_SECRET\"";
+    nodes_log_in(&["-c", &conf], login, &seed, &wrong).await;
 }
 
 /// Issue 16 finding 4: one client churning subscriptions used to queue an unbounded
