@@ -88,6 +88,8 @@ pub struct Broker {
     pub cluster: Option<crate::cluster::Cluster>,
     /// Retained publications of history channels (SPEC §9); the router appends to it.
     pub history: Arc<crate::history::History>,
+    /// Native TLS on the listener (`server.tls_cert`), `None` for plain.
+    pub tls: Option<Arc<crate::tls::Tls>>,
 }
 
 impl Broker {

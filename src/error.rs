@@ -109,6 +109,12 @@ pub enum Reject {
     UnsupportedMediaType,
     /// A vws publish with an `h.type` header: only the HTTP API sets a publication's type.
     ReservedHeader,
+    /// TLS on (`server.tls_cert`): the client's TLS handshake failed (no shared version
+    /// or cipher, bad record, a client that does not trust the certificate).
+    TlsHandshakeFailed,
+    /// TLS on: the client spoke plain text (an `http://` or `ws://` URL) to the TLS port
+    /// (HTTP 400 in plain text, then closed).
+    PlainTextOnTlsPort,
 }
 
 /// How a refusal is classed for `shardcast_errors_total{class}` (as SemStreams classes
@@ -130,7 +136,7 @@ impl ErrorClass {
 
 impl Reject {
     /// Every variant's metric label, in `index()` order (for per-shard counter arrays).
-    pub const LABELS: [&'static str; 46] = [
+    pub const LABELS: [&'static str; 48] = [
         "malformed_json",
         "not_an_object",
         "unknown_type",
@@ -177,6 +183,8 @@ impl Reject {
         "api_from_browser",
         "unsupported_media_type",
         "reserved_header",
+        "tls_handshake_failed",
+        "plain_text_on_tls_port",
     ];
 
     /// Position of this variant in [`Reject::LABELS`] and in counter arrays.
@@ -228,6 +236,8 @@ impl Reject {
             Reject::ApiFromBrowser => 43,
             Reject::UnsupportedMediaType => 44,
             Reject::ReservedHeader => 45,
+            Reject::TlsHandshakeFailed => 46,
+            Reject::PlainTextOnTlsPort => 47,
         }
     }
 
@@ -280,7 +290,10 @@ impl Reject {
     pub fn class(&self) -> ErrorClass {
         match self {
             _ if self.close_code().is_some() => ErrorClass::Fatal,
-            Reject::HandshakeTimeout | Reject::PendingEvicted => ErrorClass::Fatal,
+            Reject::HandshakeTimeout
+            | Reject::PendingEvicted
+            | Reject::TlsHandshakeFailed
+            | Reject::PlainTextOnTlsPort => ErrorClass::Fatal,
             Reject::TooManySubscriptions
             | Reject::TooManyWildcards
             | Reject::RateLimited
@@ -309,6 +322,8 @@ impl Reject {
                 | Reject::HandshakeTimeout
                 | Reject::PendingEvicted
                 | Reject::HeadTooLarge
+                | Reject::TlsHandshakeFailed
+                | Reject::PlainTextOnTlsPort
         )
     }
 
@@ -362,6 +377,8 @@ impl Reject {
             Reject::ApiFromBrowser,
             Reject::UnsupportedMediaType,
             Reject::ReservedHeader,
+            Reject::TlsHandshakeFailed,
+            Reject::PlainTextOnTlsPort,
         ]
     }
 
@@ -451,6 +468,10 @@ impl fmt::Display for Reject {
             Reject::ReservedHeader => f.write_str(
                 "header 'type' is reserved: only the HTTP API sets a publication's type",
             ),
+            Reject::TlsHandshakeFailed => f.write_str("TLS handshake failed"),
+            Reject::PlainTextOnTlsPort => f.write_str(
+                "this port speaks TLS: use https:// or wss:// (server.tls_cert is set)",
+            ),
             other => f.write_str(other.close_reason()),
         }
     }
@@ -472,7 +493,7 @@ mod tests {
             assert_eq!(Reject::LABELS[r.index()], r.label());
         }
         assert_eq!(Reject::SlowConsumer.label(), "slow_consumer");
-        assert_eq!(Reject::ReservedHeader.index(), Reject::LABELS.len() - 1);
+        assert_eq!(Reject::PlainTextOnTlsPort.index(), Reject::LABELS.len() - 1);
     }
 
     #[test]

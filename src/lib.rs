@@ -37,4 +37,5 @@ pub mod server;
 pub mod shard;
 pub mod subscribe;
 pub mod sys_stats;
+pub mod tls;
 pub mod topic;

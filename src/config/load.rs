@@ -116,6 +116,7 @@ pub fn load(
         });
     }
     check_secrets(&config, &stack, &vars)?;
+    check_tls(&config, &stack)?;
     Ok(config)
 }
 
@@ -441,6 +442,19 @@ fn parse_toml_value(raw: &str) -> Option<Value> {
 
 /// Variables named by the config must be set, or the broker would start without the
 /// secret it was told to use.
+/// The TLS files, read and checked the way the broker loads them at start, so an
+/// unreadable, non-PEM or mismatched pair is a config error (exit 2) naming the key.
+fn check_tls(config: &Config, stack: &Stack) -> Result<(), ConfigError> {
+    match crate::tls::Tls::from_config(&config.server) {
+        Ok(_) => Ok(()),
+        Err(e) => Err(ConfigError::Invalid {
+            origin: stack.last_origin(&[e.key]),
+            key: e.key.to_owned(),
+            reason: e.reason,
+        }),
+    }
+}
+
 fn check_secrets(
     config: &Config,
     stack: &Stack,

@@ -115,6 +115,17 @@ pub struct ServerConfig {
     pub log_level: String,
     /// Log line format.
     pub log_format: LogFormat,
+
+    // Native TLS (src/tls/).
+    /// PEM certificate chain for `https://`/`wss://` on the listener; "" = plain (the
+    /// default). Set together with `tls_key`.
+    pub tls_cert: String,
+    /// PEM private key of `tls_cert` (PKCS#8, PKCS#1 or SEC1); "" = plain.
+    pub tls_key: String,
+    /// How often the certificate and key files are checked for a change and reloaded
+    /// ("0s" = only on SIGHUP).
+    #[serde(with = "duration")]
+    pub tls_reload_interval: Duration,
 }
 
 /// How log lines are written to stderr.

@@ -229,7 +229,26 @@ fn server(c: &Config) -> Result<(), Violation> {
             "at most 100ms: it is added to delivery latency under load",
         )?;
     }
-    at_least("server.inbox_capacity", s.inbox_capacity, 1)
+    at_least("server.inbox_capacity", s.inbox_capacity, 1)?;
+    tls_keys(s)
+}
+
+/// `server.tls_cert` and `server.tls_key` come together (the files themselves are read
+/// and checked in `load`, see `crate::tls::load_pair`).
+fn tls_keys(s: &super::ServerConfig) -> Result<(), Violation> {
+    match (s.tls_cert.is_empty(), s.tls_key.is_empty()) {
+        (false, true) => fail_with(
+            "server.tls_key",
+            "server.tls_cert",
+            "must be set when server.tls_cert is (the PEM private key of the certificate)",
+        ),
+        (true, false) => fail_with(
+            "server.tls_cert",
+            "server.tls_key",
+            "must be set when server.tls_key is (the PEM certificate chain)",
+        ),
+        _ => Ok(()),
+    }
 }
 
 /// One `server.allowed_origins` entry: `"*"`, `"null"`, `scheme://host[:port]` or

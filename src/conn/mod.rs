@@ -13,13 +13,13 @@ pub mod reader;
 use crate::auth::{Identity, IpSlot};
 use crate::protocol::Dialect;
 use crate::shard::Shard;
+use crate::tls::Stream;
 use outbox::Outbox;
 use reader::Fragments;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
-use tokio::net::TcpStream;
 
 /// Where a connection is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,8 +153,8 @@ impl Admission {
 
 /// One connection's state, owned by its shard.
 pub struct Conn {
-    /// The socket (registered with this shard's reactor).
-    pub stream: TcpStream,
+    /// The socket (registered with this shard's reactor), plain or TLS.
+    pub stream: Stream,
     /// Dialect chosen at upgrade.
     pub dialect: Dialect,
     /// Frames waiting to be written.
@@ -202,7 +202,7 @@ pub struct Conn {
 impl Conn {
     /// A newly upgraded connection.
     pub fn new(
-        stream: TcpStream,
+        stream: Stream,
         dialect: Dialect,
         now_ms: u64,
         burst: u32,

@@ -43,6 +43,31 @@ pub fn latency(broker: &Broker) -> Latency {
 /// For counters an index might miss (never, by construction).
 static ZERO: AtomicU64 = AtomicU64::new(0);
 
+/// Native TLS counters (only with `server.tls_cert` set).
+fn tls_metrics(out: &mut String, stats: &crate::tls::TlsStats) {
+    metric(
+        out,
+        "tls_handshakes_total",
+        "counter",
+        "TLS handshakes completed (failures: shardcast_rejections_total{reason=\"tls_handshake_failed\"}).",
+        stats.handshakes.load(Ordering::Relaxed),
+    );
+    metric(
+        out,
+        "tls_reloads_total",
+        "counter",
+        "Certificate pairs loaded after start (SIGHUP or a file change).",
+        stats.reloads.load(Ordering::Relaxed),
+    );
+    metric(
+        out,
+        "tls_reload_failures_total",
+        "counter",
+        "Certificate reloads refused (unreadable or mismatched files); the previous pair stays in use.",
+        stats.reload_failures.load(Ordering::Relaxed),
+    );
+}
+
 fn metric(out: &mut String, name: &str, kind: &str, help: &str, value: u64) {
     let _ = writeln!(
         out,
@@ -320,6 +345,9 @@ pub fn render(broker: &Broker) -> HttpResponse {
         "HTTP API requests.",
         broker.global.api_requests.load(Ordering::Relaxed),
     );
+    if let Some(tls) = &broker.tls {
+        tls_metrics(&mut out, &tls.stats);
+    }
     latency_histogram(&mut out, broker);
     history(&mut out, &broker.history.stats);
     if let Some(c) = &broker.cluster {

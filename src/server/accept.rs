@@ -195,11 +195,25 @@ impl AcceptErrors {
 /// socket limit, and lives at most [`REFUSE_LINGER`]: reading what the client already
 /// sent before closing lets the close be a FIN, so the client reads the answer instead
 /// of a reset.
-async fn refuse(mut stream: TcpStream, reject: Reject, retry_after_secs: u32) {
+async fn refuse(stream: TcpStream, reject: Reject, retry_after_secs: u32) {
     let body = serde_json::json!({ "error": reject.to_string() }).to_string();
+    let retry = format!("retry-after: {retry_after_secs}\r\n");
+    answer_and_close(stream, 503, "Service Unavailable", &retry, &body).await;
+}
+
+/// Writes a whole HTTP/1.1 response with a JSON `body` (and `headers`, each ending in
+/// CRLF) on a socket hyper never saw, and closes it, lingering at most
+/// [`REFUSE_LINGER`] (see [`refuse`]).
+pub async fn answer_and_close(
+    mut stream: TcpStream,
+    status: u16,
+    reason: &str,
+    headers: &str,
+    body: &str,
+) {
     let response = format!(
-        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
-         retry-after: {retry_after_secs}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n\
+         {headers}content-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     );
     let linger = async {

@@ -21,6 +21,7 @@ use crate::error::Reject;
 use crate::protocol::Dialect;
 use crate::server::upgrade::choose_dialect;
 use crate::shard::{Shard, Upgraded};
+use crate::tls::Stream;
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -68,10 +69,12 @@ pub struct Rules<'a> {
 /// otherwise. Until its first request head is complete the socket holds only `ticket`
 /// (a place among the pending sockets, see `pending`); the head must then be complete
 /// `server.handshake_timeout` after `accepted_at`, its first byte there within
-/// `server.first_byte_timeout`.
+/// `server.first_byte_timeout`. With TLS on, the TLS handshake comes first, within the
+/// same `handshake_timeout` (its first byte within `first_byte_timeout`), and the first
+/// byte of the request must then follow within `first_byte_timeout` again.
 pub async fn accept(
     shard: Rc<Shard>,
-    mut stream: TcpStream,
+    tcp: TcpStream,
     peer: SocketAddr,
     ip_slot: Option<IpSlot>,
     ticket: Ticket,
@@ -79,7 +82,20 @@ pub async fn accept(
 ) {
     let server = &shard.broker.config.server;
     let deadline = accepted_at + server.handshake_timeout;
-    let first_byte = accepted_at + server.first_byte_timeout.min(server.handshake_timeout);
+    let mut first_byte = accepted_at + server.first_byte_timeout.min(server.handshake_timeout);
+    let mut stream = match &shard.broker.tls {
+        None => Stream::Plain(tcp),
+        Some(tls) => {
+            let Some(stream) =
+                crate::tls::handshake::accept(&shard.broker, tls, tcp, peer, first_byte, deadline)
+                    .await
+            else {
+                return;
+            };
+            first_byte = (Instant::now() + server.first_byte_timeout).min(deadline);
+            stream
+        }
+    };
     let first = tokio::time::timeout_at(first_byte.into(), read_head(&shard, &mut stream)).await;
     let (upgrade, leftover) = match first {
         Err(_) => {
@@ -105,6 +121,12 @@ pub async fn accept(
         // A fresh socket takes this in one write; write_all covers the rare rest.
         Some(bytes) => stream.write_all(bytes).await,
         None => Err(std::io::ErrorKind::InvalidData.into()),
+    };
+    // TLS: the 101 must leave rustls' buffer before the connection is adopted (plain
+    // sockets have nothing to flush).
+    let written = match written {
+        Ok(()) if stream.is_tls() => stream.flush().await,
+        other => other,
     };
     if written.is_err() {
         shard.broker.socket_closed();
@@ -133,7 +155,7 @@ enum Read {
 }
 
 /// Waits for the first bytes and parses them in the shard's scratch buffer.
-async fn read_head(shard: &Shard, stream: &mut TcpStream) -> Read {
+async fn read_head(shard: &Shard, stream: &mut Stream) -> Read {
     std::future::poll_fn(|cx| {
         shard.with_scratch(HEAD_READ, |buf| {
             // poll_read forgets readiness after a short read, so the connection's first

@@ -78,6 +78,9 @@ impl Server {
             s.connection_burst_per_ip,
             s.ipv6_prefix_per_ip,
         ));
+        let tls = crate::tls::Tls::from_config(&config.server).map_err(|e| {
+            io::Error::new(io::ErrorKind::InvalidInput, format!("config error: {e}"))
+        })?;
         let (listeners, addr) = accept::bind(config.server.listen, shard_count)?;
         let history = Arc::new(crate::history::History::new(&config.history));
         let mut router = Router::new(senders).with_history(history.clone());
@@ -115,7 +118,11 @@ impl Server {
             started: Instant::now(),
             cluster,
             history,
+            tls,
         });
+        if let Some(tls) = &broker.tls {
+            crate::tls::reload::spawn(tls)?;
+        }
         if let Some(link) = link {
             link.start(Arc::downgrade(&broker))?;
         }

@@ -1,22 +1,22 @@
 //! `Prefixed`: a socket with bytes already read from it put back in front, so hyper
 //! can parse a request whose first bytes the lean handshake (`handshake`) read first.
 
+use crate::tls::Stream;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 
-/// A `TcpStream` whose reads first return `prefix[pos..]`.
+/// A socket whose reads first return `prefix[pos..]`.
 pub struct Prefixed {
-    stream: TcpStream,
+    stream: Stream,
     prefix: Vec<u8>,
     pos: usize,
 }
 
 impl Prefixed {
     /// `stream` with `prefix` replayed before anything read from the socket.
-    pub fn new(stream: TcpStream, prefix: Vec<u8>) -> Self {
+    pub fn new(stream: Stream, prefix: Vec<u8>) -> Self {
         Prefixed {
             stream,
             prefix,
@@ -25,7 +25,7 @@ impl Prefixed {
     }
 
     /// The socket and the replay bytes nobody has read yet.
-    pub fn into_parts(self) -> (TcpStream, Vec<u8>) {
+    pub fn into_parts(self) -> (Stream, Vec<u8>) {
         let mut prefix = self.prefix;
         prefix.drain(..self.pos.min(prefix.len()));
         (self.stream, prefix)

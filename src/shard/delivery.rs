@@ -268,7 +268,7 @@ impl Shard {
             if self.flush(conn).is_err() {
                 conn.phase = Phase::Done;
                 conn.wake();
-            } else if !conn.outbox.is_empty() || conn.is_closing() {
+            } else if !conn.outbox.is_empty() || conn.is_closing() || conn.stream.pending_output() {
                 queued += conn.outbox.len() as u64;
                 conn.wake();
             } else if conn.cursors.as_ref().is_some_and(|c| c.behind()) {
@@ -289,7 +289,8 @@ impl Shard {
         let (mut writes, mut frames, mut bytes) = (0u64, 0u64, 0u64);
         let result = loop {
             if conn.outbox.is_empty() {
-                break Ok(());
+                // TLS: ciphertext of frames already taken may still wait in rustls.
+                break conn.stream.flush_pending();
             }
             let written = {
                 let mut slices = [IoSlice::new(&[]); MAX_IOVECS];

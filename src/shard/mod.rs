@@ -365,13 +365,14 @@ impl Shard {
                 self.pump_history(conn);
                 pumped = true;
             }
-            // Write side: flush, and register for writability when the socket is full.
-            if !conn.outbox.is_empty() {
+            // Write side: flush, and register for writability when the socket is full
+            // (TLS: also while rustls holds ciphertext the socket has not taken).
+            if !conn.outbox.is_empty() || conn.stream.pending_output() {
                 if self.flush(conn).is_err() {
                     conn.phase = Phase::Done;
                     continue;
                 }
-                if !conn.outbox.is_empty() {
+                if !conn.outbox.is_empty() || conn.stream.pending_output() {
                     match conn.stream.poll_write_ready(cx) {
                         Poll::Ready(Ok(())) => continue,
                         Poll::Ready(Err(_)) => {
@@ -383,7 +384,7 @@ impl Shard {
                 }
             }
             if let Phase::Closing { deadline_ms } = conn.phase {
-                if conn.outbox.is_empty() {
+                if conn.outbox.is_empty() && !conn.stream.pending_output() {
                     // Close frame is out: half-close and wait for the peer's EOF, so the
                     // peer reads our close frame instead of a reset.
                     let _ = Pin::new(&mut conn.stream).poll_shutdown(cx);

@@ -15,6 +15,7 @@ use super::stats::ShardStats;
 use super::Shard;
 use crate::conn::Admission;
 use crate::protocol::Dialect;
+use crate::tls::Stream;
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -28,7 +29,7 @@ const SLACK_DIVISOR: u64 = 64;
 
 /// An upgraded WebSocket socket and what its handshake settled, on its way to becoming a
 /// connection of some shard.
-pub struct Upgraded<S = TcpStream> {
+pub struct Upgraded<S = Stream> {
     /// The socket (a `std` one while it travels to another shard).
     pub stream: S,
     /// The dialect the handshake chose.
@@ -76,8 +77,12 @@ impl Shard {
     }
 
     /// Adopts an upgraded socket as a WebSocket connection here or, when this shard
-    /// holds clearly more connections than another, there (see the module comment).
+    /// holds clearly more connections than another, there (see the module comment). A
+    /// TLS connection always stays here: its rustls session is not moved.
     pub fn place_conn(self: &Rc<Self>, up: Upgraded) {
+        if up.stream.is_tls() {
+            return self.add_conn(up);
+        }
         let Some(target) = self.less_loaded_shard() else {
             return self.add_conn(up);
         };
@@ -88,7 +93,7 @@ impl Shard {
             return self.add_conn(up);
         };
         let peer = up.peer;
-        let moving = match up.convert(TcpStream::into_std) {
+        let moving = match up.convert(Stream::into_std) {
             Ok(m) => Box::new(m),
             Err(e) => {
                 // The socket could not leave this shard's reactor: it is lost.
@@ -115,7 +120,7 @@ impl Shard {
     /// could not be handed over (`handed` false).
     pub(super) fn adopt(self: &Rc<Self>, m: Moving, handed: bool) {
         let peer = m.peer;
-        match m.convert(TcpStream::from_std) {
+        match m.convert(|s| TcpStream::from_std(s).map(Stream::Plain)) {
             Ok(up) => self.add_conn(up),
             Err(e) => {
                 tracing::debug!(shard = self.id, %peer, error = %e, "cannot adopt connection");
