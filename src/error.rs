@@ -109,6 +109,11 @@ pub enum Reject {
     UnsupportedMediaType,
     /// A vws publish with an `h.type` header: only the HTTP API sets a publication's type.
     ReservedHeader,
+    /// A compressed message (permessage-deflate) that inflates past
+    /// `server.max_message_bytes`: a compression bomb (close 1009).
+    InflatedTooLarge,
+    /// A compressed message that is not valid raw deflate (close 1007).
+    BadCompressedData,
 }
 
 /// How a refusal is classed for `shardcast_errors_total{class}` (as SemStreams classes
@@ -130,7 +135,7 @@ impl ErrorClass {
 
 impl Reject {
     /// Every variant's metric label, in `index()` order (for per-shard counter arrays).
-    pub const LABELS: [&'static str; 46] = [
+    pub const LABELS: [&'static str; 48] = [
         "malformed_json",
         "not_an_object",
         "unknown_type",
@@ -177,6 +182,8 @@ impl Reject {
         "api_from_browser",
         "unsupported_media_type",
         "reserved_header",
+        "inflated_too_large",
+        "bad_compressed_data",
     ];
 
     /// Position of this variant in [`Reject::LABELS`] and in counter arrays.
@@ -228,6 +235,8 @@ impl Reject {
             Reject::ApiFromBrowser => 43,
             Reject::UnsupportedMediaType => 44,
             Reject::ReservedHeader => 45,
+            Reject::InflatedTooLarge => 46,
+            Reject::BadCompressedData => 47,
         }
     }
 
@@ -240,8 +249,8 @@ impl Reject {
     /// (the connection stays open and gets an error reply / nack).
     pub fn close_code(&self) -> Option<u16> {
         match self {
-            Reject::InvalidUtf8 => Some(1007),
-            Reject::MessageTooLarge => Some(1009),
+            Reject::InvalidUtf8 | Reject::BadCompressedData => Some(1007),
+            Reject::MessageTooLarge | Reject::InflatedTooLarge => Some(1009),
             Reject::BinaryFrame => Some(1003),
             Reject::UnmaskedFrame
             | Reject::BadOpcode
@@ -260,6 +269,8 @@ impl Reject {
         match self {
             Reject::InvalidUtf8 => "text frame is not valid UTF-8",
             Reject::MessageTooLarge => "message too large",
+            Reject::InflatedTooLarge => "compressed message inflates past the size limit",
+            Reject::BadCompressedData => "compressed message is not valid deflate data",
             Reject::BinaryFrame => "binary frames are not supported",
             Reject::UnmaskedFrame => "client frames must be masked",
             Reject::BadOpcode => "reserved bits or unknown opcode",
@@ -362,6 +373,8 @@ impl Reject {
             Reject::ApiFromBrowser,
             Reject::UnsupportedMediaType,
             Reject::ReservedHeader,
+            Reject::InflatedTooLarge,
+            Reject::BadCompressedData,
         ]
     }
 
@@ -472,7 +485,7 @@ mod tests {
             assert_eq!(Reject::LABELS[r.index()], r.label());
         }
         assert_eq!(Reject::SlowConsumer.label(), "slow_consumer");
-        assert_eq!(Reject::ReservedHeader.index(), Reject::LABELS.len() - 1);
+        assert_eq!(Reject::BadCompressedData.index(), Reject::LABELS.len() - 1);
     }
 
     #[test]
