@@ -115,6 +115,11 @@ pub enum Reject {
     /// TLS on: the client spoke plain text (an `http://` or `ws://` URL) to the TLS port
     /// (HTTP 400 in plain text, then closed).
     PlainTextOnTlsPort,
+    /// A compressed message (permessage-deflate) that inflates past
+    /// `server.max_message_bytes`: a compression bomb (close 1009).
+    InflatedTooLarge,
+    /// A compressed message that is not valid raw deflate (close 1007).
+    BadCompressedData,
 }
 
 /// How a refusal is classed for `shardcast_errors_total{class}` (as SemStreams classes
@@ -185,6 +190,8 @@ impl Reject {
         "reserved_header",
         "tls_handshake_failed",
         "plain_text_on_tls_port",
+        "inflated_too_large",
+        "bad_compressed_data",
     ];
 
     /// Position of this variant in [`Reject::LABELS`] and in counter arrays.
@@ -238,6 +245,8 @@ impl Reject {
             Reject::ReservedHeader => 45,
             Reject::TlsHandshakeFailed => 46,
             Reject::PlainTextOnTlsPort => 47,
+            Reject::InflatedTooLarge => 48,
+            Reject::BadCompressedData => 49,
         }
     }
 
@@ -250,8 +259,8 @@ impl Reject {
     /// (the connection stays open and gets an error reply / nack).
     pub fn close_code(&self) -> Option<u16> {
         match self {
-            Reject::InvalidUtf8 => Some(1007),
-            Reject::MessageTooLarge => Some(1009),
+            Reject::InvalidUtf8 | Reject::BadCompressedData => Some(1007),
+            Reject::MessageTooLarge | Reject::InflatedTooLarge => Some(1009),
             Reject::BinaryFrame => Some(1003),
             Reject::UnmaskedFrame
             | Reject::BadOpcode
@@ -270,6 +279,8 @@ impl Reject {
         match self {
             Reject::InvalidUtf8 => "text frame is not valid UTF-8",
             Reject::MessageTooLarge => "message too large",
+            Reject::InflatedTooLarge => "compressed message inflates past the size limit",
+            Reject::BadCompressedData => "compressed message is not valid deflate data",
             Reject::BinaryFrame => "binary frames are not supported",
             Reject::UnmaskedFrame => "client frames must be masked",
             Reject::BadOpcode => "reserved bits or unknown opcode",
@@ -379,6 +390,8 @@ impl Reject {
             Reject::ReservedHeader,
             Reject::TlsHandshakeFailed,
             Reject::PlainTextOnTlsPort,
+            Reject::InflatedTooLarge,
+            Reject::BadCompressedData,
         ]
     }
 
@@ -493,7 +506,7 @@ mod tests {
             assert_eq!(Reject::LABELS[r.index()], r.label());
         }
         assert_eq!(Reject::SlowConsumer.label(), "slow_consumer");
-        assert_eq!(Reject::PlainTextOnTlsPort.index(), Reject::LABELS.len() - 1);
+        assert_eq!(Reject::BadCompressedData.index(), Reject::LABELS.len() - 1);
     }
 
     #[test]

@@ -24,6 +24,7 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod conn;
+pub mod deflate;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;

@@ -5,6 +5,7 @@
 //! dialect's frame is rendered at most once (the first shard that needs it) and then the
 //! same `Bytes` are queued to every subscriber.
 
+use crate::deflate;
 use crate::protocol::{gows, vws, Dialect};
 use bytes::Bytes;
 use once_cell::race::OnceBox;
@@ -48,7 +49,9 @@ pub struct Publication {
     /// Position in its channel's history (SPEC §9), 0 = the channel keeps no history.
     /// Set once, by the history store, before any shard sees the publication.
     offset: AtomicU64,
-    frames: [OnceBox<Bytes>; 2],
+    frames: [OnceBox<Bytes>; Dialect::COUNT],
+    /// permessage-deflate frames, one per dialect, made on first use (`deflated_frame`).
+    deflated: [OnceBox<Bytes>; Dialect::COUNT],
 }
 
 /// The default gows type of a channel message.
@@ -108,7 +111,8 @@ impl Publication {
             accepted_at: when.at,
             accepted_wall: when.wall,
             offset: AtomicU64::new(0),
-            frames: [OnceBox::new(), OnceBox::new()],
+            frames: std::array::from_fn(|_| OnceBox::new()),
+            deflated: std::array::from_fn(|_| OnceBox::new()),
         }
     }
 
@@ -149,15 +153,34 @@ impl Publication {
     /// the second shard slept on a futex until the first had rendered, thousands of
     /// times a second under cross-shard fan-in.)
     pub fn frame(&self, dialect: Dialect) -> Bytes {
-        let cell = match dialect {
-            Dialect::Gows => &self.frames[0],
-            Dialect::Vws => &self.frames[1],
+        let Some(cell) = self.frames.get(dialect.index()) else {
+            return Bytes::new();
         };
         cell.get_or_init(|| {
             Box::new(match dialect {
                 Dialect::Gows => gows::render_publication(self),
                 Dialect::Vws => vws::render_publication(self),
             })
+        })
+        .clone()
+    }
+
+    /// The frame for `dialect` to a client that negotiated permessage-deflate: compressed
+    /// once, on first use, and then the same `Bytes` for every such subscriber (like
+    /// [`frame`](Self::frame), a race between shards costs at most a dropped copy). The
+    /// plain frame when its payload is under `compression_min_bytes` or does not shrink.
+    pub fn deflated_frame(
+        &self,
+        dialect: Dialect,
+        settings: &deflate::Settings,
+        stats: &deflate::Stats,
+    ) -> Bytes {
+        let Some(cell) = self.deflated.get(dialect.index()) else {
+            return self.frame(dialect);
+        };
+        cell.get_or_init(|| {
+            let plain = self.frame(dialect);
+            Box::new(deflate::deflate_frame(&plain, settings, stats).unwrap_or(plain))
         })
         .clone()
     }

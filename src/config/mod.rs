@@ -126,6 +126,24 @@ pub struct ServerConfig {
     /// ("0s" = only on SIGHUP).
     #[serde(with = "duration")]
     pub tls_reload_interval: Duration,
+    // permessage-deflate (RFC 7692, SPEC §10; `crate::deflate`).
+    /// `"on"`: clients that offer permessage-deflate get it; default `"off"`.
+    pub compression: Compression,
+    /// Publications whose frame payload is shorter than this go plain, also to clients
+    /// that negotiated compression.
+    pub compression_min_bytes: usize,
+    /// zlib level 1 (fastest) .. 9 (smallest); each publication is compressed once.
+    pub compression_level: u32,
+}
+
+/// `server.compression`: whether permessage-deflate is negotiated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// Never negotiated (the default).
+    Off,
+    /// Negotiated with clients that offer it.
+    On,
 }
 
 /// How log lines are written to stderr.

@@ -170,6 +170,7 @@ fn server(c: &Config) -> Result<(), Violation> {
             ),
         )?;
     }
+    compression(s)?;
     non_zero("server.idle_timeout", s.idle_timeout)?;
     non_zero("server.ping_interval", s.ping_interval)?;
     if s.ping_interval >= s.idle_timeout {
@@ -301,6 +302,29 @@ fn origin_entry(o: &str) -> Result<(), String> {
         return Err(format!(
             "{o:?} is not an origin: the port must be a number or '*'; {FORMS}"
         ));
+    }
+    Ok(())
+}
+
+/// permessage-deflate keys (`crate::deflate`).
+fn compression(s: &crate::config::ServerConfig) -> Result<(), Violation> {
+    if !(1..=9).contains(&s.compression_level) {
+        fail(
+            "server.compression_level",
+            format!(
+                "must be between 1 (fastest) and 9 (smallest) (got {})",
+                s.compression_level
+            ),
+        )?;
+    }
+    if s.compression_min_bytes > MAX_MESSAGE_BYTES {
+        fail(
+            "server.compression_min_bytes",
+            format!(
+                "must be at most {MAX_MESSAGE_BYTES} (64 MiB) (got {})",
+                s.compression_min_bytes
+            ),
+        )?;
     }
     Ok(())
 }

@@ -188,6 +188,9 @@ pub struct Conn {
     pub dirty: bool,
     /// `partial` holds bytes sent right behind the handshake, not yet parsed.
     pub unparsed: bool,
+    /// It negotiated permessage-deflate: publications go compressed, RSV1 frames are
+    /// inflated (the only compression state a connection has, see `crate::deflate`).
+    pub deflate: bool,
     /// Identity and per-IP slot, when auth or per-IP limits are on.
     pub admission: Option<Box<Admission>>,
     /// Close code sent (0 = none yet).
@@ -226,6 +229,7 @@ impl Conn {
             sub_rate: ChangeLimiter::new(sub_burst, now_ms),
             dirty: false,
             unparsed: false,
+            deflate: false,
             admission,
             close_code: 0,
             close_cause: CloseCause::Lost,

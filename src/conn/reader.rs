@@ -12,6 +12,7 @@
 //! its header is known, later reads land straight at the end of its carried bytes
 //! ([`gathers`], [`make_room`]), so each byte is copied once.
 
+use crate::deflate::Inflater;
 use crate::error::Reject;
 use crate::protocol::frame::{self, OpCode};
 
@@ -43,6 +44,9 @@ pub enum Flow {
 #[derive(Debug, Default)]
 pub struct Fragments {
     data: Vec<u8>,
+    /// The message is compressed (RSV1 on its first frame): its UTF-8 is checked once it
+    /// is inflated, not as the compressed fragments arrive.
+    compressed: bool,
     /// How many bytes at the front of `data` are known to be valid UTF-8; past it there
     /// is at most the start of one character whose rest has not arrived yet.
     checked: usize,
@@ -53,6 +57,9 @@ impl Fragments {
     /// after the whole message): each byte is checked once, plus at most three again.
     fn push(&mut self, bytes: &[u8]) -> Result<(), Reject> {
         self.data.extend_from_slice(bytes);
+        if self.compressed {
+            return Ok(());
+        }
         let fresh = self.data.get(self.checked..).unwrap_or_default();
         match std::str::from_utf8(fresh) {
             Ok(_) => self.checked = self.data.len(),
@@ -66,7 +73,7 @@ impl Fragments {
     /// The whole message, once the last fragment is in; a character left unfinished is
     /// invalid UTF-8.
     fn finish(self) -> Result<Vec<u8>, Reject> {
-        if self.checked == self.data.len() {
+        if self.compressed || self.checked == self.data.len() {
             Ok(self.data)
         } else {
             Err(Reject::InvalidUtf8)
@@ -106,7 +113,8 @@ pub fn make_room(partial: &mut Vec<u8>, chunk: usize) -> usize {
     start
 }
 
-/// Parses every complete frame in `buf`, handing each message to `on_message`.
+/// Parses every complete frame in `buf`, handing each message to `on_message`, for a
+/// connection without permessage-deflate (see [`parse_with`]).
 ///
 /// # Errors
 /// The protocol violation that must close the connection (1002/1003/1007/1009).
@@ -114,6 +122,24 @@ pub fn parse(
     buf: &mut [u8],
     fragments: &mut Option<Box<Fragments>>,
     max_message: usize,
+    on_message: impl FnMut(Incoming<'_>) -> Flow,
+) -> Result<Parsed, Reject> {
+    parse_with(buf, fragments, max_message, None, on_message)
+}
+
+/// [`parse`] for a connection that negotiated permessage-deflate when `inflater` is
+/// given: a message whose first frame has RSV1 is inflated (capped at `max_message`
+/// inflated bytes) before its UTF-8 is checked and it is handed on. Without `inflater`,
+/// RSV1 is a protocol error (1002), as it is on control and continuation frames always.
+///
+/// # Errors
+/// As [`parse`], plus [`Reject::InflatedTooLarge`] (1009) and
+/// [`Reject::BadCompressedData`] (1007).
+pub fn parse_with(
+    buf: &mut [u8],
+    fragments: &mut Option<Box<Fragments>>,
+    max_message: usize,
+    mut inflater: Option<&mut Inflater>,
     mut on_message: impl FnMut(Incoming<'_>) -> Flow,
 ) -> Result<Parsed, Reject> {
     let mut pos = 0;
@@ -133,6 +159,13 @@ pub fn parse(
             OpCode::Continuation => fragments.as_ref().map_or(0, |f| f.data.len()),
             _ => 0,
         };
+        if header.compressed
+            && (inflater.is_none() || !matches!(header.opcode, OpCode::Text | OpCode::Binary))
+        {
+            // RFC 7692 §6: RSV1 only on a data message's first frame, and only once
+            // negotiated.
+            return Err(Reject::BadOpcode);
+        }
         let payload_len =
             usize::try_from(header.payload_len).map_err(|_| Reject::MessageTooLarge)?;
         if payload_len.saturating_add(so_far) > max_message {
@@ -157,16 +190,23 @@ pub fn parse(
                 if fragments.is_some() {
                     return Err(Reject::BadFragmentation);
                 }
-                if std::str::from_utf8(payload).is_err() {
+                let text = match inflater.as_deref_mut() {
+                    Some(inflater) if header.compressed => {
+                        inflater.inflate(payload, max_message)?
+                    }
+                    _ => payload,
+                };
+                if std::str::from_utf8(text).is_err() {
                     return Err(Reject::InvalidUtf8);
                 }
-                on_message(Incoming::Text(payload))
+                on_message(Incoming::Text(text))
             }
             OpCode::Text => {
                 if fragments.is_some() {
                     return Err(Reject::BadFragmentation);
                 }
                 let mut f = Box::<Fragments>::default();
+                f.compressed = header.compressed;
                 f.push(payload)?;
                 *fragments = Some(f);
                 Flow::Continue
@@ -177,11 +217,21 @@ pub fn parse(
                 };
                 f.push(payload)?;
                 if header.fin {
+                    let compressed = fragments.as_ref().is_some_and(|f| f.compressed);
                     let mut whole = match fragments.take() {
                         Some(f) => f.finish()?,
                         None => Vec::new(),
                     };
-                    on_message(Incoming::Text(&mut whole))
+                    match inflater.as_deref_mut() {
+                        Some(inflater) if compressed => {
+                            let text = inflater.inflate(&whole, max_message)?;
+                            if std::str::from_utf8(text).is_err() {
+                                return Err(Reject::InvalidUtf8);
+                            }
+                            on_message(Incoming::Text(text))
+                        }
+                        _ => on_message(Incoming::Text(&mut whole)),
+                    }
                 } else {
                     Flow::Continue
                 }
@@ -377,6 +427,53 @@ mod tests {
             "copied {copied} bytes for a {} byte frame",
             frame.len()
         );
+    }
+
+    #[test]
+    fn compressed_messages_need_negotiation_and_are_inflated() {
+        let text = br#"{"k":"p","t":"a/b","d":"hello hello hello hello"}"#;
+        let plain = frame::text_frame(text);
+        let stats = crate::deflate::Stats::default();
+        let settings = crate::deflate::Settings {
+            enabled: true,
+            min_bytes: 0,
+            level: 6,
+        };
+        let deflated = crate::deflate::deflate_frame(&plain, &settings, &stats).expect("shrinks");
+        let body = frame::server_payload(&deflated).to_vec();
+        // Not negotiated: RSV1 is a protocol error.
+        let mut one = client_frame(true, 0x40 | 1, &body);
+        assert_eq!(collect(&mut one, 1000).0, Err(Reject::BadOpcode));
+        let mut inflater = crate::deflate::Inflater::default();
+        let mut run = |buf: &mut [u8], max: usize| {
+            let mut frags = None;
+            let mut seen = Vec::new();
+            let r = parse_with(buf, &mut frags, max, Some(&mut inflater), |m| {
+                if let Incoming::Text(t) = m {
+                    seen.push(String::from_utf8_lossy(t).into_owned());
+                }
+                Flow::Continue
+            });
+            (r.map(|_| ()), seen)
+        };
+        let want = String::from_utf8_lossy(text).into_owned();
+        // (Parsing unmasks in place: each run gets a fresh frame.)
+        let mut one = client_frame(true, 0x40 | 1, &body);
+        assert_eq!(run(&mut one, 1000), (Ok(()), vec![want.clone()]));
+        // Fragmented: RSV1 on the first frame only, inflated once the message is whole.
+        let (a, b) = body.split_at(body.len() / 2);
+        let mut frags = client_frame(false, 0x40 | 1, a);
+        frags.extend(client_frame(true, 0, b));
+        assert_eq!(run(&mut frags, 1000), (Ok(()), vec![want]));
+        // RSV1 on a continuation or a control frame is a protocol error.
+        let mut bad = client_frame(false, 0x40 | 1, a);
+        bad.extend(client_frame(true, 0x40, b));
+        assert_eq!(run(&mut bad, 1000).0, Err(Reject::BadOpcode));
+        let mut ping = client_frame(true, 0x40 | 9, b"");
+        assert_eq!(run(&mut ping, 1000).0, Err(Reject::BadOpcode));
+        // The cap applies to the inflated size.
+        let mut one = client_frame(true, 0x40 | 1, &body);
+        assert_eq!(run(&mut one, body.len()).0, Err(Reject::InflatedTooLarge));
     }
 
     #[test]

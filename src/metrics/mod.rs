@@ -208,6 +208,43 @@ pub fn render(broker: &Broker) -> HttpResponse {
     for (name, kind, help, pick) in counters {
         metric(&mut out, name, kind, help, broker.sum(pick));
     }
+    // permessage-deflate (`crate::deflate`); bombs refused are
+    // `rejections_total{reason="inflated_too_large"}`.
+    let deflate: [ShardMetric; 5] = [
+        (
+            "compressed_frames_total",
+            "counter",
+            "permessage-deflate frames made: one per publication and dialect, however many subscribers get it.",
+            |s| &s.deflate.frames,
+        ),
+        (
+            "compression_bytes_in_total",
+            "counter",
+            "Payload bytes of publications before compression (frames counted in compressed_frames_total).",
+            |s| &s.deflate.bytes_in,
+        ),
+        (
+            "compression_bytes_out_total",
+            "counter",
+            "Payload bytes of those frames after compression.",
+            |s| &s.deflate.bytes_out,
+        ),
+        (
+            "compression_skipped_total",
+            "counter",
+            "Publications sent plain to clients with compression: under server.compression_min_bytes or not smaller compressed.",
+            |s| &s.deflate.plain,
+        ),
+        (
+            "inflated_messages_total",
+            "counter",
+            "Compressed client messages inflated.",
+            |s| &s.deflate.inflated,
+        ),
+    ];
+    for (name, kind, help, pick) in deflate {
+        metric(&mut out, name, kind, help, broker.sum(pick));
+    }
     metric(
         &mut out,
         "bytes_written_total",

@@ -16,6 +16,8 @@ pub const MAX_SERVER_HEADER: usize = 10;
 const MAX_CONTROL_PAYLOAD: usize = 125;
 
 const OP_TEXT: u8 = 0x1;
+/// RSV1: the message is compressed (permessage-deflate, RFC 7692 §6).
+const RSV1: u8 = 0x40;
 const OP_CLOSE: u8 = 0x8;
 const OP_PING: u8 = 0x9;
 const OP_PONG: u8 = 0xA;
@@ -62,6 +64,8 @@ impl OpCode {
 pub struct FrameHeader {
     /// Final fragment of a message.
     pub fin: bool,
+    /// RSV1 (permessage-deflate: the message is compressed).
+    pub compressed: bool,
     /// Frame opcode.
     pub opcode: OpCode,
     /// Masking key (client frames are always masked).
@@ -111,8 +115,31 @@ pub fn build_text_frame_sized(payload_hint: usize, render: impl FnOnce(&mut Vec<
     let mut buf = Vec::with_capacity(MAX_SERVER_HEADER + payload_hint);
     buf.resize(MAX_SERVER_HEADER, 0);
     render(&mut buf);
+    finish_frame(OP_TEXT, buf).0
+}
+
+/// A text frame with RSV1 set (permessage-deflate, RFC 7692 §6): `render` appends the
+/// compressed payload and returns false on failure. Returns the frame and its payload
+/// length. Never fragmented: the whole message is one frame.
+pub fn build_deflated_frame(
+    payload_hint: usize,
+    render: impl FnOnce(&mut Vec<u8>) -> bool,
+) -> Option<(Bytes, usize)> {
+    let mut buf = Vec::with_capacity(MAX_SERVER_HEADER + payload_hint);
+    buf.resize(MAX_SERVER_HEADER, 0);
+    if !render(&mut buf) {
+        return None;
+    }
+    Some(finish_frame(RSV1 | OP_TEXT, buf))
+}
+
+/// Writes the header for the payload that follows [`MAX_SERVER_HEADER`] reserved bytes
+/// of `buf` right in front of it; returns the frame (starting at its header) and the
+/// payload length.
+fn finish_frame(opcode: u8, buf: Vec<u8>) -> (Bytes, usize) {
+    let mut buf = buf;
     let payload_len = buf.len().saturating_sub(MAX_SERVER_HEADER);
-    let (header, header_len) = server_header(OP_TEXT, payload_len);
+    let (header, header_len) = server_header(opcode, payload_len);
     let start = MAX_SERVER_HEADER - header_len;
     if let (Some(dst), Some(src)) = (
         buf.get_mut(start..MAX_SERVER_HEADER),
@@ -120,7 +147,17 @@ pub fn build_text_frame_sized(payload_hint: usize, render: impl FnOnce(&mut Vec<
     ) {
         dst.copy_from_slice(src);
     }
-    Bytes::from(buf).slice(start..)
+    (Bytes::from(buf).slice(start..), payload_len)
+}
+
+/// The payload of a server frame made here (unmasked, length in the fewest bytes).
+pub fn server_payload(frame: &[u8]) -> &[u8] {
+    let header_len = match frame.get(1).map(|b| b & 0x7F) {
+        Some(126) => 4,
+        Some(127) => 10,
+        _ => 2,
+    };
+    frame.get(header_len..).unwrap_or_default()
 }
 
 /// Frames `payload` with `opcode` (payload copied once).
@@ -170,7 +207,8 @@ fn control_payload(payload: &[u8]) -> &[u8] {
 /// again). Errors are reported as soon as the bytes that prove them have arrived.
 ///
 /// # Errors
-/// - [`Reject::BadOpcode`]: an RSV bit is set or the opcode is undefined;
+/// - [`Reject::BadOpcode`]: RSV2 or RSV3 is set or the opcode is undefined (RSV1 is
+///   reported in [`FrameHeader::compressed`] for the reader to judge);
 /// - [`Reject::UnmaskedFrame`]: the mask bit is clear;
 /// - [`Reject::BadControlFrame`]: close/ping/pong longer than 125 bytes or without FIN;
 /// - [`Reject::MessageTooLarge`]: a 64-bit length with its most significant bit set;
@@ -179,9 +217,12 @@ pub fn parse_client_header(buf: &[u8]) -> Result<Option<FrameHeader>, Reject> {
     let (Some(&b0), Some(&b1)) = (buf.first(), buf.get(1)) else {
         return Ok(None);
     };
-    if b0 & 0x70 != 0 {
+    // RSV1 is permessage-deflate's "compressed" bit: the reader decides whether this
+    // connection may set it (and on which frames). RSV2/RSV3 are never defined here.
+    if b0 & 0x30 != 0 {
         return Err(Reject::BadOpcode);
     }
+    let compressed = b0 & RSV1 != 0;
     let opcode = OpCode::from_bits(b0 & 0x0F).ok_or(Reject::BadOpcode)?;
     let fin = b0 & 0x80 != 0;
     if b1 & 0x80 == 0 {
@@ -225,6 +266,7 @@ pub fn parse_client_header(buf: &[u8]) -> Result<Option<FrameHeader>, Reject> {
     };
     Ok(Some(FrameHeader {
         fin,
+        compressed,
         opcode,
         mask,
         header_len: len_end + 4,
@@ -403,6 +445,7 @@ mod tests {
                 h,
                 FrameHeader {
                     fin: true,
+                    compressed: false,
                     opcode: OpCode::Text,
                     mask,
                     header_len,
@@ -440,8 +483,8 @@ mod tests {
 
     #[test]
     fn header_errors() {
-        // RSV1/2/3.
-        for rsv in [0x40, 0x20, 0x10] {
+        // RSV2/3 (RSV1 is the reader's to judge: permessage-deflate).
+        for rsv in [0x20, 0x10] {
             assert_eq!(
                 parse_client_header(&[0x81 | rsv, 0x80]),
                 Err(Reject::BadOpcode)

@@ -26,8 +26,11 @@ pub enum Dialect {
 }
 
 impl Dialect {
+    /// How many dialects there are (size of per-dialect arrays).
+    pub const COUNT: usize = 2;
+
     /// Both dialects, in index order.
-    pub const ALL: [Dialect; 2] = [Dialect::Gows, Dialect::Vws];
+    pub const ALL: [Dialect; Self::COUNT] = [Dialect::Gows, Dialect::Vws];
 
     /// Parses a subprotocol or `?dialect=` value (`gows` / `vws`).
     pub fn from_name(name: &str) -> Option<Dialect> {

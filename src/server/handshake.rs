@@ -49,6 +49,8 @@ pub struct Upgrade {
     pub echo: bool,
     /// Who the client authenticated as (`None`: anonymous, `auth.type = "none"`).
     pub identity: Option<Identity>,
+    /// The `Sec-WebSocket-Extensions` answer when permessage-deflate was negotiated.
+    pub extensions: Option<&'static str>,
 }
 
 /// What the handshake settings need from config.
@@ -63,6 +65,8 @@ pub struct Rules<'a> {
     pub default_dialect: Dialect,
     /// `[auth]`.
     pub auth: &'a Authenticator,
+    /// `server.compression = "on"`: permessage-deflate offers are negotiated.
+    pub compression: bool,
 }
 
 /// Serves one accepted socket on this shard: the lean upgrade when it applies, hyper
@@ -115,7 +119,7 @@ pub async fn accept(
     // The WebSocket slot is the limit here (reserved in `classify`); the socket counts
     // as open from now on either way.
     let _ = shard.broker.socket_opened();
-    let mut response = [0u8; 192];
+    let mut response = [0u8; 384];
     let len = render_101(&mut response, &upgrade);
     let written = match response.get(..len) {
         // A fresh socket takes this in one write; write_all covers the rare rest.
@@ -137,6 +141,7 @@ pub async fn accept(
     shard.place_conn(Upgraded {
         stream,
         dialect: upgrade.dialect,
+        deflate: upgrade.extensions.is_some(),
         leftover,
         admission,
         peer,
@@ -181,6 +186,7 @@ fn classify(shard: &Shard, got: &[u8]) -> Read {
         allowed_hosts: &server.allowed_hosts,
         default_dialect: server.default_dialect,
         auth: &shard.broker.auth,
+        compression: server.compression == crate::config::Compression::On,
     };
     // Over the head limit: hyper gives the 431. Over the WebSocket limit or shutting
     // down: hyper gives the 503.
@@ -277,12 +283,20 @@ pub fn parse_upgrade(buf: &[u8], rules: &Rules<'_>) -> Option<Upgrade> {
             query,
         })
         .ok()?;
+    let extensions = crate::deflate::negotiate(
+        rules.compression,
+        req.headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("sec-websocket-extensions"))
+            .map(|h| h.value),
+    );
     Some(Upgrade {
         head_len,
         accept: accept_key(key),
         dialect: choice.dialect,
         echo: choice.echo,
         identity,
+        extensions,
     })
 }
 
@@ -313,6 +327,10 @@ fn render_101(buf: &mut [u8], upgrade: &Upgrade) -> usize {
         let _ = w.write_all(b"\r\nsec-websocket-protocol: ");
         let _ = w.write_all(upgrade.dialect.name().as_bytes());
     }
+    if let Some(answer) = upgrade.extensions {
+        let _ = w.write_all(b"\r\nsec-websocket-extensions: ");
+        let _ = w.write_all(answer.as_bytes());
+    }
     let _ = w.write_all(b"\r\n\r\n");
     total - w.len()
 }
@@ -336,6 +354,7 @@ mod tests {
             allowed_hosts: &[],
             default_dialect: Dialect::Gows,
             auth: open(),
+            compression: false,
         }
     }
 
@@ -357,7 +376,7 @@ mod tests {
         assert_eq!(u.head_len, GOOD.len());
         assert_eq!(u.dialect, Dialect::Vws);
         assert!(u.echo);
-        let mut out = [0u8; 192];
+        let mut out = [0u8; 384];
         let n = render_101(&mut out, &u);
         let text = std::str::from_utf8(&out[..n]).expect("ascii");
         assert!(text.starts_with("HTTP/1.1 101 "));

@@ -308,6 +308,13 @@ pub fn upgrade(
     }
     socket.upgraded.set(true);
     let admission = Admission::boxed(identity, socket.ip_slot.take());
+    let extensions = crate::deflate::negotiate(
+        shard.broker.config.server.compression == crate::config::Compression::On,
+        req.headers()
+            .get_all(hyper::header::SEC_WEBSOCKET_EXTENSIONS)
+            .iter()
+            .map(HeaderValue::as_bytes),
+    );
     let shard = shard.clone();
     let dialect = choice.dialect;
     tokio::task::spawn_local(async move {
@@ -330,6 +337,7 @@ pub fn upgrade(
                 shard.place_conn(Upgraded {
                     stream,
                     dialect,
+                    deflate: extensions.is_some(),
                     leftover,
                     admission,
                     peer,
@@ -346,6 +354,12 @@ pub fn upgrade(
         parts.headers.insert(
             SEC_WEBSOCKET_PROTOCOL,
             HeaderValue::from_static(dialect.name()),
+        );
+    }
+    if let Some(answer) = extensions {
+        parts.headers.insert(
+            hyper::header::SEC_WEBSOCKET_EXTENSIONS,
+            HeaderValue::from_static(answer),
         );
     }
     HttpResponse::from_parts(parts, Full::default())

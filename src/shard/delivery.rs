@@ -25,7 +25,7 @@ use crate::conn::outbox::{Pushed, MAX_IOVECS};
 use crate::conn::{Conn, Phase};
 use crate::error::Reject;
 use crate::history::cursor::Live;
-use crate::protocol::frame;
+use crate::protocol::{frame, Dialect};
 use crate::publication::Publication;
 use crate::shard::inbox::{InboxReceiver, ShardMsg};
 use crate::shard::stats::ShardStats;
@@ -34,6 +34,12 @@ use std::io::{self, IoSlice};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// Which of a publication's frames `conn` takes, as an index into the per-delivery frame
+/// array: its dialect's plain frame, or (after them) its permessage-deflate frame.
+fn frame_slot(conn: &Conn) -> usize {
+    conn.dialect.index() + usize::from(conn.deflate) * Dialect::COUNT
+}
 
 impl Shard {
     /// Runs the shard until it has shut down: inbox drain loop plus the keepalive sweep.
@@ -164,7 +170,8 @@ impl Shard {
         self.delivery_seq.set(seq);
         let mut conns = self.conns.borrow_mut();
         let mut dirty = self.dirty.borrow_mut();
-        let mut frames: [Option<Bytes>; 2] = [None, None];
+        // Per dialect, plain then permessage-deflate (a connection's slot: `frame_slot`).
+        let mut frames: [Option<Bytes>; 2 * Dialect::COUNT] = Default::default();
         // History channels only: a connection with a cursor on this channel takes the
         // publication only when it is the next offset it needs (`history::cursor`).
         let offset = p.offset();
@@ -194,9 +201,12 @@ impl Shard {
                     }
                 }
             }
-            let slot = frames.get_mut(conn.dialect.index());
+            let slot = frames.get_mut(frame_slot(conn));
             let frame = match slot {
                 Some(Some(f)) => f.clone(),
+                Some(slot) if conn.deflate => slot
+                    .insert(p.deflated_frame(conn.dialect, &self.deflate, &self.stats.deflate))
+                    .clone(),
                 Some(slot) => slot.insert(p.frame(conn.dialect)).clone(),
                 None => return,
             };

@@ -80,6 +80,10 @@ pub struct Shard {
     stop_accepting: Notify,
     outbox_limits: outbox::Limits,
     topic_limits: topic::Limits,
+    /// permessage-deflate settings, and the inflater every connection of this shard
+    /// that negotiated it shares (made on first use; reset per message).
+    deflate: crate::deflate::Settings,
+    inflater: RefCell<Option<Box<crate::deflate::Inflater>>>,
 }
 
 impl Shard {
@@ -95,6 +99,7 @@ impl Shard {
             max_bytes: c.max_topic_bytes,
             max_levels: c.max_topic_levels,
         };
+        let deflate = crate::deflate::Settings::of(&broker.config.server);
         Shard {
             id,
             broker,
@@ -116,6 +121,8 @@ impl Shard {
             stop_accepting: Notify::new(),
             outbox_limits,
             topic_limits,
+            deflate,
+            inflater: RefCell::new(None),
         }
     }
 
@@ -206,6 +213,7 @@ impl Shard {
         let Upgraded {
             stream,
             dialect,
+            deflate,
             leftover,
             admission,
             peer,
@@ -224,6 +232,7 @@ impl Shard {
             self.broker.config.client.subscribe_burst,
             admission,
         );
+        conn.deflate = deflate;
         if !leftover.is_empty() {
             conn.partial = leftover;
             conn.partial.shrink_to_fit(); // kept while the connection lives
@@ -486,9 +495,18 @@ impl Shard {
             let buf = scratch.get_mut(..filled).unwrap_or_default();
             let mut fragments = conn.fragments.take();
             let max = self.broker.config.server.max_message_bytes;
-            let parsed = reader::parse(buf, &mut fragments, max, |msg| {
+            let mut inflater = self.inflater.borrow_mut();
+            let parsed = match conn.deflate {
+                true => Some(&mut **inflater.get_or_insert_with(Box::default)),
+                false => None,
+            };
+            let parsed = reader::parse_with(buf, &mut fragments, max, parsed, |msg| {
                 self.on_message(conns.get_mut(key), key, msg)
             });
+            if let Some(inflater) = inflater.as_deref_mut() {
+                ShardStats::add(&self.stats.deflate.inflated, inflater.take_count());
+            }
+            drop(inflater);
             let Some(conn) = conns.get_mut(key) else {
                 return Poll::Ready(());
             };

@@ -34,6 +34,8 @@ pub struct Upgraded<S = Stream> {
     pub stream: S,
     /// The dialect the handshake chose.
     pub dialect: Dialect,
+    /// It negotiated permessage-deflate.
+    pub deflate: bool,
     /// Bytes the client sent right behind its handshake.
     pub leftover: Vec<u8>,
     /// Who the client is and its per-IP slot, when there is any.
@@ -51,6 +53,7 @@ impl<S> Upgraded<S> {
         Ok(Upgraded {
             stream: convert(self.stream)?,
             dialect: self.dialect,
+            deflate: self.deflate,
             leftover: self.leftover,
             admission: self.admission,
             peer: self.peer,

@@ -63,6 +63,8 @@ pub struct ShardStats {
     pub rejections: [AtomicU64; Reject::LABELS.len()],
     /// Delivery latency, publish accepted -> frame written, in microseconds.
     pub latency_us: Mutex<Histogram<u64>>,
+    /// permessage-deflate counters.
+    pub deflate: crate::deflate::Stats,
 }
 
 impl Default for ShardStats {
@@ -87,6 +89,7 @@ impl Default for ShardStats {
             dropped_slow_consumer: AtomicU64::new(0),
             rejections: std::array::from_fn(|_| AtomicU64::new(0)),
             latency_us: Mutex::new(new_histogram()),
+            deflate: crate::deflate::Stats::default(),
         }
     }
 }

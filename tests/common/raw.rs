@@ -18,6 +18,10 @@ pub type RawFrame = (bool, u8, Vec<u8>);
 pub struct RawWs {
     stream: TcpStream,
     buf: Vec<u8>,
+    /// The first header byte of the last frame read (FIN, RSV1..3, opcode).
+    pub last_b0: u8,
+    /// The whole 101 response head.
+    pub head: String,
 }
 
 /// What the raw client saw when waiting for the end of a connection.
@@ -63,6 +67,20 @@ impl RawWs {
         protocol: Option<&str>,
         recv_buffer: Option<u32>,
     ) -> RawWs {
+        let mut headers = String::new();
+        if let Some(p) = protocol {
+            headers.push_str(&format!("Sec-WebSocket-Protocol: {p}\r\n"));
+        }
+        RawWs::connect_headers(addr, path_and_query, &headers, recv_buffer).await
+    }
+
+    /// Handshake on `path_and_query` with `extra` header lines (each ending in `\r\n`).
+    pub async fn connect_headers(
+        addr: SocketAddr,
+        path_and_query: &str,
+        extra: &str,
+        recv_buffer: Option<u32>,
+    ) -> RawWs {
         let socket = tokio::net::TcpSocket::new_v4().expect("socket");
         if let Some(size) = recv_buffer {
             socket.set_recv_buffer_size(size).expect("SO_RCVBUF");
@@ -70,10 +88,7 @@ impl RawWs {
         let mut stream = within(RECV, "raw TCP connect", socket.connect(addr))
             .await
             .expect("connect");
-        let mut headers = format!("Host: {addr}\r\n");
-        if let Some(p) = protocol {
-            headers.push_str(&format!("Sec-WebSocket-Protocol: {p}\r\n"));
-        }
+        let headers = format!("Host: {addr}\r\n{extra}");
         let req = upgrade_request(path_and_query, &headers);
         within(
             RECV,
@@ -110,7 +125,12 @@ impl RawWs {
             "wrong or missing Sec-WebSocket-Accept: {head}"
         );
         buf.drain(..head_end);
-        RawWs { stream, buf }
+        RawWs {
+            stream,
+            buf,
+            last_b0: 0,
+            head,
+        }
     }
 
     /// A gows client with a tiny receive buffer, subscribed to `channel` (ping-synced),
@@ -172,6 +192,7 @@ impl RawWs {
         let deadline = tokio::time::Instant::now() + d;
         loop {
             if let Some((frame, used)) = parse_server_frame(&self.buf) {
+                self.last_b0 = self.buf[0];
                 self.buf.drain(..used);
                 return Ok(Some(frame));
             }
