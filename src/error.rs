@@ -141,7 +141,7 @@ impl ErrorClass {
 
 impl Reject {
     /// Every variant's metric label, in `index()` order (for per-shard counter arrays).
-    pub const LABELS: [&'static str; 48] = [
+    pub const LABELS: [&'static str; 50] = [
         "malformed_json",
         "not_an_object",
         "unknown_type",
