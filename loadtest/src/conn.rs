@@ -1,14 +1,18 @@
 //! One client connection: TCP connect (spreading source addresses over 127.0.x.y, so
 //! port allocation stays cheap and runs can pass one address's port range), the upgrade,
 //! and a read loop that pulls many frames per syscall through a per-thread scratch buffer.
+//! A `wss://` target adds a rustls session over the socket (plaintext in and out of it,
+//! ciphertext through the same non-blocking socket calls).
 
 use crate::wire::{self, Dialect, Frame, Reply, Target};
 use anyhow::{bail, Context, Result};
 use std::cell::RefCell;
-use std::io::ErrorKind;
+use std::io::{self, ErrorKind, Read as _, Write as _};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpSocket, TcpStream};
+use tokio_rustls::rustls::pki_types::ServerName;
+use tokio_rustls::rustls::ClientConnection;
 
 /// Source addresses the connections are spread over: 127.0.x.y with x, y in 1..=250.
 const SOURCES_PER_OCTET: usize = 250;
@@ -23,22 +27,42 @@ thread_local! {
 /// An upgraded connection. `pending` holds only an incomplete frame between reads.
 pub struct Conn {
     pub stream: TcpStream,
+    /// `wss://`: the TLS session over `stream`.
+    tls: Option<Box<ClientConnection>>,
     pending: Vec<u8>,
 }
 
 /// Connects, upgrades and returns the connection. `index` picks the source address
 /// when `spread` is set.
 pub async fn open(target: &Target, dialect: Dialect, index: usize, spread: bool) -> Result<Conn> {
-    let mut stream = connect(target, index, spread).await?;
-    stream
-        .write_all(&target.upgrade_request(dialect))
+    let stream = connect(target, index, spread).await?;
+    let (stream, tls) = match &target.tls {
+        None => (stream, None),
+        Some(config) => {
+            let name = ServerName::IpAddress(target.addr.ip().into());
+            let tls = tokio_rustls::TlsConnector::from(config.clone())
+                .connect(name, stream)
+                .await
+                .context("TLS handshake")?;
+            let (stream, mut session) = tls.into_inner();
+            // `send` hands whole batches to rustls and flushes them itself.
+            session.set_buffer_limit(None);
+            (stream, Some(Box::new(session)))
+        }
+    };
+    let mut conn = Conn {
+        stream,
+        tls,
+        pending: Vec::new(),
+    };
+    conn.send(&target.upgrade_request(dialect))
         .await
         .context("send upgrade")?;
     let mut head = Vec::with_capacity(512);
     let mut chunk = [0u8; 1024];
     loop {
-        let n = stream
-            .read(&mut chunk)
+        let n = conn
+            .read_some(&mut chunk)
             .await
             .context("read upgrade response")?;
         if n == 0 {
@@ -50,10 +74,8 @@ pub async fn open(target: &Target, dialect: Dialect, index: usize, spread: bool)
                 bail!("upgrade refused: HTTP {status}");
             }
             head.drain(..end);
-            return Ok(Conn {
-                stream,
-                pending: head,
-            });
+            conn.pending = head;
+            return Ok(conn);
         }
         if head.len() > 16 * 1024 {
             bail!("upgrade response head too long");
@@ -96,7 +118,54 @@ pub enum ReadEnd {
 impl Conn {
     /// Sends bytes, waiting for the socket to take them all.
     pub async fn send(&mut self, bytes: &[u8]) -> Result<()> {
-        self.stream.write_all(bytes).await.context("write")
+        let Some(tls) = &mut self.tls else {
+            return self.stream.write_all(bytes).await.context("write");
+        };
+        tls.writer().write_all(bytes).context("TLS write")?;
+        while tls.wants_write() {
+            match tls.write_tls(&mut SyncIo(&self.stream)) {
+                Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    self.stream.writable().await.context("writable")?
+                }
+                Err(e) => return Err(e).context("write"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads what is there without waiting (`WouldBlock`: nothing yet); `Ok(0)` is the
+    /// end of the stream. TLS: plaintext rustls holds first, then records from the socket.
+    fn try_read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let Some(tls) = &mut self.tls else {
+            return self.stream.try_read(buf);
+        };
+        loop {
+            match tls.reader().read(buf) {
+                Ok(n) => return Ok(n),
+                Err(e) if e.kind() == ErrorKind::UnexpectedEof => return Ok(0),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+            if tls.read_tls(&mut SyncIo(&self.stream))? == 0 {
+                return Ok(0);
+            }
+            tls.process_new_packets().map_err(io::Error::other)?;
+            if tls.wants_write() {
+                // Alerts or key updates; best effort, the next `send` flushes the rest.
+                let _ = tls.write_tls(&mut SyncIo(&self.stream));
+            }
+        }
+    }
+
+    /// Waits for and reads some bytes.
+    async fn read_some(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            match self.try_read(buf) {
+                Err(e) if e.kind() == ErrorKind::WouldBlock => self.stream.readable().await?,
+                other => return other,
+            }
+        }
     }
 
     /// Waits until readable, then reads until the socket would block, calling `on_text`
@@ -130,7 +199,7 @@ impl Conn {
                     scratch[..kept].copy_from_slice(&self.pending);
                     self.pending.clear();
                 }
-                let n = match self.stream.try_read(&mut scratch[kept..]) {
+                let n = match self.try_read(&mut scratch[kept..]) {
                     Ok(0) => return Ok(ReadEnd::Closed(1006, "connection ended".into())),
                     Ok(n) => n,
                     Err(e) if e.kind() == ErrorKind::WouldBlock => {
@@ -216,5 +285,29 @@ impl Conn {
             Some(m) => bail!("subscribe refused: {m}"),
             None => Ok(()),
         }
+    }
+}
+
+/// `std::io` over a tokio socket's non-blocking calls (`WouldBlock` when not ready; the
+/// caller then awaits readiness).
+struct SyncIo<'a>(&'a TcpStream);
+
+impl io::Read for SyncIo<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.try_read(buf)
+    }
+}
+
+impl io::Write for SyncIo<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.try_write(buf)
+    }
+
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        self.0.try_write_vectored(bufs)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }

@@ -46,6 +46,10 @@ struct RunArgs {
     /// WebSocket URL for publishers (default: --url). The cluster scenario needs it.
     #[arg(long)]
     pub_url: Option<String>,
+    /// For wss:// URLs: PEM file of the CA (or self-signed certificate) to trust. The
+    /// certificate must name the loopback IP address the harness connects to.
+    #[arg(long)]
+    tls_ca: Option<std::path::PathBuf>,
     /// Dialect of the subscribers.
     #[arg(long, value_enum, default_value = "vws")]
     dialect: Dialect,
@@ -180,9 +184,19 @@ fn seconds(name: &str, v: f64) -> Result<Duration> {
 
 fn plan(a: &RunArgs) -> Result<Plan> {
     let preset = a.scenario.preset();
-    let sub_target = Target::parse(&a.url)?;
+    let secure = |mut t: Target| -> Result<Target> {
+        if t.is_wss() {
+            let ca = a
+                .tls_ca
+                .as_deref()
+                .with_context(|| format!("{}: wss:// needs --tls-ca FILE", t.url))?;
+            t.trust(ca)?;
+        }
+        Ok(t)
+    };
+    let sub_target = secure(Target::parse(&a.url)?)?;
     let pub_target = match &a.pub_url {
-        Some(u) => Target::parse(u)?,
+        Some(u) => secure(Target::parse(u)?)?,
         None if a.scenario == Scenario::Cluster => {
             anyhow::bail!("the cluster scenario needs --pub-url (the node publishers use)")
         }

@@ -7,7 +7,8 @@
 use anyhow::{bail, Context, Result};
 use memchr::memmem::Finder;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
+use tokio_rustls::rustls::ClientConfig;
 
 /// The wire dialect a connection speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -19,22 +20,28 @@ pub enum Dialect {
     Gows,
 }
 
-/// Where the harness connects: a loopback `ws://host:port/path` URL.
+/// Where the harness connects: a loopback `ws://host:port/path` or `wss://` URL.
 #[derive(Clone, Debug)]
 pub struct Target {
     pub url: String,
     pub addr: SocketAddr,
     host: String,
     path: String,
+    /// `wss://`: the TLS client settings (set by [`Target::trust`]).
+    pub tls: Option<Arc<ClientConfig>>,
+    wss: bool,
 }
 
 impl Target {
-    /// Parses `ws://HOST:PORT/PATH`. Anything that does not resolve to a loopback
-    /// address is refused: load tests never leave the machine.
+    /// Parses `ws://HOST:PORT/PATH` or `wss://HOST:PORT/PATH` (then call
+    /// [`Target::trust`]). Anything that does not resolve to a loopback address is
+    /// refused: load tests never leave the machine.
     pub fn parse(url: &str) -> Result<Target> {
-        let rest = url
-            .strip_prefix("ws://")
-            .with_context(|| format!("{url}: only ws:// URLs are supported"))?;
+        let (rest, wss) = match (url.strip_prefix("ws://"), url.strip_prefix("wss://")) {
+            (Some(rest), _) => (rest, false),
+            (None, Some(rest)) => (rest, true),
+            (None, None) => bail!("{url}: only ws:// and wss:// URLs are supported"),
+        };
         let (host, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, "/"),
@@ -54,7 +61,41 @@ impl Target {
             addr,
             host: host.to_string(),
             path: path.to_string(),
+            tls: None,
+            wss,
         })
+    }
+
+    /// Whether the URL is `wss://`.
+    pub fn is_wss(&self) -> bool {
+        self.wss
+    }
+
+    /// For a `wss://` target: trust the PEM certificates in `ca_file` (a CA, or a
+    /// self-signed server certificate itself). The server's certificate must name the
+    /// target's IP address (the harness connects by address).
+    pub fn trust(&mut self, ca_file: &std::path::Path) -> Result<()> {
+        use tokio_rustls::rustls::pki_types::{pem::PemObject, CertificateDer};
+        let mut roots = tokio_rustls::rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_file_iter(ca_file)
+            .with_context(|| format!("cannot read {}", ca_file.display()))?
+        {
+            let cert = cert.with_context(|| format!("{}: not PEM", ca_file.display()))?;
+            roots
+                .add(cert)
+                .with_context(|| format!("{}: unusable certificate", ca_file.display()))?;
+        }
+        if roots.is_empty() {
+            bail!("{}: no certificate in it", ca_file.display());
+        }
+        let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+        let config = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .context("TLS setup")?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        self.tls = Some(Arc::new(config));
+        Ok(())
     }
 
     /// The HTTP/1.1 upgrade request for this target and dialect.
@@ -553,6 +594,10 @@ mod tests {
     #[test]
     fn only_loopback_targets_are_accepted() {
         assert!(Target::parse("ws://127.0.0.1:9/ws").is_ok());
+        let wss = Target::parse("wss://127.0.0.1:9/ws").unwrap();
+        assert!(wss.is_wss() && wss.tls.is_none());
+        assert!(!Target::parse("ws://127.0.0.1:9/ws").unwrap().is_wss());
+        assert!(Target::parse("https://127.0.0.1:9/ws").is_err());
         assert!(Target::parse("ws://127.0.0.2:9").is_ok());
         assert!(Target::parse("ws://10.0.0.1:9/ws").is_err());
         assert!(Target::parse("http://127.0.0.1:9/ws").is_err());
