@@ -88,6 +88,8 @@ pub struct Broker {
     pub cluster: Option<crate::cluster::Cluster>,
     /// Retained publications of history channels (SPEC §9); the router appends to it.
     pub history: Arc<crate::history::History>,
+    /// SemStreams dialect counters (SPEC §11).
+    pub semstreams: crate::shard::semstreams::SemstreamsStats,
 }
 
 impl Broker {

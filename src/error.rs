@@ -109,6 +109,17 @@ pub enum Reject {
     UnsupportedMediaType,
     /// A vws publish with an `h.type` header: only the HTTP API sets a publication's type.
     ReservedHeader,
+    // SemStreams dialect (issue 19).
+    /// A SemStreams `request` whose `method` the broker does not offer.
+    UnknownMethod,
+    /// A SemStreams `request` whose `params` are wrong (which member, what is wrong).
+    BadParams(&'static str, &'static str),
+    /// A SemStreams `reply` to a request this broker never sent.
+    UnsolicitedReply,
+    /// A SemStreams `data`/`request` id this peer already used (`semstreams.id_window`).
+    ReusedId,
+    /// A SemStreams `payload` larger than `semstreams.max_payload_bytes`.
+    PayloadTooLarge,
 }
 
 /// How a refusal is classed for `shardcast_errors_total{class}` (as SemStreams classes
@@ -130,7 +141,7 @@ impl ErrorClass {
 
 impl Reject {
     /// Every variant's metric label, in `index()` order (for per-shard counter arrays).
-    pub const LABELS: [&'static str; 46] = [
+    pub const LABELS: [&'static str; 51] = [
         "malformed_json",
         "not_an_object",
         "unknown_type",
@@ -177,6 +188,11 @@ impl Reject {
         "api_from_browser",
         "unsupported_media_type",
         "reserved_header",
+        "unknown_method",
+        "bad_params",
+        "unsolicited_reply",
+        "reused_id",
+        "payload_too_large",
     ];
 
     /// Position of this variant in [`Reject::LABELS`] and in counter arrays.
@@ -228,6 +244,11 @@ impl Reject {
             Reject::ApiFromBrowser => 43,
             Reject::UnsupportedMediaType => 44,
             Reject::ReservedHeader => 45,
+            Reject::UnknownMethod => 46,
+            Reject::BadParams(..) => 47,
+            Reject::UnsolicitedReply => 48,
+            Reject::ReusedId => 49,
+            Reject::PayloadTooLarge => 50,
         }
     }
 
@@ -362,6 +383,11 @@ impl Reject {
             Reject::ApiFromBrowser,
             Reject::UnsupportedMediaType,
             Reject::ReservedHeader,
+            Reject::UnknownMethod,
+            Reject::BadParams("", ""),
+            Reject::UnsolicitedReply,
+            Reject::ReusedId,
+            Reject::PayloadTooLarge,
         ]
     }
 
@@ -451,6 +477,15 @@ impl fmt::Display for Reject {
             Reject::ReservedHeader => f.write_str(
                 "header 'type' is reserved: only the HTTP API sets a publication's type",
             ),
+            Reject::UnknownMethod => f.write_str(
+                "unknown method (expected status, backpressure, subscribe, history or routing)",
+            ),
+            Reject::BadParams(name, what) => write!(f, "params.{name} {what}"),
+            Reject::UnsolicitedReply => f.write_str("reply to a request this broker never sent"),
+            Reject::ReusedId => f.write_str("id already used on this connection"),
+            Reject::PayloadTooLarge => {
+                f.write_str("payload too large (semstreams.max_payload_bytes)")
+            }
             other => f.write_str(other.close_reason()),
         }
     }
@@ -472,7 +507,7 @@ mod tests {
             assert_eq!(Reject::LABELS[r.index()], r.label());
         }
         assert_eq!(Reject::SlowConsumer.label(), "slow_consumer");
-        assert_eq!(Reject::ReservedHeader.index(), Reject::LABELS.len() - 1);
+        assert_eq!(Reject::PayloadTooLarge.index(), Reject::LABELS.len() - 1);
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! dialect's frame is rendered at most once (the first shard that needs it) and then the
 //! same `Bytes` are queued to every subscriber.
 
-use crate::protocol::{gows, vws, Dialect};
+use crate::protocol::{gows, semstreams, vws, Dialect};
 use bytes::Bytes;
 use once_cell::race::OnceBox;
 use std::borrow::Cow;
@@ -48,7 +48,7 @@ pub struct Publication {
     /// Position in its channel's history (SPEC §9), 0 = the channel keeps no history.
     /// Set once, by the history store, before any shard sees the publication.
     offset: AtomicU64,
-    frames: [OnceBox<Bytes>; 2],
+    frames: [OnceBox<Bytes>; Dialect::COUNT],
 }
 
 /// The default gows type of a channel message.
@@ -108,7 +108,7 @@ impl Publication {
             accepted_at: when.at,
             accepted_wall: when.wall,
             offset: AtomicU64::new(0),
-            frames: [OnceBox::new(), OnceBox::new()],
+            frames: std::array::from_fn(|_| OnceBox::new()),
         }
     }
 
@@ -149,17 +149,17 @@ impl Publication {
     /// the second shard slept on a futex until the first had rendered, thousands of
     /// times a second under cross-shard fan-in.)
     pub fn frame(&self, dialect: Dialect) -> Bytes {
-        let cell = match dialect {
-            Dialect::Gows => &self.frames[0],
-            Dialect::Vws => &self.frames[1],
-        };
-        cell.get_or_init(|| {
+        let render = || {
             Box::new(match dialect {
                 Dialect::Gows => gows::render_publication(self),
                 Dialect::Vws => vws::render_publication(self),
+                Dialect::Semstreams => semstreams::render_publication(self),
             })
-        })
-        .clone()
+        };
+        match self.frames.get(dialect.index()) {
+            Some(cell) => cell.get_or_init(render).clone(),
+            None => *render(),
+        }
     }
 }
 

@@ -188,6 +188,9 @@ pub struct Conn {
     pub dirty: bool,
     /// `partial` holds bytes sent right behind the handshake, not yet parsed.
     pub unparsed: bool,
+    /// The dialect is still to be detected from the next message (`server.default_dialect
+    /// = "auto"`); `dialect` is gows until then.
+    pub detect: bool,
     /// Identity and per-IP slot, when auth or per-IP limits are on.
     pub admission: Option<Box<Admission>>,
     /// Close code sent (0 = none yet).
@@ -226,6 +229,7 @@ impl Conn {
             sub_rate: ChangeLimiter::new(sub_burst, now_ms),
             dirty: false,
             unparsed: false,
+            detect: false,
             admission,
             close_code: 0,
             close_cause: CloseCause::Lost,

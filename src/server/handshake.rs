@@ -46,6 +46,8 @@ pub struct Upgrade {
     pub dialect: Dialect,
     /// Echo the dialect as `Sec-WebSocket-Protocol`.
     pub echo: bool,
+    /// Detect the dialect from the first message (`server.default_dialect = "auto"`).
+    pub detect: bool,
     /// Who the client authenticated as (`None`: anonymous, `auth.type = "none"`).
     pub identity: Option<Identity>,
 }
@@ -58,8 +60,8 @@ pub struct Rules<'a> {
     pub allowed_origins: &'a [String],
     /// `server.allowed_hosts`.
     pub allowed_hosts: &'a [String],
-    /// `server.default_dialect`.
-    pub default_dialect: Dialect,
+    /// `server.default_dialect` (`None` = auto).
+    pub default_dialect: Option<Dialect>,
     /// `[auth]`.
     pub auth: &'a Authenticator,
 }
@@ -115,6 +117,7 @@ pub async fn accept(
     shard.place_conn(Upgraded {
         stream,
         dialect: upgrade.dialect,
+        detect: upgrade.detect,
         leftover,
         admission,
         peer,
@@ -157,7 +160,7 @@ fn classify(shard: &Shard, got: &[u8]) -> Read {
         ws_path: &server.ws_path,
         allowed_origins: &server.allowed_origins,
         allowed_hosts: &server.allowed_hosts,
-        default_dialect: server.default_dialect,
+        default_dialect: server.default_dialect.fixed(),
         auth: &shard.broker.auth,
     };
     // Over the head limit: hyper gives the 431. Over the WebSocket limit or shutting
@@ -260,6 +263,7 @@ pub fn parse_upgrade(buf: &[u8], rules: &Rules<'_>) -> Option<Upgrade> {
         accept: accept_key(key),
         dialect: choice.dialect,
         echo: choice.echo,
+        detect: choice.detect,
         identity,
     })
 }
@@ -312,7 +316,7 @@ mod tests {
             ws_path: "/ws",
             allowed_origins: &[],
             allowed_hosts: &[],
-            default_dialect: Dialect::Gows,
+            default_dialect: Some(Dialect::Gows),
             auth: open(),
         }
     }

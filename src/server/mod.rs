@@ -115,6 +115,7 @@ impl Server {
             started: Instant::now(),
             cluster,
             history,
+            semstreams: Default::default(),
         });
         if let Some(link) = link {
             link.start(Arc::downgrade(&broker))?;

@@ -25,7 +25,7 @@ use crate::conn::outbox::{Pushed, MAX_IOVECS};
 use crate::conn::{Conn, Phase};
 use crate::error::Reject;
 use crate::history::cursor::Live;
-use crate::protocol::frame;
+use crate::protocol::{frame, Dialect};
 use crate::publication::Publication;
 use crate::shard::inbox::{InboxReceiver, ShardMsg};
 use crate::shard::stats::ShardStats;
@@ -164,7 +164,7 @@ impl Shard {
         self.delivery_seq.set(seq);
         let mut conns = self.conns.borrow_mut();
         let mut dirty = self.dirty.borrow_mut();
-        let mut frames: [Option<Bytes>; 2] = [None, None];
+        let mut frames: [Option<Bytes>; Dialect::COUNT] = Default::default();
         // History channels only: a connection with a cursor on this channel takes the
         // publication only when it is the next offset it needs (`history::cursor`).
         let offset = p.offset();
@@ -200,6 +200,17 @@ impl Shard {
                 Some(slot) => slot.insert(p.frame(conn.dialect)).clone(),
                 None => return,
             };
+            if conn.dialect == Dialect::Semstreams {
+                // A peer's own queue bound, send rate and `slow` signals.
+                if self.deliver_to_peer(key, conn, frame) {
+                    delivered += 1;
+                    if !conn.dirty {
+                        conn.dirty = true;
+                        dirty.push(key);
+                    }
+                }
+                return;
+            }
             if !conn.outbox.has_room(frame.len(), &self.outbox_limits) {
                 // Queued frames of this batch are not written yet: give the socket a
                 // chance before calling anyone slow. Only a full socket is a slow consumer.
@@ -265,7 +276,11 @@ impl Shard {
                 continue;
             };
             conn.dirty = false;
-            if self.flush(conn).is_err() {
+            let flushed = self.flush(conn);
+            if conn.dialect == Dialect::Semstreams {
+                self.note_peer_depth(key, conn.outbox.len());
+            }
+            if flushed.is_err() {
                 conn.phase = Phase::Done;
                 conn.wake();
             } else if !conn.outbox.is_empty() || conn.is_closing() {

@@ -17,6 +17,7 @@ pub mod stats;
 mod commands;
 mod delivery;
 mod placement;
+pub mod semstreams;
 
 pub use placement::Upgraded;
 
@@ -80,6 +81,10 @@ pub struct Shard {
     stop_accepting: Notify,
     outbox_limits: outbox::Limits,
     topic_limits: topic::Limits,
+    /// SemStreams peers' state, by connection key (empty when there are none).
+    peers: RefCell<semstreams::Peers>,
+    /// A SemStreams peer's outbox bounds (`semstreams.queue_size`, `on_full`).
+    peer_limits: outbox::Limits,
 }
 
 impl Shard {
@@ -95,6 +100,7 @@ impl Shard {
             max_bytes: c.max_topic_bytes,
             max_levels: c.max_topic_levels,
         };
+        let peer_limits = semstreams::peer_limits(&broker.config);
         Shard {
             id,
             broker,
@@ -116,6 +122,8 @@ impl Shard {
             stop_accepting: Notify::new(),
             outbox_limits,
             topic_limits,
+            peers: RefCell::default(),
+            peer_limits,
         }
     }
 
@@ -206,6 +214,7 @@ impl Shard {
         let Upgraded {
             stream,
             dialect,
+            detect,
             leftover,
             admission,
             peer,
@@ -224,6 +233,7 @@ impl Shard {
             self.broker.config.client.subscribe_burst,
             admission,
         );
+        conn.detect = detect;
         if !leftover.is_empty() {
             conn.partial = leftover;
             conn.partial.shrink_to_fit(); // kept while the connection lives
@@ -231,6 +241,9 @@ impl Shard {
         }
         let user = conn.identity().map(|id| id.subject.clone());
         let key = self.conns.borrow_mut().insert(conn);
+        if dialect == crate::protocol::Dialect::Semstreams {
+            self.peer_opened(key);
+        }
         ShardStats::add(&self.stats.connections_active, 1);
         ShardStats::add(&self.stats.connections_total, 1);
         tracing::debug!(
@@ -270,6 +283,9 @@ impl Shard {
         }
         ShardStats::sub(&self.stats.subscriptions, conn.subs.len() as u64);
         ShardStats::sub(&self.stats.connections_active, 1);
+        if conn.dialect == crate::protocol::Dialect::Semstreams {
+            self.peer_closed(key);
+        }
         self.broker.socket_closed();
         self.broker.ws_closed();
         let reason = match conn.close_cause {
@@ -407,6 +423,16 @@ impl Shard {
                 }
                 paused.push(key);
                 ShardStats::add(&self.stats.read_pauses, 1);
+                return Poll::Pending;
+            }
+            if conn.dialect == crate::protocol::Dialect::Semstreams && self.peer_blocked(conn) {
+                // `semstreams.on_full = block`: the peer's queue is full, so its socket is
+                // left unread (TCP slows it down) until writes make room; the write side
+                // above has registered for writability, which wakes this task.
+                self.broker
+                    .semstreams
+                    .blocked
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 return Poll::Pending;
             }
             if !conn.unparsed && reader::gathers(&conn.partial, conn.need as usize) {

@@ -33,6 +33,8 @@ pub struct Upgraded<S = TcpStream> {
     pub stream: S,
     /// The dialect the handshake chose.
     pub dialect: Dialect,
+    /// The first message decides the dialect (`server.default_dialect = "auto"`).
+    pub detect: bool,
     /// Bytes the client sent right behind its handshake.
     pub leftover: Vec<u8>,
     /// Who the client is and its per-IP slot, when there is any.
@@ -50,6 +52,7 @@ impl<S> Upgraded<S> {
         Ok(Upgraded {
             stream: convert(self.stream)?,
             dialect: self.dialect,
+            detect: self.detect,
             leftover: self.leftover,
             admission: self.admission,
             peer: self.peer,
