@@ -270,6 +270,11 @@ mod tests {
             "chat/# came first"
         );
         assert!(!p.may_publish(None, "chat/x"));
+        assert!(
+            !p.may_ingest(None, "chat/x"),
+            "a rule closes an ingest channel"
+        );
+        assert!(p.may_ingest(Some(&user), "chat/x"));
         assert!(p.may_subscribe(None, "chat/x"));
         assert!(!p.may_subscribe(Some(&user), "ops/db"));
         let admin = jwt(json!({"exp": 1, "role": ["dev", "admin"]}));

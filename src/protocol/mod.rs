@@ -353,3 +353,42 @@ pub fn decode<'a>(
         Dialect::Semstreams => semstreams::decode(payload, buffers),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detects_the_dialect_from_a_first_message() {
+        let d = |s: &str| Dialect::detect(s.as_bytes());
+        assert_eq!(d(r#"{"type":"ping"}"#), Some(Dialect::Gows));
+        assert_eq!(d(r#"{"type":"subscribe","data":"c"}"#), Some(Dialect::Gows));
+        assert_eq!(
+            d(r#"{"type":"data","id":"d1","payload":1}"#),
+            Some(Dialect::Semstreams)
+        );
+        assert_eq!(
+            d(r#"{"type":"request","id":"r"}"#),
+            Some(Dialect::Semstreams)
+        );
+        assert_eq!(d(r#"{"k":"s","t":"a/#","i":1}"#), Some(Dialect::Vws));
+        assert_eq!(d(r#"{"t":"a","d":1}"#), Some(Dialect::Vws));
+        assert_eq!(d(r#"{"t":"a"}"#), None, "t without d decides nothing");
+        assert_eq!(d(r#"{"type":"teleport"}"#), None);
+        assert_eq!(d("{not json"), None);
+        assert_eq!(d("[1]"), None);
+    }
+
+    #[test]
+    fn per_dialect_indexes_cover_every_dialect() {
+        for (i, d) in Dialect::ALL.iter().enumerate() {
+            assert_eq!(d.index(), i);
+            assert_eq!(Dialect::from_name(d.name()), Some(*d));
+        }
+        assert_eq!(DefaultDialect::Auto.fixed(), None);
+        assert_eq!(
+            DefaultDialect::Semstreams.fixed(),
+            Some(Dialect::Semstreams)
+        );
+    }
+}
