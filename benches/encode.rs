@@ -129,7 +129,9 @@ fn decode_benches(c: &mut Criterion) {
                     let command = match dialect {
                         Dialect::Gows => old_simd::decode_gows_topic(bytes, &mut simd_buffers)
                             .map(|t| Bytes::copy_from_slice(t.as_bytes())),
-                        Dialect::Vws => old_simd::decode_vws(bytes, &mut simd_buffers),
+                        Dialect::Vws | Dialect::Semstreams => {
+                            old_simd::decode_vws(bytes, &mut simd_buffers)
+                        }
                     };
                     black_box(&command);
                 },

@@ -120,6 +120,17 @@ pub enum Reject {
     InflatedTooLarge,
     /// A compressed message that is not valid raw deflate (close 1007).
     BadCompressedData,
+    // SemStreams dialect (issue 19).
+    /// A SemStreams `request` whose `method` the broker does not offer.
+    UnknownMethod,
+    /// A SemStreams `request` whose `params` are wrong (which member, what is wrong).
+    BadParams(&'static str, &'static str),
+    /// A SemStreams `reply` to a request this broker never sent.
+    UnsolicitedReply,
+    /// A SemStreams `data`/`request` id this peer already used (`semstreams.id_window`).
+    ReusedId,
+    /// A SemStreams `payload` larger than `semstreams.max_payload_bytes`.
+    PayloadTooLarge,
 }
 
 /// How a refusal is classed for `shardcast_errors_total{class}` (as SemStreams classes
@@ -141,7 +152,7 @@ impl ErrorClass {
 
 impl Reject {
     /// Every variant's metric label, in `index()` order (for per-shard counter arrays).
-    pub const LABELS: [&'static str; 50] = [
+    pub const LABELS: [&'static str; 55] = [
         "malformed_json",
         "not_an_object",
         "unknown_type",
@@ -192,6 +203,11 @@ impl Reject {
         "plain_text_on_tls_port",
         "inflated_too_large",
         "bad_compressed_data",
+        "unknown_method",
+        "bad_params",
+        "unsolicited_reply",
+        "reused_id",
+        "payload_too_large",
     ];
 
     /// Position of this variant in [`Reject::LABELS`] and in counter arrays.
@@ -247,6 +263,11 @@ impl Reject {
             Reject::PlainTextOnTlsPort => 47,
             Reject::InflatedTooLarge => 48,
             Reject::BadCompressedData => 49,
+            Reject::UnknownMethod => 50,
+            Reject::BadParams(..) => 51,
+            Reject::UnsolicitedReply => 52,
+            Reject::ReusedId => 53,
+            Reject::PayloadTooLarge => 54,
         }
     }
 
@@ -392,6 +413,11 @@ impl Reject {
             Reject::PlainTextOnTlsPort,
             Reject::InflatedTooLarge,
             Reject::BadCompressedData,
+            Reject::UnknownMethod,
+            Reject::BadParams("", ""),
+            Reject::UnsolicitedReply,
+            Reject::ReusedId,
+            Reject::PayloadTooLarge,
         ]
     }
 
@@ -485,6 +511,15 @@ impl fmt::Display for Reject {
             Reject::PlainTextOnTlsPort => f.write_str(
                 "this port speaks TLS: use https:// or wss:// (server.tls_cert is set)",
             ),
+            Reject::UnknownMethod => f.write_str(
+                "unknown method (expected status, backpressure, subscribe, history or routing)",
+            ),
+            Reject::BadParams(name, what) => write!(f, "params.{name} {what}"),
+            Reject::UnsolicitedReply => f.write_str("reply to a request this broker never sent"),
+            Reject::ReusedId => f.write_str("id already used on this connection"),
+            Reject::PayloadTooLarge => {
+                f.write_str("payload too large (semstreams.max_payload_bytes)")
+            }
             other => f.write_str(other.close_reason()),
         }
     }
@@ -506,7 +541,7 @@ mod tests {
             assert_eq!(Reject::LABELS[r.index()], r.label());
         }
         assert_eq!(Reject::SlowConsumer.label(), "slow_consumer");
-        assert_eq!(Reject::BadCompressedData.index(), Reject::LABELS.len() - 1);
+        assert_eq!(Reject::PayloadTooLarge.index(), Reject::LABELS.len() - 1);
     }
 
     #[test]

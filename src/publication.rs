@@ -6,7 +6,7 @@
 //! same `Bytes` are queued to every subscriber.
 
 use crate::deflate;
-use crate::protocol::{gows, vws, Dialect};
+use crate::protocol::{gows, semstreams, vws, Dialect};
 use bytes::Bytes;
 use once_cell::race::OnceBox;
 use std::borrow::Cow;
@@ -153,16 +153,17 @@ impl Publication {
     /// the second shard slept on a futex until the first had rendered, thousands of
     /// times a second under cross-shard fan-in.)
     pub fn frame(&self, dialect: Dialect) -> Bytes {
-        let Some(cell) = self.frames.get(dialect.index()) else {
-            return Bytes::new();
-        };
-        cell.get_or_init(|| {
+        let render = || {
             Box::new(match dialect {
                 Dialect::Gows => gows::render_publication(self),
                 Dialect::Vws => vws::render_publication(self),
+                Dialect::Semstreams => semstreams::render_publication(self),
             })
-        })
-        .clone()
+        };
+        match self.frames.get(dialect.index()) {
+            Some(cell) => cell.get_or_init(render).clone(),
+            None => *render(),
+        }
     }
 
     /// The frame for `dialect` to a client that negotiated permessage-deflate: compressed

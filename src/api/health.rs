@@ -53,6 +53,13 @@ impl State {
 
 /// `GET /healthz`: 200 while the broker is starting or serving, 503 once draining.
 pub fn healthz(broker: &Broker) -> HttpResponse {
+    let (healthy, body) = health(broker);
+    json_response(if healthy { 200 } else { 503 }, &body)
+}
+
+/// Whether the broker is healthy, and the health object (`/healthz`, SemStreams
+/// `status` requests).
+pub fn health(broker: &Broker) -> (bool, serde_json::Value) {
     let state = State::of(broker);
     let healthy = state != State::Draining;
     let active = broker.sum(|s| &s.connections_active);
@@ -82,7 +89,20 @@ pub fn healthz(broker: &Broker) -> HttpResponse {
             "subscriptions": get(&c.stats.subscriptions),
         });
     }
-    json_response(if healthy { 200 } else { 503 }, &body)
+    let peers = broker.semstreams.peers.load(Ordering::Relaxed);
+    if let (true, Some(details)) = (peers > 0, body.get_mut("details")) {
+        let depth = broker.semstreams.queue_depth.load(Ordering::Relaxed);
+        let capacity = peers * broker.config.semstreams.queue_size as u64;
+        details["semstreams"] = json!({
+            "peers": peers,
+            "queue": {
+                "depth": depth,
+                "capacity": capacity,
+                "utilization": depth as f64 / capacity.max(1) as f64,
+            },
+        });
+    }
+    (healthy, body)
 }
 
 /// `GET /readyz`: 200 only while serving; 503 while starting or draining.

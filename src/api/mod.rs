@@ -4,7 +4,7 @@
 
 mod access;
 mod dashboard;
-mod health;
+pub mod health;
 mod history;
 mod publish;
 pub mod stats;

@@ -190,6 +190,22 @@ impl Policies {
 
     /// May `identity` publish to the (valid) `topic`?
     pub fn may_publish(&self, identity: Option<&Identity>, topic: &str) -> bool {
+        self.may_publish_defaulting(identity, topic, &self.default_publish)
+    }
+
+    /// May `identity` publish to a dialect's own ingest channel (SemStreams
+    /// `semstreams.data_channel`)? As [`Policies::may_publish`], except that when no rule
+    /// covers the topic anyone connected may: ingest is what that channel is for.
+    pub fn may_ingest(&self, identity: Option<&Identity>, topic: &str) -> bool {
+        self.may_publish_defaulting(identity, topic, &Who::Anyone)
+    }
+
+    fn may_publish_defaulting(
+        &self,
+        identity: Option<&Identity>,
+        topic: &str,
+        default: &Who,
+    ) -> bool {
         let granted = identity
             .and_then(|id| id.may_publish.as_ref())
             .is_none_or(|grants| grants.iter().any(|g| pattern_matches(g, topic)));
@@ -199,7 +215,7 @@ impl Policies {
         self.rules
             .iter()
             .find(|r| pattern_matches(&r.pattern, topic))
-            .map_or(&self.default_publish, |r| &r.publish)
+            .map_or(default, |r| &r.publish)
             .admits(identity)
     }
 }
@@ -229,6 +245,10 @@ mod tests {
         let p = Policies::new(&[], false).expect("valid");
         assert!(p.may_subscribe(None, "#"));
         assert!(!p.may_publish(None, "a"));
+        assert!(
+            p.may_ingest(None, "a"),
+            "a dialect's ingest channel is open by default"
+        );
         let open = Policies::new(&[], true).expect("valid");
         assert!(open.may_publish(None, "a"));
     }
@@ -250,6 +270,11 @@ mod tests {
             "chat/# came first"
         );
         assert!(!p.may_publish(None, "chat/x"));
+        assert!(
+            !p.may_ingest(None, "chat/x"),
+            "a rule closes an ingest channel"
+        );
+        assert!(p.may_ingest(Some(&user), "chat/x"));
         assert!(p.may_subscribe(None, "chat/x"));
         assert!(!p.may_subscribe(Some(&user), "ops/db"));
         let admin = jwt(json!({"exp": 1, "role": ["dev", "admin"]}));

@@ -17,7 +17,7 @@ mod validate;
 pub use listen::parse_listen;
 pub use load::{load, Overrides};
 
-use crate::protocol::Dialect;
+use crate::protocol::DefaultDialect;
 use serde::{Deserialize, Serialize, Serializer};
 use std::fmt;
 use std::net::SocketAddr;
@@ -50,6 +50,8 @@ pub struct Config {
     pub cluster: ClusterConfig,
     /// `[history]` / `[[history]]`: which channels keep history, and the global cap.
     pub history: HistoryConfig,
+    /// `[semstreams]`: the SemStreams dialect (SPEC §11).
+    pub semstreams: SemstreamsConfig,
 }
 
 /// `[server]` section.
@@ -63,9 +65,10 @@ pub struct ServerConfig {
     pub shards: usize,
     /// WebSocket upgrade path, default `/ws`.
     pub ws_path: String,
-    /// Dialect for clients that ask for none, default gows.
+    /// Dialect for clients that ask for none: `auto` (default: detected from the first
+    /// message, gows until then) or a fixed one.
     #[serde(serialize_with = "serialize_dialect")]
-    pub default_dialect: Dialect,
+    pub default_dialect: DefaultDialect,
     /// Concurrent connections; more get HTTP 503.
     pub max_connections: usize,
     /// Concurrent TCP connections from one IP address; 0 = unlimited.
@@ -200,6 +203,39 @@ pub enum OnFull {
     DropOldest,
     /// Drop the new frame.
     DropNewest,
+}
+
+/// `[semstreams]` section: the SemStreams WebSocket Input dialect (SPEC §11).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SemstreamsConfig {
+    /// Where a `data` message whose payload names no `topic` is published; ingest here
+    /// is allowed unless a `[[policy]]` rule says otherwise.
+    pub data_channel: String,
+    /// A peer's queue (frames the broker holds for it: data, acks, replies).
+    pub queue_size: usize,
+    /// What happens when a peer's queue is full.
+    pub on_full: SemstreamsOnFull,
+    /// Shortest time between two `slow` signals to one peer.
+    #[serde(with = "duration")]
+    pub slow_interval: Duration,
+    /// Largest `payload` of a `data` message, in bytes (compacted JSON).
+    pub max_payload_bytes: usize,
+    /// How many of a peer's recent accepted ids are remembered to refuse reuse (0 = off).
+    pub id_window: usize,
+}
+
+/// `semstreams.on_full`: the SemStreams backpressure policies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SemstreamsOnFull {
+    /// Drop the oldest queued data frame to make room.
+    DropOldest,
+    /// Drop the new data frame.
+    DropNewest,
+    /// Stop reading the peer's socket until its queue has room (TCP backpressure); data
+    /// for it that finds the queue full is dropped as with `drop_newest`.
+    Block,
 }
 
 /// `[auth]` section. Secrets are never in the file: the keys name environment variables.
@@ -435,7 +471,7 @@ impl Config {
 
 pub use validate::Violation;
 
-fn serialize_dialect<S: Serializer>(d: &Dialect, s: S) -> Result<S::Ok, S::Error> {
+fn serialize_dialect<S: Serializer>(d: &DefaultDialect, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(d.name())
 }
 

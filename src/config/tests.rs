@@ -54,7 +54,12 @@ fn embedded_defaults_parse_and_validate() {
     );
     assert_eq!(c.server.shards, 0);
     assert_eq!(c.server.ws_path, "/ws");
-    assert_eq!(c.server.default_dialect, crate::protocol::Dialect::Gows);
+    assert_eq!(
+        c.server.default_dialect,
+        crate::protocol::DefaultDialect::Auto
+    );
+    assert_eq!(c.semstreams.data_channel, "federated/data");
+    assert_eq!(c.semstreams.on_full, SemstreamsOnFull::DropOldest);
     assert_eq!(c.server.max_connections, 10_000);
     assert_eq!(c.server.max_message_bytes, 65_536);
     assert_eq!(c.server.idle_timeout, Duration::from_secs(60));
@@ -657,6 +662,23 @@ fn every_validation_rule() {
             "NATS subject prefix",
         ),
         ("[cluster]\nnode_id = \"a b\"", "cluster.node_id", "spaces"),
+        (
+            "[semstreams]\ndata_channel = \"a/#\"",
+            "semstreams.data_channel",
+            "valid topic",
+        ),
+        ("[semstreams]\nqueue_size = 0", "semstreams.queue_size", "between 1"),
+        (
+            "[semstreams]\nslow_interval = \"1ms\"",
+            "semstreams.slow_interval",
+            "at least 10ms",
+        ),
+        (
+            "[semstreams]\nmax_payload_bytes = 0",
+            "semstreams.max_payload_bytes",
+            "at least 1",
+        ),
+        ("[semstreams]\nid_window = 2000000", "semstreams.id_window", "at most"),
         (
             "[cluster]\nmax_control_line = 100",
             "cluster.max_control_line",

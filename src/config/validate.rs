@@ -104,7 +104,41 @@ pub(super) fn check(c: &Config) -> Result<(), Violation> {
     policy(c)?;
     api(c)?;
     cluster(c)?;
-    history(c)
+    history(c)?;
+    semstreams(c)
+}
+
+/// `[semstreams]` (issue 19).
+fn semstreams(c: &Config) -> Result<(), Violation> {
+    let s = &c.semstreams;
+    let limits = crate::topic::Limits {
+        max_bytes: c.client.max_topic_bytes,
+        max_levels: c.client.max_topic_levels,
+    };
+    if let Err(e) = crate::topic::validate_topic(&s.data_channel, &limits) {
+        return fail_with(
+            "semstreams.data_channel",
+            "client.max_topic_bytes",
+            format!("must be a valid topic: {e}"),
+        );
+    }
+    if !(1..=1_000_000).contains(&s.queue_size) {
+        return fail(
+            "semstreams.queue_size",
+            format!("must be between 1 and 1000000 (got {})", s.queue_size),
+        );
+    }
+    if s.slow_interval < Duration::from_millis(10) {
+        return fail("semstreams.slow_interval", "must be at least 10ms");
+    }
+    at_least("semstreams.max_payload_bytes", s.max_payload_bytes, 1)?;
+    if s.id_window > 1_000_000 {
+        return fail(
+            "semstreams.id_window",
+            format!("must be at most 1000000 (got {})", s.id_window),
+        );
+    }
+    Ok(())
 }
 
 fn server(c: &Config) -> Result<(), Violation> {

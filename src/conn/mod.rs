@@ -191,6 +191,9 @@ pub struct Conn {
     /// It negotiated permessage-deflate: publications go compressed, RSV1 frames are
     /// inflated (the only compression state a connection has, see `crate::deflate`).
     pub deflate: bool,
+    /// The dialect is still to be detected from the next message (`server.default_dialect
+    /// = "auto"`); `dialect` is gows until then.
+    pub detect: bool,
     /// Identity and per-IP slot, when auth or per-IP limits are on.
     pub admission: Option<Box<Admission>>,
     /// Close code sent (0 = none yet).
@@ -230,6 +233,7 @@ impl Conn {
             dirty: false,
             unparsed: false,
             deflate: false,
+            detect: false,
             admission,
             close_code: 0,
             close_cause: CloseCause::Lost,

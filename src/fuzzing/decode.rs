@@ -72,6 +72,7 @@ fn run(dialect: Dialect, input: &[u8]) {
     match dialect {
         Dialect::Gows => check_gows(input, &command),
         Dialect::Vws => check_vws(input, &command),
+        Dialect::Semstreams => check_semstreams(input, &command),
     }
 }
 
@@ -88,9 +89,29 @@ fn topic_of<'c>(command: &'c Command<'_>) -> Option<&'c str> {
     match command {
         Command::Subscribe { topic, .. }
         | Command::Unsubscribe { topic, .. }
-        | Command::Publish { topic, .. } => Some(topic),
-        Command::UnsubscribeAll { .. } | Command::Ping => None,
+        | Command::Publish { topic, .. } => Some(*topic).filter(|t| !t.is_empty()),
+        Command::UnsubscribeAll { .. }
+        | Command::Ping
+        | Command::Request { .. }
+        | Command::Signal(_) => None,
     }
+}
+
+fn check_semstreams(input: &[u8], command: &Command<'_>) {
+    let kind = reference_str(input, "type");
+    let expected = match command {
+        Command::Publish { data, id, .. } => {
+            check_compact_copy(input, "payload", data);
+            assert!(id.is_some(), "data needs an id");
+            "data"
+        }
+        Command::Request { .. } => "request",
+        Command::Signal(3) => "ack",
+        Command::Signal(4) => "nack",
+        Command::Signal(_) => "slow",
+        other => unreachable!("semstreams makes no {other:?}"),
+    };
+    assert_eq!(kind.as_deref(), Some(expected));
 }
 
 fn check_gows(input: &[u8], command: &Command<'_>) {
@@ -117,7 +138,9 @@ fn check_gows(input: &[u8], command: &Command<'_>) {
             assert_eq!((headers, id), (&None, &None));
         }
         Command::Ping => assert_eq!(kind.as_deref(), Some("ping")),
-        Command::UnsubscribeAll { .. } => unreachable!("gows has no unsubscribe-all"),
+        Command::UnsubscribeAll { .. } | Command::Request { .. } | Command::Signal(_) => {
+            unreachable!("gows makes no {command:?}")
+        }
     }
 }
 
@@ -152,7 +175,9 @@ fn check_vws(input: &[u8], command: &Command<'_>) {
             }
             (None, id)
         }
-        Command::Ping => unreachable!("vws has no ping request"),
+        Command::Ping | Command::Request { .. } | Command::Signal(_) => {
+            unreachable!("vws makes no {command:?}")
+        }
     };
     match expected_kind {
         Some(k) => assert_eq!(kind, Some(Some(k.to_owned()))),

@@ -387,10 +387,129 @@ pub fn render(broker: &Broker) -> HttpResponse {
     }
     latency_histogram(&mut out, broker);
     history(&mut out, &broker.history.stats);
+    semstreams(&mut out, broker);
     if let Some(c) = &broker.cluster {
         cluster(&mut out, &c.stats);
     }
     response(200, "text/plain; version=0.0.4", Bytes::from(out))
+}
+
+/// `shardcast_semstreams_*`: the SemStreams dialect (SPEC §11), in the spirit of the
+/// WebSocket Input's own metrics; and `shardcast_dialect_detected_total`.
+fn semstreams(out: &mut String, broker: &Broker) {
+    use crate::protocol::semstreams::{METHODS, TYPES};
+    use crate::shard::semstreams::DROP_REASONS;
+    let s = &broker.semstreams;
+    let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    labelled(
+        out,
+        "semstreams_messages_received_total",
+        "counter",
+        "SemStreams messages received from peers, by type (invalid: type unreadable).",
+        "type",
+        TYPES.iter().zip(&s.received).map(|(t, c)| (t, get(c))),
+    );
+    labelled(
+        out,
+        "semstreams_messages_dropped_total",
+        "counter",
+        "Frames for SemStreams peers dropped, by reason (queue_full: semstreams.on_full; rate_limit: the peer's backpressure request).",
+        "reason",
+        DROP_REASONS.iter().zip(&s.dropped).map(|(t, c)| (t, get(c))),
+    );
+    labelled(
+        out,
+        "semstreams_requests_total",
+        "counter",
+        "SemStreams requests received, by method.",
+        "method",
+        METHODS.iter().zip(&s.requests).map(|(t, c)| (t, get(c))),
+    );
+    labelled(
+        out,
+        "semstreams_request_duration_seconds_sum",
+        "counter",
+        "Time spent answering SemStreams requests, by method (count: semstreams_requests_total).",
+        "method",
+        METHODS
+            .iter()
+            .zip(&s.request_micros)
+            .map(|(t, c)| (t, get(c) as f64 / 1e6)),
+    );
+    labelled(
+        out,
+        "semstreams_replies_total",
+        "counter",
+        "SemStreams replies sent, by status.",
+        "status",
+        [("ok", get(&s.replies[0])), ("error", get(&s.replies[1]))],
+    );
+    let peers = get(&s.peers);
+    let depth = get(&s.queue_depth);
+    let capacity = peers * broker.config.semstreams.queue_size as u64;
+    let rows = [
+        (
+            "semstreams_messages_published_total",
+            "counter",
+            "SemStreams data messages published.",
+            get(&s.published),
+        ),
+        (
+            "semstreams_acks_total",
+            "counter",
+            "SemStreams acks sent.",
+            get(&s.acks),
+        ),
+        (
+            "semstreams_nacks_total",
+            "counter",
+            "SemStreams nacks sent (reasons: shardcast_rejections_total).",
+            get(&s.nacks),
+        ),
+        (
+            "semstreams_slow_total",
+            "counter",
+            "SemStreams slow signals sent.",
+            get(&s.slow_sent),
+        ),
+        (
+            "semstreams_read_blocks_total",
+            "counter",
+            "Times a SemStreams peer's socket was left unread because its queue was full (on_full = block).",
+            get(&s.blocked),
+        ),
+        (
+            "semstreams_connections_active",
+            "gauge",
+            "Connected SemStreams peers.",
+            peers,
+        ),
+        (
+            "semstreams_queue_depth",
+            "gauge",
+            "Frames queued for SemStreams peers.",
+            depth,
+        ),
+    ];
+    for (name, kind, help, value) in rows {
+        metric(out, name, kind, help, value);
+    }
+    let _ = writeln!(
+        out,
+        "# HELP shardcast_semstreams_queue_utilization Queued frames over the peers' total queue capacity (0.0-1.0).\n# TYPE shardcast_semstreams_queue_utilization gauge\nshardcast_semstreams_queue_utilization {}",
+        depth as f64 / capacity.max(1) as f64
+    );
+    labelled(
+        out,
+        "dialect_detected_total",
+        "counter",
+        "Connections whose dialect was detected from their first message (server.default_dialect = auto).",
+        "dialect",
+        crate::protocol::Dialect::ALL
+            .iter()
+            .zip(&s.detected)
+            .map(|(d, c)| (d.name(), get(c))),
+    );
 }
 
 /// `shardcast_history_*`: retained publications, evictions, replays, resumes (SPEC §9).

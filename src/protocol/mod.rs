@@ -8,6 +8,7 @@
 pub mod frame;
 pub mod gows;
 pub mod json;
+pub mod semstreams;
 pub mod timestamp;
 pub mod vws;
 
@@ -23,20 +24,23 @@ pub enum Dialect {
     Gows,
     /// Vinculum WebSocket protocol `{"k","t","d","i","e","h"}`.
     Vws,
+    /// SemStreams WebSocket Input envelope `{"type","id","timestamp","payload"}`.
+    Semstreams,
 }
 
 impl Dialect {
     /// How many dialects there are (size of per-dialect arrays).
-    pub const COUNT: usize = 2;
+    pub const COUNT: usize = 3;
 
-    /// Both dialects, in index order.
-    pub const ALL: [Dialect; Self::COUNT] = [Dialect::Gows, Dialect::Vws];
+    /// Every dialect, in index order.
+    pub const ALL: [Dialect; Dialect::COUNT] = [Dialect::Gows, Dialect::Vws, Dialect::Semstreams];
 
-    /// Parses a subprotocol or `?dialect=` value (`gows` / `vws`).
+    /// Parses a subprotocol or `?dialect=` value (`gows` / `vws` / `semstreams`).
     pub fn from_name(name: &str) -> Option<Dialect> {
         match name.trim() {
             "gows" => Some(Dialect::Gows),
             "vws" => Some(Dialect::Vws),
+            "semstreams" => Some(Dialect::Semstreams),
             _ => None,
         }
     }
@@ -46,15 +50,68 @@ impl Dialect {
         match self {
             Dialect::Gows => "gows",
             Dialect::Vws => "vws",
+            Dialect::Semstreams => "semstreams",
         }
     }
 
-    /// 0 for gows, 1 for vws (index into per-dialect arrays).
+    /// 0 for gows, 1 for vws, 2 for semstreams (index into per-dialect arrays).
     pub fn index(self) -> usize {
-        match self {
-            Dialect::Gows => 0,
-            Dialect::Vws => 1,
+        self as usize
+    }
+
+    /// The dialect a client that chose none speaks, from its first message (SPEC §11):
+    /// a gows `type` (subscribe, unsubscribe, ping, publish), a SemStreams `type` (data,
+    /// request, reply, ack, nack, slow), or vws keys (`k`, or `t` with `d`). `None` when
+    /// the message says nothing (the client stays undecided and is answered as gows).
+    pub fn detect(payload: &[u8]) -> Option<Dialect> {
+        let Ok([kind, k, t, d]) = json::parse_members(payload, &["type", "k", "t", "d"]) else {
+            return None;
+        };
+        if let Some(kind) = kind.and_then(|raw| json::str_value(raw).ok().flatten()) {
+            match kind.as_ref() {
+                "subscribe" | "unsubscribe" | "ping" | "publish" => return Some(Dialect::Gows),
+                "data" | "request" | "reply" | "ack" | "nack" | "slow" => {
+                    return Some(Dialect::Semstreams)
+                }
+                _ => {}
+            }
         }
+        if k.is_some() || (t.is_some() && d.is_some()) {
+            return Some(Dialect::Vws);
+        }
+        None
+    }
+}
+
+/// `server.default_dialect`: a fixed dialect, or `auto` (SPEC §11: detected from a
+/// client's first message; until then it is answered as gows).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DefaultDialect {
+    /// Detect from the first message.
+    Auto,
+    /// Always gows.
+    Gows,
+    /// Always vws.
+    Vws,
+    /// Always semstreams.
+    Semstreams,
+}
+
+impl DefaultDialect {
+    /// The forced dialect, `None` for `auto`.
+    pub fn fixed(self) -> Option<Dialect> {
+        match self {
+            DefaultDialect::Auto => None,
+            DefaultDialect::Gows => Some(Dialect::Gows),
+            DefaultDialect::Vws => Some(Dialect::Vws),
+            DefaultDialect::Semstreams => Some(Dialect::Semstreams),
+        }
+    }
+
+    /// The config name.
+    pub fn name(self) -> &'static str {
+        self.fixed().map_or("auto", Dialect::name)
     }
 }
 
@@ -108,6 +165,16 @@ pub enum Command<'a> {
     },
     /// gows application-level `{"type":"ping"}`.
     Ping,
+    /// A SemStreams `request` (answered with a `reply` of the same id).
+    Request {
+        /// The request's `id`, as JSON text.
+        id: RequestId,
+        /// What is asked.
+        request: semstreams::Request,
+    },
+    /// A SemStreams `ack`, `nack` or `slow` from the peer (its index in
+    /// [`semstreams::TYPES`]): counted, not answered.
+    Signal(u8),
 }
 
 /// A request that could not be decoded: why, plus the request id when one could be read
@@ -118,12 +185,19 @@ pub struct DecodeFailure {
     pub reject: Reject,
     /// vws `i` if the message had a readable one.
     pub id: Option<RequestId>,
+    /// The message was a SemStreams `request`: the refusal is an error `reply`, not a
+    /// `nack`.
+    pub request: bool,
 }
 
 impl DecodeFailure {
     /// A failure with no request id.
     pub fn new(reject: Reject) -> Self {
-        DecodeFailure { reject, id: None }
+        DecodeFailure {
+            reject,
+            id: None,
+            request: false,
+        }
     }
 
     /// A failure carrying the request id, except for malformed JSON: a message whose JSON
@@ -131,7 +205,11 @@ impl DecodeFailure {
     /// found after the id was read.
     fn with_id(reject: Reject, id: Option<RequestId>) -> Self {
         let id = id.filter(|_| reject != Reject::MalformedJson);
-        DecodeFailure { reject, id }
+        DecodeFailure {
+            reject,
+            id,
+            request: false,
+        }
     }
 }
 
@@ -272,5 +350,45 @@ pub fn decode<'a>(
     match dialect {
         Dialect::Gows => gows::decode(payload, buffers),
         Dialect::Vws => vws::decode(payload, buffers),
+        Dialect::Semstreams => semstreams::decode(payload, buffers),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detects_the_dialect_from_a_first_message() {
+        let d = |s: &str| Dialect::detect(s.as_bytes());
+        assert_eq!(d(r#"{"type":"ping"}"#), Some(Dialect::Gows));
+        assert_eq!(d(r#"{"type":"subscribe","data":"c"}"#), Some(Dialect::Gows));
+        assert_eq!(
+            d(r#"{"type":"data","id":"d1","payload":1}"#),
+            Some(Dialect::Semstreams)
+        );
+        assert_eq!(
+            d(r#"{"type":"request","id":"r"}"#),
+            Some(Dialect::Semstreams)
+        );
+        assert_eq!(d(r#"{"k":"s","t":"a/#","i":1}"#), Some(Dialect::Vws));
+        assert_eq!(d(r#"{"t":"a","d":1}"#), Some(Dialect::Vws));
+        assert_eq!(d(r#"{"t":"a"}"#), None, "t without d decides nothing");
+        assert_eq!(d(r#"{"type":"teleport"}"#), None);
+        assert_eq!(d("{not json"), None);
+        assert_eq!(d("[1]"), None);
+    }
+
+    #[test]
+    fn per_dialect_indexes_cover_every_dialect() {
+        for (i, d) in Dialect::ALL.iter().enumerate() {
+            assert_eq!(d.index(), i);
+            assert_eq!(Dialect::from_name(d.name()), Some(*d));
+        }
+        assert_eq!(DefaultDialect::Auto.fixed(), None);
+        assert_eq!(
+            DefaultDialect::Semstreams.fixed(),
+            Some(Dialect::Semstreams)
+        );
     }
 }

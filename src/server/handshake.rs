@@ -47,6 +47,8 @@ pub struct Upgrade {
     pub dialect: Dialect,
     /// Echo the dialect as `Sec-WebSocket-Protocol`.
     pub echo: bool,
+    /// Detect the dialect from the first message (`server.default_dialect = "auto"`).
+    pub detect: bool,
     /// Who the client authenticated as (`None`: anonymous, `auth.type = "none"`).
     pub identity: Option<Identity>,
     /// The `Sec-WebSocket-Extensions` answer when permessage-deflate was negotiated.
@@ -61,8 +63,8 @@ pub struct Rules<'a> {
     pub allowed_origins: &'a [String],
     /// `server.allowed_hosts`.
     pub allowed_hosts: &'a [String],
-    /// `server.default_dialect`.
-    pub default_dialect: Dialect,
+    /// `server.default_dialect` (`None` = auto).
+    pub default_dialect: Option<Dialect>,
     /// `[auth]`.
     pub auth: &'a Authenticator,
     /// `server.compression = "on"`: permessage-deflate offers are negotiated.
@@ -142,6 +144,7 @@ pub async fn accept(
         stream,
         dialect: upgrade.dialect,
         deflate: upgrade.extensions.is_some(),
+        detect: upgrade.detect,
         leftover,
         admission,
         peer,
@@ -184,7 +187,7 @@ fn classify(shard: &Shard, got: &[u8]) -> Read {
         ws_path: &server.ws_path,
         allowed_origins: &server.allowed_origins,
         allowed_hosts: &server.allowed_hosts,
-        default_dialect: server.default_dialect,
+        default_dialect: server.default_dialect.fixed(),
         auth: &shard.broker.auth,
         compression: server.compression == crate::config::Compression::On,
     };
@@ -295,6 +298,7 @@ pub fn parse_upgrade(buf: &[u8], rules: &Rules<'_>) -> Option<Upgrade> {
         accept: accept_key(key),
         dialect: choice.dialect,
         echo: choice.echo,
+        detect: choice.detect,
         identity,
         extensions,
     })
@@ -352,7 +356,7 @@ mod tests {
             ws_path: "/ws",
             allowed_origins: &[],
             allowed_hosts: &[],
-            default_dialect: Dialect::Gows,
+            default_dialect: Some(Dialect::Gows),
             auth: open(),
             compression: false,
         }

@@ -119,6 +119,7 @@ impl Server {
             cluster,
             history,
             tls,
+            semstreams: Default::default(),
         });
         if let Some(tls) = &broker.tls {
             crate::tls::reload::spawn(tls)?;

@@ -31,6 +31,9 @@ pub struct DialectChoice {
     pub dialect: Dialect,
     /// Echo it as the subprotocol (it was offered in `Sec-WebSocket-Protocol`).
     pub echo: bool,
+    /// Nothing chose it and `server.default_dialect = "auto"`: the client's first
+    /// message decides (`dialect` is gows until then).
+    pub detect: bool,
 }
 
 /// Picks the dialect from the offered subprotocols, the query, or the default.
@@ -40,7 +43,7 @@ pub struct DialectChoice {
 pub fn choose_dialect(
     offered: Option<&str>,
     query: Option<&str>,
-    default: Dialect,
+    default: Option<Dialect>,
 ) -> Result<DialectChoice, String> {
     if let Some(dialect) = offered
         .into_iter()
@@ -50,6 +53,7 @@ pub fn choose_dialect(
         return Ok(DialectChoice {
             dialect,
             echo: true,
+            detect: false,
         });
     }
     let asked = query
@@ -61,11 +65,13 @@ pub fn choose_dialect(
             .map(|dialect| DialectChoice {
                 dialect,
                 echo: false,
+                detect: false,
             })
-            .ok_or_else(|| format!("unknown dialect '{name}' (expected gows or vws)")),
+            .ok_or_else(|| format!("unknown dialect '{name}' (expected gows, vws or semstreams)")),
         None => Ok(DialectChoice {
-            dialect: default,
+            dialect: default.unwrap_or(Dialect::Gows),
             echo: false,
+            detect: default.is_none(),
         }),
     }
 }
@@ -162,7 +168,7 @@ pub fn admit(
     let choice = choose_dialect(
         offer.protocol,
         offer.query,
-        broker.config.server.default_dialect,
+        broker.config.server.default_dialect.fixed(),
     )
     .map_err(|reason| Refusal::new(Reject::BadHandshake, reason))?;
     Ok((identity, choice))
@@ -317,6 +323,7 @@ pub fn upgrade(
     );
     let shard = shard.clone();
     let dialect = choice.dialect;
+    let detect = choice.detect;
     tokio::task::spawn_local(async move {
         let socket = match pending.await {
             Ok(ws) => ws.into_inner().into_inner().downcast::<TokioIo<Prefixed>>(),
@@ -338,6 +345,7 @@ pub fn upgrade(
                     stream,
                     dialect,
                     deflate: extensions.is_some(),
+                    detect,
                     leftover,
                     admission,
                     peer,
@@ -371,30 +379,47 @@ mod tests {
 
     #[test]
     fn subprotocol_beats_query_beats_default() {
-        let c = choose_dialect(Some("chat, vws"), Some("dialect=gows"), Dialect::Gows).expect("ok");
+        let c = choose_dialect(Some("chat, vws"), Some("dialect=gows"), Some(Dialect::Gows))
+            .expect("ok");
         assert_eq!(
             c,
             DialectChoice {
                 dialect: Dialect::Vws,
-                echo: true
+                echo: true,
+                detect: false,
             }
         );
-        let c = choose_dialect(Some("chat"), Some("x=1&dialect=vws"), Dialect::Gows).expect("ok");
+        let c =
+            choose_dialect(Some("chat"), Some("x=1&dialect=vws"), Some(Dialect::Gows)).expect("ok");
         assert_eq!(
             c,
             DialectChoice {
                 dialect: Dialect::Vws,
-                echo: false
+                echo: false,
+                detect: false,
             }
         );
-        let c = choose_dialect(None, None, Dialect::Vws).expect("ok");
+        let c = choose_dialect(None, None, Some(Dialect::Vws)).expect("ok");
         assert_eq!(
             c,
             DialectChoice {
                 dialect: Dialect::Vws,
-                echo: false
+                echo: false,
+                detect: false,
             }
         );
-        assert!(choose_dialect(None, Some("dialect=mqtt"), Dialect::Gows).is_err());
+        assert!(choose_dialect(None, Some("dialect=mqtt"), Some(Dialect::Gows)).is_err());
+        let c = choose_dialect(None, None, None).expect("ok");
+        assert_eq!(
+            c,
+            DialectChoice {
+                dialect: Dialect::Gows,
+                echo: false,
+                detect: true,
+            },
+            "auto: answered as gows until the first message decides"
+        );
+        let c = choose_dialect(Some("semstreams"), None, None).expect("ok");
+        assert_eq!((c.dialect, c.detect), (Dialect::Semstreams, false));
     }
 }

@@ -6,7 +6,7 @@ use super::Shard;
 use crate::conn::reader::{Flow, Incoming};
 use crate::conn::Conn;
 use crate::error::Reject;
-use crate::protocol::{self, frame, gows, vws, Command, Dialect, Since};
+use crate::protocol::{self, frame, gows, semstreams, vws, Command, Dialect, Since};
 use crate::publication::{Kind, Publication};
 use crate::shard::stats::{ShardStats, MESSAGE_KINDS};
 use crate::topic;
@@ -42,6 +42,9 @@ impl Shard {
     }
 
     fn on_text(&self, conn: &mut Conn, key: usize, payload: &mut [u8]) -> Flow {
+        if conn.detect {
+            self.detect_dialect(conn, key, payload);
+        }
         let max_depth = self.broker.config.client.max_json_depth;
         let decoded = protocol::decode(
             conn.dialect,
@@ -53,15 +56,21 @@ impl Shard {
             Ok(c) => c,
             Err(failure) => {
                 self.count_kind(MESSAGE_KINDS.len() - 1);
+                if conn.dialect == Dialect::Semstreams {
+                    return self.refuse_semstreams(conn, failure);
+                }
                 return self.refuse(conn, failure.reject, failure.id.as_deref());
             }
         };
+        if conn.dialect == Dialect::Semstreams {
+            return self.on_semstreams(conn, key, command);
+        }
         self.count_kind(match &command {
             Command::Subscribe { .. } => 0,
             Command::Unsubscribe { .. } => 1,
             Command::UnsubscribeAll { .. } => 2,
             Command::Publish { .. } => 3,
-            Command::Ping => 4,
+            Command::Ping | Command::Request { .. } | Command::Signal(_) => 4,
         });
         match command {
             Command::Subscribe { topic, id, since } => {
@@ -84,7 +93,9 @@ impl Shard {
                 headers,
                 id,
             } => {
-                let result = self.client_publish(conn, topic, data, headers);
+                let result = self
+                    .client_publish(conn, topic, data, headers, false)
+                    .map(|_| ());
                 if result == Err(Reject::RateLimitAbuse) {
                     self.close_for(conn, Reject::RateLimitAbuse);
                     return Flow::Stop;
@@ -97,6 +108,10 @@ impl Shard {
                 flow
             }
             Command::Ping => self.reply(conn, gows::render_pong()),
+            // Only the SemStreams decoder makes these (handled above).
+            Command::Request { .. } | Command::Signal(_) => {
+                self.refuse(conn, Reject::UnknownType, None)
+            }
         }
     }
 
@@ -107,11 +122,14 @@ impl Shard {
         }
     }
 
-    /// Ack (vws with an id) or refuse.
+    /// Ack (vws or SemStreams with an id) or refuse.
     fn answer(&self, conn: &mut Conn, result: Result<(), Reject>, id: Option<&str>) -> Flow {
         match result {
             Ok(()) => match (conn.dialect, id) {
                 (Dialect::Vws, Some(id)) => self.reply(conn, vws::render_ack(id)),
+                (Dialect::Semstreams, Some(id)) => {
+                    self.reply(conn, semstreams::render_ack(id, None))
+                }
                 _ => Flow::Continue,
             },
             Err(reject) => self.refuse(conn, reject, id),
@@ -119,11 +137,18 @@ impl Shard {
     }
 
     /// Counts a rejection and answers it in the connection's dialect; stays open.
-    fn refuse(&self, conn: &mut Conn, reject: Reject, id: Option<&str>) -> Flow {
+    pub(super) fn refuse(&self, conn: &mut Conn, reject: Reject, id: Option<&str>) -> Flow {
         self.stats.reject(reject);
         let reply = match conn.dialect {
             Dialect::Gows => gows::render_error(&reject),
             Dialect::Vws => vws::render_nack(id, &reject),
+            Dialect::Semstreams => {
+                self.broker
+                    .semstreams
+                    .nacks
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                semstreams::render_nack(id, &reject)
+            }
         };
         self.reply(conn, reply)
     }
@@ -131,7 +156,7 @@ impl Shard {
     /// Queues a reply (ack, nack, error, pong). Replies are not dropped by `on_full`,
     /// but a client that keeps asking without reading cannot grow its queue forever:
     /// past twice the outbox bounds (after trying the socket) it is a slow consumer.
-    fn reply(&self, conn: &mut Conn, frame: Bytes) -> Flow {
+    pub(super) fn reply(&self, conn: &mut Conn, frame: Bytes) -> Flow {
         conn.outbox.push_unbounded(frame);
         let limits = &self.outbox_limits;
         let over = |c: &Conn| {
@@ -149,7 +174,7 @@ impl Shard {
     }
 
     /// Subscribes `conn` to `pattern`; `Ok(false)` when it already was.
-    fn subscribe(
+    pub(super) fn subscribe(
         &self,
         conn: &mut Conn,
         key: usize,
@@ -195,7 +220,7 @@ impl Shard {
     /// the replay itself is queued by the pump as the outbox has room. Other channels
     /// get the plain answer. `added` is false for a repeated subscribe, which keeps its
     /// cursor unless it brings a position.
-    fn attach_history(
+    pub(super) fn attach_history(
         &self,
         conn: &mut Conn,
         channel: &str,
@@ -224,6 +249,10 @@ impl Shard {
                 (Dialect::Gows, _) => {
                     self.reply(conn, gows::render_subscribed(channel, 0, "", false))
                 }
+                (Dialect::Semstreams, Some(id)) => {
+                    self.reply(conn, semstreams_position(id, channel, 0, "", Some(false)))
+                }
+                (Dialect::Semstreams, None) => Flow::Continue,
             };
         };
         let at = history.attach(channel, rule);
@@ -248,6 +277,9 @@ impl Shard {
             }
             (Dialect::Gows, _, Some(r)) => {
                 self.reply(conn, gows::render_subscribed(channel, at.top, &at.epoch, r))
+            }
+            (Dialect::Semstreams, Some(id), r) => {
+                self.reply(conn, semstreams_position(id, channel, at.top, &at.epoch, r))
             }
             _ => Flow::Continue,
         }
@@ -291,20 +323,25 @@ impl Shard {
         conn.cursors = None;
     }
 
-    fn client_publish(
+    /// Publishes a client's message; returns its history offset (0 = none). `ingest`:
+    /// the topic is a dialect's own ingest channel, open unless a policy rule closes it.
+    pub(super) fn client_publish(
         &self,
         conn: &mut Conn,
         topic_name: &str,
         data: Bytes,
         headers: Option<Bytes>,
-    ) -> Result<(), Reject> {
+        ingest: bool,
+    ) -> Result<u64, Reject> {
         let client = &self.broker.config.client;
         topic::validate_topic(topic_name, self.topic_limits()).map_err(Reject::InvalidTopic)?;
-        if !self
-            .broker
-            .policies
-            .may_publish(conn.identity(), topic_name)
-        {
+        let policies = &self.broker.policies;
+        let allowed = if ingest {
+            policies.may_ingest(conn.identity(), topic_name)
+        } else {
+            policies.may_publish(conn.identity(), topic_name)
+        };
+        if !allowed {
             return Err(Reject::PublishNotAllowed);
         }
         let read_at = self.read_accepted();
@@ -331,6 +368,26 @@ impl Shard {
         if self.route(&publication).full != 0 {
             return Err(Reject::Overloaded);
         }
-        Ok(())
+        Ok(publication.offset())
     }
+}
+
+/// The SemStreams `reply` to a `history` request: where the channel stands
+/// (`{"channel","top","epoch","recovered"}`), before the replayed `data` follows.
+fn semstreams_position(
+    id: &str,
+    channel: &str,
+    top: u64,
+    epoch: &str,
+    recovered: Option<bool>,
+) -> Bytes {
+    semstreams::render_reply(
+        id,
+        &serde_json::json!({
+            "channel": channel,
+            "top": top,
+            "epoch": epoch,
+            "recovered": recovered,
+        }),
+    )
 }

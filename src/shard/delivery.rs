@@ -210,6 +210,17 @@ impl Shard {
                 Some(slot) => slot.insert(p.frame(conn.dialect)).clone(),
                 None => return,
             };
+            if conn.dialect == Dialect::Semstreams {
+                // A peer's own queue bound, send rate and `slow` signals.
+                if self.deliver_to_peer(key, conn, frame) {
+                    delivered += 1;
+                    if !conn.dirty {
+                        conn.dirty = true;
+                        dirty.push(key);
+                    }
+                }
+                return;
+            }
             if !conn.outbox.has_room(frame.len(), &self.outbox_limits) {
                 // Queued frames of this batch are not written yet: give the socket a
                 // chance before calling anyone slow. Only a full socket is a slow consumer.
@@ -275,7 +286,11 @@ impl Shard {
                 continue;
             };
             conn.dirty = false;
-            if self.flush(conn).is_err() {
+            let flushed = self.flush(conn);
+            if conn.dialect == Dialect::Semstreams {
+                self.note_peer_depth(key, conn.outbox.len());
+            }
+            if flushed.is_err() {
                 conn.phase = Phase::Done;
                 conn.wake();
             } else if !conn.outbox.is_empty() || conn.is_closing() || conn.stream.pending_output() {

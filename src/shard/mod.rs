@@ -17,6 +17,7 @@ pub mod stats;
 mod commands;
 mod delivery;
 mod placement;
+pub mod semstreams;
 
 pub use placement::Upgraded;
 
@@ -84,6 +85,10 @@ pub struct Shard {
     /// that negotiated it shares (made on first use; reset per message).
     deflate: crate::deflate::Settings,
     inflater: RefCell<Option<Box<crate::deflate::Inflater>>>,
+    /// SemStreams peers' state, by connection key (empty when there are none).
+    peers: RefCell<semstreams::Peers>,
+    /// A SemStreams peer's outbox bounds (`semstreams.queue_size`, `on_full`).
+    peer_limits: outbox::Limits,
 }
 
 impl Shard {
@@ -100,6 +105,7 @@ impl Shard {
             max_levels: c.max_topic_levels,
         };
         let deflate = crate::deflate::Settings::of(&broker.config.server);
+        let peer_limits = semstreams::peer_limits(&broker.config);
         Shard {
             id,
             broker,
@@ -123,6 +129,8 @@ impl Shard {
             topic_limits,
             deflate,
             inflater: RefCell::new(None),
+            peers: RefCell::default(),
+            peer_limits,
         }
     }
 
@@ -214,6 +222,7 @@ impl Shard {
             stream,
             dialect,
             deflate,
+            detect,
             leftover,
             admission,
             peer,
@@ -233,6 +242,7 @@ impl Shard {
             admission,
         );
         conn.deflate = deflate;
+        conn.detect = detect;
         if !leftover.is_empty() {
             conn.partial = leftover;
             conn.partial.shrink_to_fit(); // kept while the connection lives
@@ -240,6 +250,9 @@ impl Shard {
         }
         let user = conn.identity().map(|id| id.subject.clone());
         let key = self.conns.borrow_mut().insert(conn);
+        if dialect == crate::protocol::Dialect::Semstreams {
+            self.peer_opened(key);
+        }
         ShardStats::add(&self.stats.connections_active, 1);
         ShardStats::add(&self.stats.connections_total, 1);
         tracing::debug!(
@@ -279,6 +292,9 @@ impl Shard {
         }
         ShardStats::sub(&self.stats.subscriptions, conn.subs.len() as u64);
         ShardStats::sub(&self.stats.connections_active, 1);
+        if conn.dialect == crate::protocol::Dialect::Semstreams {
+            self.peer_closed(key);
+        }
         self.broker.socket_closed();
         self.broker.ws_closed();
         let reason = match conn.close_cause {
@@ -417,6 +433,16 @@ impl Shard {
                 }
                 paused.push(key);
                 ShardStats::add(&self.stats.read_pauses, 1);
+                return Poll::Pending;
+            }
+            if conn.dialect == crate::protocol::Dialect::Semstreams && self.peer_blocked(conn) {
+                // `semstreams.on_full = block`: the peer's queue is full, so its socket is
+                // left unread (TCP slows it down) until writes make room; the write side
+                // above has registered for writability, which wakes this task.
+                self.broker
+                    .semstreams
+                    .blocked
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 return Poll::Pending;
             }
             if !conn.unparsed && reader::gathers(&conn.partial, conn.need as usize) {

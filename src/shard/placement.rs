@@ -36,6 +36,8 @@ pub struct Upgraded<S = Stream> {
     pub dialect: Dialect,
     /// It negotiated permessage-deflate.
     pub deflate: bool,
+    /// The first message decides the dialect (`server.default_dialect = "auto"`).
+    pub detect: bool,
     /// Bytes the client sent right behind its handshake.
     pub leftover: Vec<u8>,
     /// Who the client is and its per-IP slot, when there is any.
@@ -54,6 +56,7 @@ impl<S> Upgraded<S> {
             stream: convert(self.stream)?,
             dialect: self.dialect,
             deflate: self.deflate,
+            detect: self.detect,
             leftover: self.leftover,
             admission: self.admission,
             peer: self.peer,
