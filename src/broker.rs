@@ -88,6 +88,8 @@ pub struct Broker {
     pub cluster: Option<crate::cluster::Cluster>,
     /// Retained publications of history channels (SPEC §9); the router appends to it.
     pub history: Arc<crate::history::History>,
+    /// This node's id and its upstream links' state (`[[upstream]]`).
+    pub links: crate::links::Links,
 }
 
 impl Broker {

@@ -109,6 +109,9 @@ pub enum Reject {
     UnsupportedMediaType,
     /// A vws publish with an `h.type` header: only the HTTP API sets a publication's type.
     ReservedHeader,
+    /// A push link with `on_full = "block"` has a full queue: the local publish is
+    /// refused (vws nack, API 503) until the upstream takes publications again.
+    UpstreamQueueFull,
 }
 
 /// How a refusal is classed for `shardcast_errors_total{class}` (as SemStreams classes
@@ -130,7 +133,7 @@ impl ErrorClass {
 
 impl Reject {
     /// Every variant's metric label, in `index()` order (for per-shard counter arrays).
-    pub const LABELS: [&'static str; 46] = [
+    pub const LABELS: [&'static str; 47] = [
         "malformed_json",
         "not_an_object",
         "unknown_type",
@@ -177,6 +180,7 @@ impl Reject {
         "api_from_browser",
         "unsupported_media_type",
         "reserved_header",
+        "upstream_queue_full",
     ];
 
     /// Position of this variant in [`Reject::LABELS`] and in counter arrays.
@@ -228,6 +232,7 @@ impl Reject {
             Reject::ApiFromBrowser => 43,
             Reject::UnsupportedMediaType => 44,
             Reject::ReservedHeader => 45,
+            Reject::UpstreamQueueFull => 46,
         }
     }
 
@@ -286,6 +291,7 @@ impl Reject {
             | Reject::RateLimited
             | Reject::SubscribeRateLimited
             | Reject::Overloaded
+            | Reject::UpstreamQueueFull
             | Reject::TooManyConnections
             | Reject::IpConnectionLimit
             | Reject::ConnectRateLimited => ErrorClass::Transient,
@@ -362,6 +368,7 @@ impl Reject {
             Reject::ApiFromBrowser,
             Reject::UnsupportedMediaType,
             Reject::ReservedHeader,
+            Reject::UpstreamQueueFull,
         ]
     }
 
@@ -370,6 +377,7 @@ impl Reject {
         match self {
             Reject::TooManyConnections
             | Reject::Overloaded
+            | Reject::UpstreamQueueFull
             | Reject::IpConnectionLimit
             | Reject::ConnectRateLimited => 503,
             Reject::RateLimited | Reject::SubscribeRateLimited => 429,
@@ -451,6 +459,9 @@ impl fmt::Display for Reject {
             Reject::ReservedHeader => f.write_str(
                 "header 'type' is reserved: only the HTTP API sets a publication's type",
             ),
+            Reject::UpstreamQueueFull => f.write_str(
+                "an upstream link's queue is full (on_full = \"block\"); publish again later",
+            ),
             other => f.write_str(other.close_reason()),
         }
     }
@@ -472,7 +483,7 @@ mod tests {
             assert_eq!(Reject::LABELS[r.index()], r.label());
         }
         assert_eq!(Reject::SlowConsumer.label(), "slow_consumer");
-        assert_eq!(Reject::ReservedHeader.index(), Reject::LABELS.len() - 1);
+        assert_eq!(Reject::UpstreamQueueFull.index(), Reject::LABELS.len() - 1);
     }
 
     #[test]

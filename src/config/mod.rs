@@ -12,10 +12,12 @@
 pub mod duration;
 mod listen;
 mod load;
+pub mod upstream;
 mod validate;
 
 pub use listen::parse_listen;
 pub use load::{load, Overrides};
+pub use upstream::UpstreamConfig;
 
 use crate::protocol::Dialect;
 use serde::{Deserialize, Serialize, Serializer};
@@ -50,6 +52,8 @@ pub struct Config {
     pub cluster: ClusterConfig,
     /// `[history]` / `[[history]]`: which channels keep history, and the global cap.
     pub history: HistoryConfig,
+    /// `[[upstream]]`: links to other brokers (pull or push).
+    pub upstream: Vec<UpstreamConfig>,
 }
 
 /// `[server]` section.

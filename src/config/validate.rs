@@ -77,7 +77,7 @@ fn non_zero(key: &'static str, d: Duration) -> Result<(), Violation> {
 }
 
 /// A name usable as an environment variable: `[A-Za-z_][A-Za-z0-9_]*`, or empty (= unset).
-fn env_name(key: &'static str, name: &str) -> Result<(), Violation> {
+pub(super) fn env_name(key: &'static str, name: &str) -> Result<(), Violation> {
     let mut chars = name.chars();
     let ok = match chars.next() {
         None => true,
@@ -104,7 +104,16 @@ pub(super) fn check(c: &Config) -> Result<(), Violation> {
     policy(c)?;
     api(c)?;
     cluster(c)?;
-    history(c)
+    history(c)?;
+    upstream(c)
+}
+
+fn upstream(c: &Config) -> Result<(), Violation> {
+    let limits = crate::topic::Limits {
+        max_bytes: c.client.max_topic_bytes,
+        max_levels: c.client.max_topic_levels,
+    };
+    super::upstream::check(&c.upstream, &limits)
 }
 
 fn server(c: &Config) -> Result<(), Violation> {
