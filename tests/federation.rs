@@ -145,6 +145,10 @@ async fn pull_republishes_with_prefix_and_reports_the_link() {
             "shardcast_link_forwarded_total{link=\"cloud\",mode=\"pull\"}"
         ) >= 2.0
     );
+    // The dashboard's data ($sys/stats, /api/stats) lists the link too.
+    let s = edge.stats().await;
+    assert_eq!(s["links"][0]["name"], "cloud", "{s}");
+    assert_eq!(s["links"][0]["connected"], true, "{s}");
 }
 
 #[tokio::test]

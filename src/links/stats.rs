@@ -108,7 +108,23 @@ impl LinkStats {
         self.queue_depth.load(Ordering::Relaxed) as f64 / self.queue_capacity.max(1) as f64
     }
 
-    /// The link as `/healthz` details and the dashboard show it.
+    /// What `/api/stats` and `$sys/stats` (the dashboard) show of the link: its state and
+    /// counts, not its URL or errors (those are in `/healthz`).
+    pub fn summary(&self) -> serde_json::Value {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        serde_json::json!({
+            "name": self.name,
+            "mode": self.mode,
+            "connected": self.connected.load(Ordering::Relaxed),
+            "queue_depth": get(&self.queue_depth),
+            "queue_utilization": self.utilization(),
+            "reconnect_attempts": get(&self.reconnect_attempts),
+            "forwarded": get(&self.forwarded),
+            "dropped": self.dropped.iter().map(get).sum::<u64>(),
+        })
+    }
+
+    /// The link as `/healthz` details show it.
     pub fn json(&self) -> serde_json::Value {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let dropped: serde_json::Map<String, serde_json::Value> = Dropped::LABELS

@@ -99,7 +99,8 @@ impl Server {
         let node_id = crate::links::node_id(
             cluster
                 .as_ref()
-                .map(|c: &crate::cluster::Cluster| c.node_id.as_str()),
+                .map(|c: &crate::cluster::Cluster| c.node_id.as_str())
+                .or(Some(config.cluster.node_id.as_str())),
         );
         let (push, links, links_pending) = crate::links::prepare(&config, node_id, &env);
         router = router.with_links(push);
