@@ -92,6 +92,8 @@ pub struct Broker {
     pub tls: Option<Arc<crate::tls::Tls>>,
     /// SemStreams dialect counters (SPEC §11).
     pub semstreams: crate::shard::semstreams::SemstreamsStats,
+    /// This node's id and its upstream links' state (`[[upstream]]`).
+    pub links: crate::links::Links,
 }
 
 impl Broker {

@@ -131,6 +131,9 @@ pub enum Reject {
     ReusedId,
     /// A SemStreams `payload` larger than `semstreams.max_payload_bytes`.
     PayloadTooLarge,
+    /// A push link with `on_full = "block"` has a full queue: the local publish is
+    /// refused (vws nack, API 503) until the upstream takes publications again.
+    UpstreamQueueFull,
 }
 
 /// How a refusal is classed for `shardcast_errors_total{class}` (as SemStreams classes
@@ -152,7 +155,7 @@ impl ErrorClass {
 
 impl Reject {
     /// Every variant's metric label, in `index()` order (for per-shard counter arrays).
-    pub const LABELS: [&'static str; 55] = [
+    pub const LABELS: [&'static str; 56] = [
         "malformed_json",
         "not_an_object",
         "unknown_type",
@@ -208,6 +211,7 @@ impl Reject {
         "unsolicited_reply",
         "reused_id",
         "payload_too_large",
+        "upstream_queue_full",
     ];
 
     /// Position of this variant in [`Reject::LABELS`] and in counter arrays.
@@ -268,6 +272,7 @@ impl Reject {
             Reject::UnsolicitedReply => 52,
             Reject::ReusedId => 53,
             Reject::PayloadTooLarge => 54,
+            Reject::UpstreamQueueFull => 55,
         }
     }
 
@@ -331,6 +336,7 @@ impl Reject {
             | Reject::RateLimited
             | Reject::SubscribeRateLimited
             | Reject::Overloaded
+            | Reject::UpstreamQueueFull
             | Reject::TooManyConnections
             | Reject::IpConnectionLimit
             | Reject::ConnectRateLimited => ErrorClass::Transient,
@@ -418,6 +424,7 @@ impl Reject {
             Reject::UnsolicitedReply,
             Reject::ReusedId,
             Reject::PayloadTooLarge,
+            Reject::UpstreamQueueFull,
         ]
     }
 
@@ -426,6 +433,7 @@ impl Reject {
         match self {
             Reject::TooManyConnections
             | Reject::Overloaded
+            | Reject::UpstreamQueueFull
             | Reject::IpConnectionLimit
             | Reject::ConnectRateLimited => 503,
             Reject::RateLimited | Reject::SubscribeRateLimited => 429,
@@ -520,6 +528,9 @@ impl fmt::Display for Reject {
             Reject::PayloadTooLarge => {
                 f.write_str("payload too large (semstreams.max_payload_bytes)")
             }
+            Reject::UpstreamQueueFull => f.write_str(
+                "an upstream link's queue is full (on_full = \"block\"); publish again later",
+            ),
             other => f.write_str(other.close_reason()),
         }
     }
@@ -541,7 +552,7 @@ mod tests {
             assert_eq!(Reject::LABELS[r.index()], r.label());
         }
         assert_eq!(Reject::SlowConsumer.label(), "slow_consumer");
-        assert_eq!(Reject::PayloadTooLarge.index(), Reject::LABELS.len() - 1);
+        assert_eq!(Reject::UpstreamQueueFull.index(), Reject::LABELS.len() - 1);
     }
 
     #[test]

@@ -29,6 +29,7 @@ pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod history;
+pub mod links;
 pub mod metrics;
 pub mod protocol;
 pub mod publication;

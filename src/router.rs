@@ -39,6 +39,8 @@ pub struct Router {
     generation: AtomicU64,
     cluster: Option<Outbound>,
     history: Option<Arc<History>>,
+    /// Push links (`[[upstream]] mode = "push"`), when there are any.
+    links: Option<crate::links::Outbound>,
 }
 
 /// A shard-local cache of topic -> interested shards, valid for one router generation.
@@ -71,6 +73,7 @@ impl Router {
             generation: AtomicU64::new(1),
             cluster: None,
             history: None,
+            links: None,
         }
     }
 
@@ -88,6 +91,13 @@ impl Router {
         self
     }
 
+    /// Also offers local publications to the push links (`[[upstream]]`).
+    #[must_use]
+    pub fn with_links(mut self, outbound: Option<crate::links::Outbound>) -> Self {
+        self.links = outbound;
+        self
+    }
+
     /// In cluster mode, whether subscribing `pattern` is safe for the NATS link.
     ///
     /// # Errors
@@ -98,11 +108,15 @@ impl Router {
             .map_or(Ok(()), |c| c.check_pattern(pattern))
     }
 
-    /// In cluster mode, whether `publication` can reach the other nodes.
+    /// Whether `publication` can leave this node: in cluster mode, reach the other
+    /// nodes; with push links whose `on_full = "block"`, fit in their queues.
     ///
     /// # Errors
-    /// See [`Outbound::check_publication`].
+    /// See [`Outbound::check_publication`] and [`crate::links::Outbound::check`].
     pub fn cluster_check_publication(&self, publication: &Publication) -> Result<(), Reject> {
+        if let Some(l) = &self.links {
+            l.check(publication)?;
+        }
         self.cluster
             .as_ref()
             .map_or(Ok(()), |c| c.check_publication(publication))
@@ -191,11 +205,14 @@ impl Router {
 
     /// Routes a publication accepted on this node: broadcasts to every shard, channel
     /// messages to the shards with interest, and (in cluster mode) once to the other
-    /// nodes. Retries of the same publication use [`Router::dispatch`], so it is never
-    /// sent to the cluster twice.
+    /// nodes, and to the push links. Retries of the same publication use
+    /// [`Router::dispatch`], so it is never sent to the cluster or a link twice.
     pub fn publish(&self, publication: &Arc<Publication>, cache: &mut MatchCache) -> Routed {
         if let Some(c) = &self.cluster {
             c.publish(publication);
+        }
+        if let Some(l) = &self.links {
+            l.offer(publication);
         }
         self.deliver(publication, cache)
     }

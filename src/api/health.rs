@@ -76,8 +76,12 @@ pub fn health(broker: &Broker) -> (bool, serde_json::Value) {
             "shards": broker.router.shard_count(),
             "throughput": { "messages_per_second": broker.rates.lock().delivered_per_s },
             "uptime_s": broker.started.elapsed().as_secs(),
+            "node_id": broker.links.node_id,
         }
     });
+    if let (false, Some(details)) = (broker.links.links.is_empty(), body.get_mut("details")) {
+        details["links"] = broker.links.links.iter().map(|l| l.json()).collect();
+    }
     if let (Some(c), Some(details)) = (&broker.cluster, body.get_mut("details")) {
         let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
         details["cluster"] = json!({

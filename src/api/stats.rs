@@ -109,6 +109,7 @@ pub async fn snapshot(broker: &Broker, readers: Readers) -> Result<serde_json::V
         },
         "top_channels": top,
         "history": history(broker),
+        "links": broker.links.links.iter().map(|l| l.summary()).collect::<Vec<_>>(),
         "uptime_s": broker.started.elapsed().as_secs(),
     }))
 }

@@ -174,7 +174,7 @@ pub struct Cluster {
 }
 
 /// Draws a number that differs between starts (no `rand` dependency needed for this).
-fn draw() -> u64 {
+pub(crate) fn draw() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u128(

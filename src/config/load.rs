@@ -308,6 +308,9 @@ fn check_keys(defaults: &Table, layer: &Table, origin: &Origin) -> Result<(), Co
             (Some(_), Value::Array(rules)) if name == "policy" => {
                 check_rule_keys(rules, "policy", &POLICY_KEYS, origin)?;
             }
+            (Some(_), Value::Array(links)) if name == "upstream" => {
+                check_rule_keys(links, "upstream", &super::upstream::KEYS, origin)?;
+            }
             (Some(_), _) => {}
         }
     }
@@ -470,6 +473,21 @@ fn check_secrets(
             key: key.to_owned(),
             reason: reason.to_owned(),
         });
+    }
+    for (i, u) in config.upstream.iter().enumerate() {
+        for (key, var) in u.secret_vars() {
+            if !vars.iter().any(|(k, v)| k == var && !v.is_empty()) {
+                return Err(ConfigError::Invalid {
+                    origin: stack.last_origin(&["upstream"]),
+                    key: key.to_owned(),
+                    reason: format!(
+                        "upstream {} ({:?}): environment variable {var} is not set (or empty)",
+                        i + 1,
+                        u.display_name(i)
+                    ),
+                });
+            }
+        }
     }
     let name = config.api.key_env.as_str();
     if name.is_empty() {

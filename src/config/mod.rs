@@ -12,10 +12,12 @@
 pub mod duration;
 mod listen;
 mod load;
+pub mod upstream;
 mod validate;
 
 pub use listen::parse_listen;
 pub use load::{load, Overrides};
+pub use upstream::UpstreamConfig;
 
 use crate::protocol::DefaultDialect;
 use serde::{Deserialize, Serialize, Serializer};
@@ -52,6 +54,8 @@ pub struct Config {
     pub history: HistoryConfig,
     /// `[semstreams]`: the SemStreams dialect (SPEC §11).
     pub semstreams: SemstreamsConfig,
+    /// `[[upstream]]`: links to other brokers (pull or push).
+    pub upstream: Vec<UpstreamConfig>,
 }
 
 /// `[server]` section.

@@ -77,7 +77,7 @@ fn non_zero(key: &'static str, d: Duration) -> Result<(), Violation> {
 }
 
 /// A name usable as an environment variable: `[A-Za-z_][A-Za-z0-9_]*`, or empty (= unset).
-fn env_name(key: &'static str, name: &str) -> Result<(), Violation> {
+pub(super) fn env_name(key: &'static str, name: &str) -> Result<(), Violation> {
     let mut chars = name.chars();
     let ok = match chars.next() {
         None => true,
@@ -105,16 +105,25 @@ pub(super) fn check(c: &Config) -> Result<(), Violation> {
     api(c)?;
     cluster(c)?;
     history(c)?;
-    semstreams(c)
+    semstreams(c)?;
+    upstream(c)
+}
+
+fn limits(c: &Config) -> crate::topic::Limits {
+    crate::topic::Limits {
+        max_bytes: c.client.max_topic_bytes,
+        max_levels: c.client.max_topic_levels,
+    }
+}
+
+fn upstream(c: &Config) -> Result<(), Violation> {
+    super::upstream::check(&c.upstream, &limits(c))
 }
 
 /// `[semstreams]` (issue 19).
 fn semstreams(c: &Config) -> Result<(), Violation> {
     let s = &c.semstreams;
-    let limits = crate::topic::Limits {
-        max_bytes: c.client.max_topic_bytes,
-        max_levels: c.client.max_topic_levels,
-    };
+    let limits = limits(c);
     if let Err(e) = crate::topic::validate_topic(&s.data_channel, &limits) {
         return fail_with(
             "semstreams.data_channel",

@@ -391,6 +391,7 @@ pub fn render(broker: &Broker) -> HttpResponse {
     if let Some(c) = &broker.cluster {
         cluster(&mut out, &c.stats);
     }
+    crate::links::stats::render(&mut out, &broker.links.links);
     response(200, "text/plain; version=0.0.4", Bytes::from(out))
 }
 

@@ -99,6 +99,14 @@ impl Server {
             cluster = Some(c);
             link = Some(pending);
         }
+        let node_id = crate::links::node_id(
+            cluster
+                .as_ref()
+                .map(|c: &crate::cluster::Cluster| c.node_id.as_str())
+                .or(Some(config.cluster.node_id.as_str())),
+        );
+        let (push, links, links_pending) = crate::links::prepare(&config, node_id, &env);
+        router = router.with_links(push);
         let broker = Arc::new(Broker {
             config,
             router,
@@ -120,6 +128,7 @@ impl Server {
             history,
             tls,
             semstreams: Default::default(),
+            links,
         });
         if let Some(tls) = &broker.tls {
             crate::tls::reload::spawn(tls)?;
@@ -127,6 +136,7 @@ impl Server {
         if let Some(link) = link {
             link.start(Arc::downgrade(&broker))?;
         }
+        links_pending.start(Arc::downgrade(&broker))?;
         let shards = runtime::spawn(&broker, receivers, listeners)?;
         // `spawn` returns once every shard listens.
         broker.ready.store(true, Ordering::Release);

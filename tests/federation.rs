@@ -1,0 +1,475 @@
+//! Upstream links between real broker processes (`[[upstream]]`, SPEC §11,
+//! docs/FEDERATION.md): pull with positions through a cut link and an upstream restart,
+//! push with the upstream down (on_full), links both ways without echo, bad config,
+//! an upstream that refuses or talks nonsense.
+
+#![allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
+
+mod common;
+
+use common::proxy::Proxy;
+use common::*;
+use serde_json::{json, Value};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Bound for a link to (re)connect and catch up.
+const LINK: Duration = Duration::from_secs(20);
+
+/// Fast reconnects for tests.
+const FAST: &str = "initial_interval = \"50ms\"\nmax_interval = \"300ms\"\n";
+
+fn pull_link(name: &str, url: &str, patterns: &str, extra: &str) -> String {
+    format!(
+        "[[upstream]]\nname = \"{name}\"\nurl = \"{url}\"\nmode = \"pull\"\npatterns = {patterns}\n{FAST}{extra}\n"
+    )
+}
+
+fn push_link(name: &str, url: &str, patterns: &str, extra: &str) -> String {
+    format!(
+        "[[upstream]]\nname = \"{name}\"\nurl = \"{url}\"\nmode = \"push\"\npatterns = {patterns}\n{FAST}{extra}\n"
+    )
+}
+
+/// The `/healthz` details of link `name`.
+async fn link(broker: &Broker, name: &str) -> Value {
+    let h = broker.get("/healthz").await.json();
+    h["details"]["links"]
+        .as_array()
+        .and_then(|l| l.iter().find(|l| l["name"] == name).cloned())
+        .unwrap_or_else(|| panic!("no link {name} in /healthz: {h}"))
+}
+
+async fn wait_connected(broker: &Broker, name: &str) {
+    until_ok(&format!("link {name} connected"), LINK, || async {
+        let l = link(broker, name).await;
+        (l["connected"] == true).then_some(()).ok_or(l.to_string())
+    })
+    .await;
+}
+
+/// Publishes probes on `channel` upstream until `sub` (subscribed here to what the pull
+/// link brings) gets one: the link's subscription is in place. Returns nothing else read.
+async fn wait_pulling(upstream: &Broker, channel: &str, sub: &mut Ws) {
+    for _ in 0..200 {
+        upstream.publish(channel, json!({"probe": true})).await;
+        if let Some(Event::Json(v)) = sub.next_event(Duration::from_millis(100)).await {
+            if v["d"]["probe"] == true {
+                // Drain the other probes still on their way.
+                while let Some(Event::Json(_)) = sub.next_event(Duration::from_millis(200)).await {}
+                return;
+            }
+        }
+    }
+    panic!("the pull link never delivered a probe on {channel}");
+}
+
+/// Reads events on `sub` until `n` numbered ones (`d.n`) arrived; probes are skipped.
+async fn read_numbers(sub: &mut Ws, n: usize, d: Duration) -> Vec<u64> {
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + d;
+    while got.len() < n {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match sub.next_event(left).await {
+            Some(Event::Json(v)) => {
+                if let Some(x) = v["d"]["n"].as_u64() {
+                    got.push(x);
+                }
+            }
+            other => panic!("after {} of {n} numbers ({got:?}): {other:?}", got.len()),
+        }
+    }
+    got
+}
+
+/// Publishes `d.n` for each of `ns` on `channel` in one API batch.
+async fn publish_numbers(broker: &Broker, channel: &str, ns: std::ops::RangeInclusive<u64>) {
+    let batch: Vec<Value> = ns
+        .map(|n| json!({"channel": channel, "data": {"n": n}}))
+        .collect();
+    let r = broker.post_json("/api/publish", &Value::Array(batch)).await;
+    assert!(
+        r.is_success(),
+        "batch publish refused: {} {}",
+        r.status,
+        r.text
+    );
+}
+
+/// Nothing but probes arrives on `sub` for a while.
+async fn expect_no_numbers(sub: &mut Ws) {
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(600);
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match sub.next_event(left).await {
+            None => return,
+            Some(Event::Json(v)) if v["d"]["n"].is_null() => {}
+            Some(other) => panic!("expected nothing more, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn pull_republishes_with_prefix_and_reports_the_link() {
+    let cloud = Broker::start("");
+    let edge = Broker::start(&pull_link(
+        "cloud",
+        &cloud.ws_url(),
+        "[\"news/#\"]",
+        "prefix = \"cloud/\"\n",
+    ));
+    wait_connected(&edge, "cloud").await;
+    let mut sub = edge.vws_subscriber("cloud/news/#").await;
+    wait_pulling(&cloud, "news/probe", &mut sub).await;
+    cloud.publish("news/a", json!({"n": 1})).await;
+    let v = sub.recv().await;
+    assert_eq!(v["t"], "cloud/news/a", "prefix added on the way in: {v}");
+    assert_eq!(v["d"]["n"], 1);
+    let cloud_id = cloud.get("/healthz").await.json()["details"]["node_id"].clone();
+    assert_eq!(v["h"]["sc-via"], cloud_id, "origin marked in sc-via: {v}");
+
+    let l = link(&edge, "cloud").await;
+    assert_eq!(l["mode"], "pull");
+    assert_eq!(l["remote_url"], cloud.ws_url());
+    assert_eq!(l["remote_node_id"], cloud_id);
+    assert_eq!(l["queue_depth"], 0);
+    assert!(l["forwarded"].as_u64() >= Some(2), "{l}");
+    let m = edge.metrics().await;
+    assert_eq!(
+        counter(&m, "shardcast_link_connected{link=\"cloud\",mode=\"pull\"}"),
+        1.0
+    );
+    assert!(
+        counter(
+            &m,
+            "shardcast_link_forwarded_total{link=\"cloud\",mode=\"pull\"}"
+        ) >= 2.0
+    );
+    // The dashboard's data ($sys/stats, /api/stats) lists the link too.
+    let s = edge.stats().await;
+    assert_eq!(s["links"][0]["name"], "cloud", "{s}");
+    assert_eq!(s["links"][0]["connected"], true, "{s}");
+}
+
+#[tokio::test]
+async fn pull_loses_nothing_through_a_cut_link_and_an_upstream_restart() {
+    let history = "[[history]]\npattern = \"feed\"\nsize = 10000\nbytes = 10000000\n";
+    let cloud = Broker::start(history);
+    let cloud_addr = cloud.addr;
+    let proxy = Proxy::start(cloud_addr).await;
+    let edge = Broker::start(&format!(
+        "{}{history}",
+        pull_link(
+            "cloud",
+            &format!("ws://{}/ws", proxy.addr),
+            "[\"feed\"]",
+            ""
+        )
+    ));
+    wait_connected(&edge, "cloud").await;
+    let mut sub = edge.vws_subscriber("feed").await;
+    wait_pulling(&cloud, "feed", &mut sub).await;
+
+    // Mid-stream: the link is cut right after a batch, more is published while it is
+    // down, then it comes back and resumes from its position.
+    publish_numbers(&cloud, "feed", 1..=100).await;
+    assert!(proxy.cut().await >= 1, "the link went through the proxy");
+    publish_numbers(&cloud, "feed", 101..=200).await;
+    proxy.restore();
+    publish_numbers(&cloud, "feed", 201..=300).await;
+    let mut got = read_numbers(&mut sub, 300, LINK).await;
+
+    // The upstream is killed and restarted on the same address; what is published
+    // there before the link is back is replayed from the new epoch.
+    drop(cloud);
+    let cloud = Broker::start_on(history, cloud_addr);
+    publish_numbers(&cloud, "feed", 301..=400).await;
+    got.extend(read_numbers(&mut sub, 100, LINK).await);
+    assert_eq!(
+        got,
+        (1..=400).collect::<Vec<u64>>(),
+        "every publication exactly once, in order"
+    );
+    expect_no_numbers(&mut sub).await;
+
+    let l = link(&edge, "cloud").await;
+    assert!(l["reconnect_attempts"].as_u64() >= Some(2), "{l}");
+    assert!(
+        l["gaps"].as_u64() >= Some(1),
+        "the restart changed the epoch: {l}"
+    );
+    assert_eq!(l["connected"], true, "{l}");
+}
+
+#[tokio::test]
+async fn push_with_the_upstream_down_applies_on_full_and_counts() {
+    let cloud = Broker::start("[client]\nallow_publish = true\n");
+    let mut upstream_sub = cloud.vws_subscriber("up/#").await;
+    let proxy = Proxy::start(cloud.addr).await;
+    proxy.cut().await;
+    let url = format!("ws://{}/ws", proxy.addr);
+    let edge = Broker::start(&format!(
+        "{}{}",
+        push_link(
+            "oldest",
+            &url,
+            "[\"up/#\"]",
+            "queue_size = 10\non_full = \"drop_oldest\"\n"
+        ),
+        push_link(
+            "blocking",
+            &url,
+            "[\"blk/#\"]",
+            "queue_size = 5\non_full = \"block\"\n"
+        ),
+    ));
+    // Published here while the upstream cannot be reached.
+    for n in 1..=25u64 {
+        edge.publish("up/x", json!({"n": n})).await;
+    }
+    for n in 1..=5u64 {
+        edge.publish("blk/x", json!({"n": n})).await;
+    }
+    let refused = edge
+        .post_json(
+            "/api/publish",
+            &json!({"channel": "blk/x", "data": {"n": 6}}),
+        )
+        .await;
+    assert_eq!(
+        refused.status, 503,
+        "block refuses the publish: {}",
+        refused.text
+    );
+    assert!(
+        refused.error_reason().contains("upstream"),
+        "the reason says why: {}",
+        refused.text
+    );
+    let l = link(&edge, "oldest").await;
+    assert_eq!(l["connected"], false);
+    assert_eq!(l["queue_depth"], 10, "{l}");
+    assert_eq!(l["queue_utilization"], 1.0, "{l}");
+    assert!(l["reconnect_attempts"].as_u64() >= Some(1), "{l}");
+    assert!(!l["last_error"].is_null(), "{l}");
+    let m = edge.metrics().await;
+    assert_eq!(
+        counter(
+            &m,
+            "shardcast_link_dropped_total{link=\"oldest\",reason=\"drop_oldest\"}"
+        ),
+        15.0
+    );
+    assert_eq!(
+        counter(
+            &m,
+            "shardcast_link_dropped_total{link=\"blocking\",reason=\"blocked\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        counter(
+            &m,
+            "shardcast_link_queue_depth{link=\"blocking\",mode=\"push\"}"
+        ),
+        5.0
+    );
+    assert!(
+        rejections(&m).get("upstream_queue_full") >= Some(&1.0),
+        "{m}"
+    );
+
+    // The upstream comes back: the newest 10 arrive, in order, once.
+    proxy.restore();
+    let got = read_numbers(&mut upstream_sub, 10, LINK).await;
+    assert_eq!(got, (16..=25).collect::<Vec<u64>>());
+    expect_no_numbers(&mut upstream_sub).await;
+    until_ok("both queues drained", LINK, || async {
+        let a = link(&edge, "oldest").await;
+        let b = link(&edge, "blocking").await;
+        (a["queue_depth"] == 0 && b["queue_depth"] == 0 && a["forwarded"] == 10)
+            .then_some(())
+            .ok_or(format!("{a} {b}"))
+    })
+    .await;
+    // Room again: block lets publishes through.
+    edge.publish("blk/x", json!({"n": 7})).await;
+}
+
+/// A free port on 127.0.0.1 for a broker started later (its peer's config needs it).
+fn free_addr() -> std::net::SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr")
+}
+
+async fn no_echo(mode: &str) {
+    let a_addr = free_addr();
+    let b_addr = free_addr();
+    let link_to = |name: &str, addr: std::net::SocketAddr| {
+        let url = format!("ws://{addr}/ws");
+        let extra = "";
+        if mode == "push" {
+            push_link(name, &url, "[\"mesh/#\"]", extra)
+        } else {
+            pull_link(name, &url, "[\"mesh/#\"]", extra)
+        }
+    };
+    let common = "[client]\nallow_publish = true\n";
+    let a = Broker::start_on(&format!("{}{common}", link_to("to-b", b_addr)), a_addr);
+    let b = Broker::start_on(&format!("{}{common}", link_to("to-a", a_addr)), b_addr);
+    wait_connected(&a, "to-b").await;
+    wait_connected(&b, "to-a").await;
+    let mut sub_a = a.vws_subscriber("mesh/#").await;
+    let mut sub_b = b.vws_subscriber("mesh/#").await;
+    if mode == "pull" {
+        wait_pulling(&a, "mesh/probe", &mut sub_b).await;
+        wait_pulling(&b, "mesh/probe", &mut sub_a).await;
+        while let Some(Event::Json(_)) = sub_a.next_event(Duration::from_millis(300)).await {}
+        while let Some(Event::Json(_)) = sub_b.next_event(Duration::from_millis(300)).await {}
+    }
+    let (la0, lb0) = (link(&a, "to-b").await, link(&b, "to-a").await);
+    publish_numbers(&a, "mesh/a", 1..=20).await;
+    publish_numbers(&b, "mesh/b", 101..=120).await;
+    for (name, sub) in [("A", &mut sub_a), ("B", &mut sub_b)] {
+        let mut got = read_numbers(sub, 40, LINK).await;
+        got.sort_unstable();
+        let want: Vec<u64> = (1..=20).chain(101..=120).collect();
+        assert_eq!(got, want, "{mode}: node {name} gets each publication once");
+        expect_no_numbers(sub).await;
+    }
+    let la = link(&a, "to-b").await;
+    let lb = link(&b, "to-a").await;
+    let delta = |now: &Value, before: &Value, path: &[&str]| {
+        let get = |v: &Value| path.iter().fold(v, |v, k| &v[*k]).as_u64().unwrap_or(0);
+        get(now) - get(before)
+    };
+    // Each link carried the 20 of one side, and turned the other 20 back (push: not
+    // sent back to where they came from; pull: its own, delivered back, not republished).
+    for (l, l0) in [(&la, &la0), (&lb, &lb0)] {
+        assert_eq!(delta(l, l0, &["forwarded"]), 20, "{mode}: {l}");
+        assert_eq!(delta(l, l0, &["dropped", "loop"]), 20, "{mode}: {l}");
+    }
+}
+
+#[tokio::test]
+async fn push_links_both_ways_do_not_echo_or_amplify() {
+    no_echo("push").await;
+}
+
+#[tokio::test]
+async fn pull_links_both_ways_do_not_echo_or_amplify() {
+    no_echo("pull").await;
+}
+
+#[tokio::test]
+async fn bad_upstream_config_is_refused_at_start() {
+    let cases: [(&str, &str); 6] = [
+        (
+            "[[upstream]]\nurl = \"http//nope\"\nmode = \"pull\"\npatterns = [\"a\"]\n",
+            "upstream.url",
+        ),
+        (
+            "[[upstream]]\nurl = \"ws://127.0.0.1:1/ws\"\nmode = \"both\"\npatterns = [\"a\"]\n",
+            "upstream.mode",
+        ),
+        (
+            "[[upstream]]\nurl = \"ws://127.0.0.1:1/ws\"\nmode = \"pull\"\npatterns = [\"a\"]\ntoken_env = \"FEDERATION_TEST_UNSET\"\n",
+            "upstream.token_env",
+        ),
+        (
+            "[[upstream]]\nurl = \"ws://127.0.0.1:1/ws\"\nmode = \"push\"\npatterns = [\"a\"]\non_full = \"wait\"\n",
+            "upstream.on_full",
+        ),
+        (
+            "[[upstream]]\nurl = \"ws://127.0.0.1:1/ws\"\nmode = \"pull\"\npatterns = []\n",
+            "upstream.patterns",
+        ),
+        (
+            "[[upstream]]\nurl = \"ws://127.0.0.1:1/ws\"\nmode = \"pull\"\npatterns = [\"a\"]\nqueue_sise = 3\n",
+            "upstream[0].queue_sise",
+        ),
+    ];
+    for (toml, key) in cases {
+        let f = config_file(toml);
+        let path = f.path().to_string_lossy().to_string();
+        let out = run_cli(
+            &["serve", "--config", &path, "--listen", "127.0.0.1:0"],
+            &[],
+            Duration::from_secs(10),
+        )
+        .await;
+        assert_eq!(out.code, Some(2), "{toml}: config error exit: {out:?}");
+        assert!(
+            out.stderr.contains(key),
+            "{toml}: names {key}: {}",
+            out.stderr
+        );
+    }
+}
+
+/// An "upstream" that answers every connection with `answer` and closes.
+async fn nonsense_upstream(answer: &'static [u8]) -> std::net::SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s.write_all(answer).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn refused_or_broken_upstreams_are_reported_and_the_node_serves_locally() {
+    let cloud = Broker::start_with(
+        "[auth]\ntype = \"bearer\"\nbearer_token_env = \"FED_CLOUD_TOKEN\"\n",
+        &[],
+        &[("FED_CLOUD_TOKEN", "right-token")],
+    );
+    let garbage = nonsense_upstream(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello").await;
+    let mid = nonsense_upstream(b"HTTP/1.1 101 Switching").await;
+    let mut edge = Broker::start_with(
+        &format!(
+            "{}{}{}",
+            pull_link(
+                "auth",
+                &cloud.ws_url(),
+                "[\"a/#\"]",
+                "token_env = \"FED_EDGE_TOKEN\"\n"
+            ),
+            pull_link("garbage", &format!("ws://{garbage}/ws"), "[\"a/#\"]", ""),
+            push_link("midway", &format!("ws://{mid}/ws"), "[\"a/#\"]", ""),
+        ),
+        &[],
+        &[("FED_EDGE_TOKEN", "wrong-token")],
+    );
+    for (name, says) in [("auth", "401"), ("garbage", ""), ("midway", "")] {
+        until_ok(
+            &format!("link {name} reports its failures"),
+            LINK,
+            || async {
+                let l = link(&edge, name).await;
+                let error = l["last_error"].as_str().unwrap_or_default().to_owned();
+                (l["connected"] == false
+                    && l["reconnect_attempts"].as_u64() >= Some(2)
+                    && !error.is_empty()
+                    && error.contains(says))
+                .then_some(())
+                .ok_or(l.to_string())
+            },
+        )
+        .await;
+    }
+    // The node still serves its own clients.
+    let mut sub = edge.vws_subscriber("local/#").await;
+    edge.publish("local/x", json!({"n": 1})).await;
+    assert_eq!(sub.recv().await["d"]["n"], 1);
+    assert_eq!(edge.get("/healthz").await.status, 200);
+    assert!(edge.exited().is_none(), "{}", edge.stderr());
+}
