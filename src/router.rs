@@ -194,8 +194,12 @@ impl Router {
     /// nodes. Retries of the same publication use [`Router::dispatch`], so it is never
     /// sent to the cluster twice.
     pub fn publish(&self, publication: &Arc<Publication>, cache: &mut MatchCache) -> Routed {
-        if let Some(c) = &self.cluster {
-            c.publish(publication);
+        if self
+            .cluster
+            .as_ref()
+            .is_some_and(|c| c.publish(publication))
+        {
+            return Routed::default(); // the JetStream task delivers it (SPEC §12)
         }
         self.deliver(publication, cache)
     }

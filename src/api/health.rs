@@ -81,6 +81,14 @@ pub fn healthz(broker: &Broker) -> HttpResponse {
             "dropped_unavailable": get(&c.stats.dropped_unavailable),
             "subscriptions": get(&c.stats.subscriptions),
         });
+        if let Some(js) = &c.jetstream {
+            details["cluster"]["jetstream"] = json!({
+                "up": js.up.load(Ordering::Relaxed),
+                "appended": get(&js.appended),
+                "unrecorded": get(&js.unrecorded),
+                "holes": get(&js.holes),
+            });
+        }
     }
     json_response(if healthy { 200 } else { 503 }, &body)
 }
