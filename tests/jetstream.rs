@@ -305,3 +305,166 @@ async fn without_jetstream_live_delivery_goes_on_and_resumes_are_not_recovered()
     assert!(counter(&metrics, "shardcast_jetstream_sync_failed_total") >= 1.0);
     assert!(counter(&b.metrics().await, "shardcast_jetstream_unrecorded_total") >= 1.0);
 }
+
+#[tokio::test]
+async fn node_and_nats_server_restarts_keep_the_epoch_and_the_history() {
+    let Some(bin) = require_nats() else { return };
+    let store = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut nats_server = nats(&bin, port, Some(store.path())).await;
+    let a = node(port, "a");
+    js_up(&a).await;
+    for i in 1..=5 {
+        a.publish("feed/keep", json!(i)).await;
+    }
+    let (_, ack) = resume(&a, "feed/keep", 0, None).await;
+    assert_eq!(ack["o"], 5, "{ack}");
+    let epoch = ack["e"].as_str().unwrap().to_owned();
+    // The node restarts: same epoch, everything still there.
+    drop(a);
+    let a = node(port, "a");
+    js_up(&a).await;
+    let (mut ws, ack) = resume(&a, "feed/keep", 2, Some(&epoch)).await;
+    assert_eq!(
+        (ack["r"].as_bool(), ack["e"].as_str()),
+        (Some(true), Some(epoch.as_str())),
+        "{ack}"
+    );
+    read_offsets(&mut ws, 3, 5, "after a node restart").await;
+    // nats-server restarts on the same store directory: history survives, offsets go on.
+    drop(nats_server);
+    eventually("the node to see JetStream gone", READY, || async {
+        counter(&a.metrics().await, "shardcast_jetstream_up") == 0.0
+    })
+    .await;
+    nats_server = nats(&bin, port, Some(store.path())).await;
+    js_up(&a).await;
+    let b = node(port, "b");
+    js_up(&b).await;
+    b.publish("feed/keep", json!(6)).await;
+    let (mut ws, ack) = resume(&b, "feed/keep", 0, Some(&epoch)).await;
+    assert_eq!(
+        (ack["r"].as_bool(), ack["o"].as_u64()),
+        (Some(true), Some(6)),
+        "{ack}"
+    );
+    let data = read_offsets(&mut ws, 1, 6, "after a nats-server restart").await;
+    assert_eq!(data, (1..=6).map(|i| json!(i)).collect::<Vec<_>>());
+    drop(nats_server);
+}
+
+/// haproxy with the shipped `config/haproxy.cfg`, its bind and servers replaced.
+async fn haproxy(bin: &Path, nodes: &[&Broker]) -> (Server, u16, tempfile::NamedTempFile) {
+    let port = free_port();
+    let mut cfg = String::new();
+    let mut servers = 0;
+    for line in include_str!("../config/haproxy.cfg").lines() {
+        match line.split_whitespace().next().unwrap_or("") {
+            "bind" => cfg.push_str(&format!("    bind 127.0.0.1:{port}\n")),
+            "server" => {
+                if servers == 0 {
+                    for (i, n) in nodes.iter().enumerate() {
+                        // Health checks every 200 ms so a dead node leaves rotation soon.
+                        cfg.push_str(&format!(
+                            "    server node{i} {} check inter 200ms fall 1\n",
+                            n.addr
+                        ));
+                    }
+                }
+                servers += 1;
+            }
+            _ => {
+                cfg.push_str(line);
+                cfg.push('\n');
+            }
+        }
+    }
+    let config = config_file(&cfg);
+    let server = Server::start(bin, &["-db", "-f", config.path().to_str().unwrap()], port).await;
+    (server, port, config)
+}
+
+/// The headline (issue 21): three nodes behind haproxy, subscribers on A, publications
+/// on B and C, A SIGKILLed mid-stream; the subscribers reconnect through haproxy with
+/// their positions and every one ends with every offset exactly once, in order.
+#[tokio::test]
+async fn subscribers_of_a_killed_node_resume_through_haproxy_with_nothing_lost() {
+    let Some(bin) = require_nats() else { return };
+    let Some(hap) = require("haproxy", "SHARDCAST_HAPROXY", "SHARDCAST_REQUIRE_HAPROXY") else {
+        return;
+    };
+    let store = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _nats = nats(&bin, port, Some(store.path())).await;
+    let (a, b, c) = (node(port, "a"), node(port, "b"), node(port, "c"));
+    for n in [&a, &b, &c] {
+        js_up(n).await;
+    }
+    let (_haproxy, hport, _cfg) = haproxy(&hap, &[&a, &b, &c]).await;
+    const SUBS: usize = 4;
+    const N: u64 = 600;
+    let mut subs = Vec::new();
+    let mut epoch = String::new();
+    for _ in 0..SUBS {
+        let (ws, ack) = resume(&a, "feed/ha", 0, None).await;
+        epoch = ack["e"].as_str().unwrap().to_owned();
+        subs.push(ws);
+    }
+    subscriptions(&a, 2.0).await;
+    let publishers = async {
+        let pb = async {
+            for i in 0..N / 2 {
+                b.publish("feed/ha", json!(i)).await;
+            }
+        };
+        let pc = async {
+            for i in N / 2..N {
+                c.publish("feed/ha", json!(i)).await;
+            }
+        };
+        tokio::join!(pb, pc);
+    };
+    let url = format!("ws://127.0.0.1:{hport}/ws");
+    let subscribers = async {
+        let mut got: Vec<Vec<u64>> = vec![Vec::new(); SUBS];
+        // Everyone reads a first part from A.
+        for (ws, seen) in subs.iter_mut().zip(got.iter_mut()) {
+            let data = read_offsets(ws, 1, 100, "from A").await;
+            seen.extend(data.iter().map(|d| d.as_u64().unwrap()));
+        }
+        drop(a); // SIGKILL
+        drop(subs);
+        for seen in got.iter_mut() {
+            let last = seen.len() as u64;
+            let deadline = Instant::now() + READY;
+            let mut ws = loop {
+                assert!(Instant::now() < deadline, "no node took the reconnect");
+                if let Ok(mut ws) = try_ws(&url, Dialect::Subprotocol("vws")).await {
+                    ws.send_json(&json!({"k": "s", "t": "feed/ha", "i": 1, "o": last, "e": epoch}))
+                        .await;
+                    if let Some(Event::Json(ack)) = ws.next_event(RECV).await {
+                        if ack["k"] == "a" {
+                            assert_eq!(ack["r"], true, "{ack}");
+                            break ws;
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            };
+            let data = read_offsets(&mut ws, last + 1, N, "after the failover").await;
+            seen.extend(data.iter().map(|d| d.as_u64().unwrap()));
+            ws.expect_silence(SILENCE).await;
+        }
+        got
+    };
+    let ((), got) = tokio::join!(publishers, subscribers);
+    for seen in got {
+        let mut sorted = seen.clone();
+        sorted.sort_unstable();
+        assert_eq!(
+            sorted,
+            (0..N).collect::<Vec<_>>(),
+            "every publication exactly once"
+        );
+    }
+}

@@ -391,29 +391,44 @@ impl Task {
                 self.dispatch(r, broker, &p, rule, None).await;
             }
             Job::Live(p, rule, Some((offset, seq))) => {
-                let top = self.history.top(&p.topic);
-                if let Some(top) = top {
-                    if offset > top + 1 {
-                        let from = (top + 1).max(self.window_start(offset - 1));
-                        let got = self.fill(r, broker, &p.topic, rule, from, offset - 1).await;
-                        if got < offset - 1 {
-                            JetStreamStats::add(&self.stats.holes, 1);
-                        }
-                    }
-                }
+                self.deliver_at(r, broker, &p, rule, offset).await;
                 if seq != 0 {
                     let known = r.last.entry(p.topic.clone()).or_default();
                     if offset > known.offset {
                         *known = Last { seq, offset };
                     }
                 }
-                self.dispatch(r, broker, &p, rule, Some(offset)).await;
             }
             Job::Sync(channel, rule, done) => {
                 let ok = self.sync(r, broker, &channel, rule).await;
                 let _ = done.try_send(ok);
             }
         }
+    }
+
+    /// Delivers `p` at `offset` in offset order: when this node holds the channel with
+    /// subscribers and the offsets before it are missing (an announcement lost, or not
+    /// yet subscribed in NATS when they went by), they are read from the stream first;
+    /// what cannot be read stays a visible hole. Without subscribers the store just
+    /// jumps ahead (the next subscribe catches it up).
+    async fn deliver_at(
+        &self,
+        r: &mut Running,
+        broker: &Broker,
+        p: &Arc<Publication>,
+        rule: RuleId,
+        offset: u64,
+    ) {
+        if let Some(top) = self.history.top(&p.topic) {
+            if offset > top + 1 && broker.router.has_subscribers(&p.topic) {
+                let from = (top + 1).max(self.window_start(offset - 1));
+                let got = self.fill(r, broker, &p.topic, rule, from, offset - 1).await;
+                if got < offset - 1 {
+                    JetStreamStats::add(&self.stats.holes, 1);
+                }
+            }
+        }
+        self.dispatch(r, broker, p, rule, Some(offset)).await;
     }
 
     /// The oldest offset the stream can still hold when `top` is the newest.
@@ -509,7 +524,7 @@ impl Task {
                 JetStreamStats::add(&self.stats.appended, 1);
                 headers.insert(OFFSET_HEADER, offset.to_string().as_str());
                 headers.insert(SEQ_HEADER, seq.to_string().as_str());
-                self.dispatch(r, broker, p, rule, Some(offset)).await;
+                self.deliver_at(r, broker, p, rule, offset).await;
             }
             None => {
                 JetStreamStats::add(&self.stats.unrecorded, 1);
@@ -560,12 +575,24 @@ impl Task {
         if last.offset >= known.offset {
             *known = last;
         }
-        let top = self.history.top(channel).unwrap_or(0);
-        if last.offset <= top {
-            return true;
+        let start = self.window_start(last.offset);
+        let (_, top) = self.history.span(channel).unwrap_or((1, 0));
+        if last.offset > top {
+            let from = (top + 1).max(start);
+            if self.fill(r, broker, channel, rule, from, last.offset).await < last.offset {
+                return false;
+            }
         }
-        let from = (top + 1).max(self.window_start(last.offset));
-        self.fill(r, broker, channel, rule, from, last.offset).await >= last.offset
+        // What this node lacks before its oldest (it joined the channel late, or
+        // trimmed it): put in front, not delivered (subscribers behind read the store).
+        let (first, _) = self.history.span(channel).unwrap_or((1, 0));
+        if first > start {
+            let older = self.read(r, channel, start, first - 1).await;
+            let complete = older.len() as u64 == first - start;
+            self.history.prepend(channel, rule, older);
+            return complete;
+        }
+        true
     }
 
     /// Reads offsets `from..=to` of `channel` from the stream and delivers them in
@@ -579,18 +606,39 @@ impl Task {
         from: u64,
         to: u64,
     ) -> u64 {
-        let held = || self.history.top(channel).unwrap_or(0);
+        for (offset, p) in self.read(r, channel, from, to).await {
+            self.dispatch(r, broker, &p, rule, Some(offset)).await;
+        }
+        self.history.top(channel).unwrap_or(0)
+    }
+
+    /// Offsets `from..=to` of `channel` from the stream, in order, as far as they can be
+    /// read within `cluster.jetstream_timeout` (and pass the inbound checks).
+    async fn read(
+        &self,
+        r: &Running,
+        channel: &str,
+        from: u64,
+        to: u64,
+    ) -> Vec<(u64, Arc<Publication>)> {
+        let mut out = Vec::new();
         let (Some(stream), Some(live)) = (
             r.stream.clone(),
             subject::channel_subject(&self.prefix, channel),
         ) else {
-            return held();
+            return out;
         };
         let Some(stored) = stream_subject(&self.prefix, &live) else {
-            return held();
+            return out;
         };
         let deadline = tokio::time::Instant::now() + self.timeout;
-        let mut next_seq = 1u64;
+        // Later offsets have later stream sequences: start after the last message known,
+        // when it comes before `from`.
+        let mut next_seq = r
+            .last
+            .get(channel)
+            .filter(|l| l.offset < from && l.seq > 0)
+            .map_or(1, |l| l.seq + 1);
         while tokio::time::Instant::now() < deadline {
             let got = tokio::time::timeout_at(
                 deadline,
@@ -615,7 +663,7 @@ impl Task {
                 .headers
                 .get(MAC_HEADER)
                 .map(async_nats::HeaderValue::as_str);
-            match inbound::admit(
+            if let Ok((_, p)) = inbound::admit(
                 &self.prefix,
                 self.mac.as_ref(),
                 &self.topics,
@@ -623,18 +671,14 @@ impl Task {
                 mac,
                 &m.payload,
             ) {
-                Ok((_, p)) => {
-                    JetStreamStats::add(&self.stats.read, 1);
-                    self.dispatch(r, broker, &Arc::new(p), rule, Some(offset))
-                        .await;
-                }
-                Err(_) => continue,
+                JetStreamStats::add(&self.stats.read, 1);
+                out.push((offset, Arc::new(p)));
             }
             if offset == to {
                 break;
             }
         }
-        held()
+        out
     }
 
     /// Delivers `p` to this node's shards: at `offset` through the store (skipped when

@@ -318,6 +318,75 @@ impl History {
         }
     }
 
+    /// The oldest and newest offsets this node holds for `channel` (`first > top` when
+    /// it holds none), `None` without state; state from before the cluster's epoch was
+    /// known counts as empty.
+    pub fn span(&self, channel: &str) -> Option<(u64, u64)> {
+        let store = self.store.lock();
+        let log = store.channels.get(channel)?;
+        match self.shared_epoch(channel) {
+            Some(e) if e != log.epoch => Some((1, 0)),
+            _ => Some((log.first(), log.top)),
+        }
+    }
+
+    /// Shared history: puts `older` (ascending, contiguous, the last right before the
+    /// oldest offset this node holds) in front of what it holds, as far as the rule's
+    /// `size` and `bytes` allow. Nothing is delivered: subscribers that need these are
+    /// behind and read them from here. Returns how many were kept.
+    pub fn prepend(
+        &self,
+        channel: &str,
+        rule: RuleId,
+        older: Vec<(u64, Arc<Publication>)>,
+    ) -> usize {
+        let Some(limits) = self.rule(rule) else {
+            return 0;
+        };
+        let mut guard = self.store.lock();
+        let store = &mut *guard;
+        let shared = self.shared_epoch(channel);
+        let Some(log) = store.channels.get_mut(channel) else {
+            return 0;
+        };
+        if shared.is_some_and(|e| e != log.epoch) {
+            return 0;
+        }
+        let (mut kept, mut bytes) = (0u64, 0u64);
+        for (offset, p) in older.into_iter().rev() {
+            let payload = payload_len(&p);
+            if offset + 1 != log.first()
+                || log.entries.len() >= limits.size
+                || log.payload + payload > limits.bytes
+            {
+                break;
+            }
+            p.set_offset(offset);
+            log.payload += payload;
+            bytes += memory_cost(&p);
+            log.entries.push_front(p);
+            kept += 1;
+        }
+        let needs_lru = kept > 0 && log.lru_key.is_none();
+        if needs_lru {
+            store.seq += 1;
+            let key = store.seq;
+            if let Some(log) = store.channels.get_mut(channel) {
+                log.lru_key = Some(key);
+            }
+            store.lru.insert(key, channel.into());
+        }
+        store.entries += kept;
+        store.bytes += bytes;
+        let mut freed = Freed::default();
+        self.evict_over_cap(store, &mut freed);
+        store.entries = store.entries.saturating_sub(freed.entries);
+        store.bytes = store.bytes.saturating_sub(freed.bytes);
+        self.publish_totals(store);
+        freed.count(&self.stats);
+        usize::try_from(kept).unwrap_or(usize::MAX)
+    }
+
     /// Like [`History::attach`], after bringing the channel up to date from the shared
     /// history when there is one.
     pub fn attach_synced(&self, channel: &str, rule: RuleId) -> Attached {
