@@ -208,8 +208,12 @@ impl Router {
     /// nodes, and to the push links. Retries of the same publication use
     /// [`Router::dispatch`], so it is never sent to the cluster or a link twice.
     pub fn publish(&self, publication: &Arc<Publication>, cache: &mut MatchCache) -> Routed {
-        if let Some(c) = &self.cluster {
-            c.publish(publication);
+        if self
+            .cluster
+            .as_ref()
+            .is_some_and(|c| c.publish(publication))
+        {
+            return Routed::default(); // the JetStream task delivers it (SPEC §12)
         }
         if let Some(l) = &self.links {
             l.offer(publication);

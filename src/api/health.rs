@@ -92,6 +92,14 @@ pub fn health(broker: &Broker) -> (bool, serde_json::Value) {
             "dropped_unavailable": get(&c.stats.dropped_unavailable),
             "subscriptions": get(&c.stats.subscriptions),
         });
+        if let Some(js) = &c.jetstream {
+            details["cluster"]["jetstream"] = json!({
+                "up": js.up.load(Ordering::Relaxed),
+                "appended": get(&js.appended),
+                "unrecorded": get(&js.unrecorded),
+                "holes": get(&js.holes),
+            });
+        }
     }
     let peers = broker.semstreams.peers.load(Ordering::Relaxed);
     if let (true, Some(details)) = (peers > 0, body.get_mut("details")) {

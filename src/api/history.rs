@@ -58,7 +58,7 @@ pub fn get(
     };
     // Attaching creates the channel's state if it has none, so the epoch reported here
     // is the one its first publication will carry.
-    history.attach(channel, rule);
+    history.attach_synced(channel, rule);
     let Some(page) = history.page(channel, since, limit) else {
         return Err(ApiError {
             status: 404,

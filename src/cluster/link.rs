@@ -39,6 +39,8 @@ pub(super) struct Link {
     pub(super) stats: Arc<ClusterStats>,
     pub(super) login: Login,
     pub(super) topics: crate::topic::Limits,
+    /// `history = "jetstream"`: history channels go to the JetStream task.
+    pub(super) jetstream: Option<super::jetstream::Handle>,
 }
 
 /// NATS subscriptions for one pattern, shared by the shards that want it.
@@ -290,6 +292,13 @@ impl Link {
         }
         self.stats.received.fetch_add(1, Ordering::Relaxed);
         let p = Arc::new(p);
+        if self
+            .jetstream
+            .as_ref()
+            .is_some_and(|js| js.inbound(&p, message))
+        {
+            return;
+        }
         let mut full = super::deliver_remote(&broker.router, &p, cache).full;
         let deadline = tokio::time::Instant::now() + INBOX_FULL_WAIT;
         while full != 0 {

@@ -17,6 +17,7 @@ pub mod dedup;
 pub mod envelope;
 pub mod inbound;
 mod interest;
+pub mod jetstream;
 mod link;
 pub mod options;
 pub mod subject;
@@ -84,6 +85,8 @@ pub struct Outbound {
     prefix: Box<str>,
     node_id: Box<str>,
     max_control_line: usize,
+    /// `history = "jetstream"`: history channels go through the JetStream task.
+    jetstream: Option<jetstream::Handle>,
 }
 
 impl Outbound {
@@ -140,10 +143,15 @@ impl Outbound {
     }
 
     /// Queues a locally accepted publication for the other nodes. Node-local broker
-    /// topics (`$sys/...`) stay here.
-    pub fn publish(&self, p: &Arc<Publication>) {
+    /// topics (`$sys/...`) stay here. True when the publication is on a history channel
+    /// with `history = "jetstream"`: the JetStream task then delivers it here too, once
+    /// the stream gave it its offset.
+    pub fn publish(&self, p: &Arc<Publication>) -> bool {
+        if self.jetstream.as_ref().is_some_and(|js| js.publish(p)) {
+            return true;
+        }
         if !p.is_broadcast() && crate::topic::is_broker_topic(&p.topic) {
-            return;
+            return false;
         }
         if !self.stats.connected.load(Ordering::Acquire)
             || self.publications.try_send(p.clone()).is_err()
@@ -152,6 +160,7 @@ impl Outbound {
                 .dropped_unavailable
                 .fetch_add(1, Ordering::Relaxed);
         }
+        false
     }
 
     /// A shard's first subscriber of `pattern`.
@@ -171,6 +180,8 @@ pub struct Cluster {
     pub node_id: String,
     /// Status and counters.
     pub stats: Arc<ClusterStats>,
+    /// JetStream history counters (`history = "jetstream"` only).
+    pub jetstream: Option<Arc<jetstream::JetStreamStats>>,
 }
 
 /// Draws a number that differs between starts (no `rand` dependency needed for this).
@@ -191,17 +202,20 @@ pub(crate) fn draw() -> u64 {
 pub struct Pending {
     link: link::Link,
     publications: mpsc::Receiver<Arc<Publication>>,
+    jetstream: Option<jetstream::Task>,
 }
 
 /// Makes the queues between router and link for `config` (cluster mode on); channels
 /// are limited by `topics` (`client.max_topic_bytes`, `max_topic_levels`), and the
-/// secrets `config` names are read from `env`.
+/// secrets `config` names are read from `env`. With `history = "jetstream"`, `history`
+/// becomes a copy of the JetStream stream.
 ///
 /// # Errors
 /// The NATS login or MAC secret is not usable (see [`options::login`]).
 pub fn queues(
     config: &ClusterConfig,
     topics: crate::topic::Limits,
+    history: &Arc<crate::history::History>,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<(Outbound, Cluster, Pending), String> {
     let login = options::login(config, env)?;
@@ -213,7 +227,30 @@ pub fn queues(
     } else {
         config.node_id.clone()
     };
+    let js = match config.history {
+        crate::config::ClusterHistory::Memory => None,
+        crate::config::ClusterHistory::Jetstream => {
+            // The task has its own connection, so a slow stream never holds up the link.
+            let second = options::login(config, env)?;
+            Some(jetstream::channel(
+                jetstream::Settings {
+                    url: config.nats_url.clone(),
+                    options: second.options,
+                    prefix: config.subject_prefix.clone(),
+                    stream: config.jetstream_stream.clone(),
+                    max_bytes: config.jetstream_max_bytes,
+                    timeout: config.jetstream_timeout,
+                    node_id: node_id.clone(),
+                    mac: second.mac,
+                    topics,
+                },
+                history,
+            ))
+        }
+    };
+    let (js_handle, js_task) = js.map_or((None, None), |(h, t)| (Some(h), Some(t)));
     let link = link::Link {
+        jetstream: js_handle.clone(),
         url: config.nats_url.clone(),
         prefix: config.subject_prefix.clone(),
         node_id: node_id.clone(),
@@ -239,11 +276,17 @@ pub fn queues(
             prefix: config.subject_prefix.as_str().into(),
             node_id: node_id.as_str().into(),
             max_control_line: config.max_control_line,
+            jetstream: js_handle.clone(),
         },
-        Cluster { node_id, stats },
+        Cluster {
+            node_id,
+            stats,
+            jetstream: js_handle.map(|h| h.stats),
+        },
         Pending {
             link,
             publications: prx,
+            jetstream: js_task,
         },
     ))
 }
@@ -254,6 +297,9 @@ impl Pending {
     /// # Errors
     /// The thread or its runtime could not be started.
     pub fn start(self, broker: Weak<Broker>) -> std::io::Result<()> {
+        if let Some(task) = self.jetstream {
+            task.start(broker.clone())?;
+        }
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;

@@ -358,6 +358,30 @@ pub struct ClusterConfig {
     /// Environment variable holding the shared secret that signs every envelope
     /// (HMAC-SHA256); "" = envelopes are not signed.
     pub secret_env: String,
+
+    // Durable history on NATS JetStream (SPEC §12, docs/CLUSTER.md).
+    /// Where history channels keep their history in cluster mode.
+    pub history: ClusterHistory,
+    /// Name of the JetStream stream that holds the history channels.
+    pub jetstream_stream: String,
+    /// Most bytes the stream may hold; past it new publications are refused by
+    /// JetStream (delivered live without an offset) rather than old ones dropped.
+    pub jetstream_max_bytes: u64,
+    /// How long a JetStream request (append, read, stream set-up) may take, and how long
+    /// a subscribe on a history channel waits for the stream before answering from what
+    /// the node has (`recovered: false` for a resume).
+    #[serde(with = "duration")]
+    pub jetstream_timeout: Duration,
+}
+
+/// `cluster.history`: where history channels keep their history in cluster mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClusterHistory {
+    /// Each node keeps its own (offsets are per node; SPEC §9).
+    Memory,
+    /// One JetStream stream for the cluster: offsets per channel cluster-wide (SPEC §12).
+    Jetstream,
 }
 
 /// `[history]` section: the rules (also written as `[[history]]` tables) and the cap.

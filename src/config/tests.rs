@@ -689,6 +689,31 @@ fn every_validation_rule() {
             "cluster.max_control_line",
             "too short for subject_prefix",
         ),
+        (
+            "[cluster]\nhistory = \"jetstream\"",
+            "cluster.history",
+            "needs cluster.nats_url",
+        ),
+        (
+            "[cluster]\nhistory = \"disk\"",
+            "cluster.history",
+            "unknown variant",
+        ),
+        (
+            "[cluster]\njetstream_stream = \"a.b\"",
+            "cluster.jetstream_stream",
+            "stream name",
+        ),
+        (
+            "[cluster]\njetstream_max_bytes = 10",
+            "cluster.jetstream_max_bytes",
+            "at least 1024",
+        ),
+        (
+            "[cluster]\njetstream_timeout = \"1ms\"",
+            "cluster.jetstream_timeout",
+            "between 10ms and 60s",
+        ),
     ];
     for (toml, key, needle) in cases {
         let text = invalid(defaults_with(toml), key, needle);

@@ -592,6 +592,7 @@ fn cluster(c: &Config) -> Result<(), Violation> {
             ),
         )?;
     }
+    jetstream(k)?;
     if k.node_id
         .chars()
         .any(|ch| ch.is_whitespace() || ch.is_control())
@@ -602,6 +603,42 @@ fn cluster(c: &Config) -> Result<(), Violation> {
                 "must not contain spaces or control characters (got {:?})",
                 k.node_id
             ),
+        )?;
+    }
+    Ok(())
+}
+
+/// `cluster.history = "jetstream"` and its keys.
+fn jetstream(k: &crate::config::ClusterConfig) -> Result<(), Violation> {
+    let name = k.jetstream_stream.as_str();
+    if name.is_empty()
+        || name.len() > 255
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        fail(
+            "cluster.jetstream_stream",
+            format!("must be 1 to 255 of A-Z a-z 0-9 _ - (a JetStream stream name; got {name:?})"),
+        )?;
+    }
+    if !(1024..=i64::MAX as u64).contains(&k.jetstream_max_bytes) {
+        fail(
+            "cluster.jetstream_max_bytes",
+            format!("must be at least 1024 (got {})", k.jetstream_max_bytes),
+        )?;
+    }
+    let t = k.jetstream_timeout;
+    if t < std::time::Duration::from_millis(10) || t > std::time::Duration::from_secs(60) {
+        fail(
+            "cluster.jetstream_timeout",
+            format!("must be between 10ms and 60s (got {t:?})"),
+        )?;
+    }
+    if k.history == crate::config::ClusterHistory::Jetstream && k.nats_url.is_empty() {
+        fail(
+            "cluster.history",
+            "\"jetstream\" needs cluster.nats_url (cluster mode)".to_owned(),
         )?;
     }
     Ok(())

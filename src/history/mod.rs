@@ -22,7 +22,7 @@ use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 /// What one retained entry costs beyond its payload and topic, counted against
@@ -100,6 +100,19 @@ pub struct History {
     pub stats: HistoryStats,
     /// Mixed into every epoch so that a restarted node never reuses one.
     seed: u64,
+    /// With a shared history (JetStream, SPEC §12): the seed every node derives a
+    /// channel's epoch from (0 = none: epochs are this node's own).
+    shared_seed: AtomicU64,
+    /// With a shared history: brings a channel up to date before a subscriber attaches.
+    source: OnceLock<Arc<dyn Source>>,
+}
+
+/// Where a shared history lives (the JetStream stream): the store on each node is then a
+/// copy that [`Source::sync`] brings up to date before a subscriber attaches.
+pub trait Source: Send + Sync {
+    /// Brings `channel` up to date in `history` (bounded wait); false when the shared
+    /// history could not be read, so what this node has may be incomplete.
+    fn sync(&self, history: &History, channel: &str, rule: RuleId) -> bool;
 }
 
 /// Which rule a channel follows (index into the rule list).
@@ -148,6 +161,9 @@ pub struct Attached {
     pub epoch: Arc<str>,
     /// The rule's replay mode.
     pub replay: Replay,
+    /// False when the shared history (JetStream) could not be read: resumes then answer
+    /// `recovered: false`.
+    pub synced: bool,
 }
 
 /// Where a subscriber starts, decided from its position and the channel's state.
@@ -167,7 +183,7 @@ impl Attached {
     /// is complete when nothing was ever dropped).
     pub fn resume(&self, offset: u64, epoch: Option<&str>) -> Start {
         let same_epoch = epoch.is_none_or(|e| e == &*self.epoch);
-        if !same_epoch {
+        if !same_epoch || !self.synced {
             return Start {
                 next: self.first,
                 recovered: false,
@@ -232,6 +248,8 @@ impl History {
             store: Mutex::new(Store::default()),
             stats: HistoryStats::default(),
             seed: h.finish(),
+            shared_seed: AtomicU64::new(0),
+            source: OnceLock::new(),
         }
     }
 
@@ -256,12 +274,177 @@ impl History {
         self.rules.get(usize::from(id))
     }
 
-    fn new_epoch(&self, created: u64) -> Arc<str> {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        h.write_u64(self.seed);
-        h.write_u64(created);
-        let v = h.finish();
-        format!("{:08x}", v & 0xffff_ffff_ffff).into()
+    fn new_epoch(&self, channel: &str, created: u64) -> Arc<str> {
+        match self.shared_seed.load(Ordering::Relaxed) {
+            0 => epoch_of(self.seed, created.to_string().as_bytes()),
+            shared => epoch_of(shared, channel.as_bytes()),
+        }
+    }
+
+    /// Makes history shared (SPEC §12): `source` brings channels up to date before
+    /// subscribers attach. Set once, before any subscriber.
+    pub fn set_source(&self, source: Arc<dyn Source>) {
+        let _ = self.source.set(source);
+    }
+
+    /// With a shared history: every node derives a channel's epoch from `seed` (the
+    /// stream's identity), so they all agree and a restart keeps it.
+    pub fn set_shared_seed(&self, seed: u64) {
+        self.shared_seed.store(seed.max(1), Ordering::Relaxed);
+    }
+
+    /// The channel's epoch under the shared seed, `None` before it is known.
+    fn shared_epoch(&self, channel: &str) -> Option<Arc<str>> {
+        match self.shared_seed.load(Ordering::Relaxed) {
+            0 => None,
+            s => Some(epoch_of(s, channel.as_bytes())),
+        }
+    }
+
+    /// The largest `size` of the rules (what a shared history keeps per channel).
+    pub fn max_rule_size(&self) -> usize {
+        self.rules.iter().map(|r| r.size).max().unwrap_or(0).max(1)
+    }
+
+    /// Last offset this node holds for `channel` (`None` without state), for the shared
+    /// history's gap check.
+    pub fn top(&self, channel: &str) -> Option<u64> {
+        let store = self.store.lock();
+        let log = store.channels.get(channel)?;
+        // State from before the cluster's epoch was known is replaced on the next append.
+        match self.shared_epoch(channel) {
+            Some(e) if e != log.epoch => Some(0),
+            _ => Some(log.top),
+        }
+    }
+
+    /// The oldest and newest offsets this node holds for `channel` (`first > top` when
+    /// it holds none), `None` without state; state from before the cluster's epoch was
+    /// known counts as empty.
+    pub fn span(&self, channel: &str) -> Option<(u64, u64)> {
+        let store = self.store.lock();
+        let log = store.channels.get(channel)?;
+        match self.shared_epoch(channel) {
+            Some(e) if e != log.epoch => Some((1, 0)),
+            _ => Some((log.first(), log.top)),
+        }
+    }
+
+    /// Shared history: puts `older` (ascending, contiguous, the last right before the
+    /// oldest offset this node holds) in front of what it holds, as far as the rule's
+    /// `size` and `bytes` allow. Nothing is delivered: subscribers that need these are
+    /// behind and read them from here. Returns how many were kept.
+    pub fn prepend(
+        &self,
+        channel: &str,
+        rule: RuleId,
+        older: Vec<(u64, Arc<Publication>)>,
+    ) -> usize {
+        let Some(limits) = self.rule(rule) else {
+            return 0;
+        };
+        let mut guard = self.store.lock();
+        let store = &mut *guard;
+        let shared = self.shared_epoch(channel);
+        let Some(log) = store.channels.get_mut(channel) else {
+            return 0;
+        };
+        if shared.is_some_and(|e| e != log.epoch) {
+            return 0;
+        }
+        let (mut kept, mut bytes) = (0u64, 0u64);
+        for (offset, p) in older.into_iter().rev() {
+            let payload = payload_len(&p);
+            if offset + 1 != log.first()
+                || log.entries.len() >= limits.size
+                || log.payload + payload > limits.bytes
+            {
+                break;
+            }
+            p.set_offset(offset);
+            log.payload += payload;
+            bytes += memory_cost(&p);
+            log.entries.push_front(p);
+            kept += 1;
+        }
+        let needs_lru = kept > 0 && log.lru_key.is_none();
+        if needs_lru {
+            store.seq += 1;
+            let key = store.seq;
+            if let Some(log) = store.channels.get_mut(channel) {
+                log.lru_key = Some(key);
+            }
+            store.lru.insert(key, channel.into());
+        }
+        store.entries += kept;
+        store.bytes += bytes;
+        let mut freed = Freed::default();
+        self.evict_over_cap(store, &mut freed);
+        store.entries = store.entries.saturating_sub(freed.entries);
+        store.bytes = store.bytes.saturating_sub(freed.bytes);
+        self.publish_totals(store);
+        freed.count(&self.stats);
+        usize::try_from(kept).unwrap_or(usize::MAX)
+    }
+
+    /// Like [`History::attach`], after bringing the channel up to date from the shared
+    /// history when there is one.
+    pub fn attach_synced(&self, channel: &str, rule: RuleId) -> Attached {
+        let synced = self
+            .source
+            .get()
+            .is_none_or(|s| s.sync(self, channel, rule));
+        let mut at = self.attach(channel, rule);
+        at.synced = synced;
+        at
+    }
+
+    /// Shared history: retains `p` at the `offset` the cluster gave it and calls
+    /// `deliver`, under the lock like [`History::append`]. `None` (nothing delivered)
+    /// for an offset this node holds already. An offset past the next one leaves a hole
+    /// (the caller filled what it could from the stream): what this node kept before it
+    /// is dropped, so the store stays one run of offsets.
+    pub fn append_at<R>(
+        &self,
+        p: &Arc<Publication>,
+        rule: RuleId,
+        offset: u64,
+        deliver: impl FnOnce() -> R,
+    ) -> Option<R> {
+        {
+            let mut guard = self.store.lock();
+            let store = &mut *guard;
+            let log = self.log_mut(store, &p.topic, rule, Instant::now())?;
+            let mut freed = Freed::default();
+            if let Some(epoch) = self.shared_epoch(&p.topic) {
+                if log.epoch != epoch {
+                    // Created before the stream was known: take the cluster's epoch.
+                    while !log.entries.is_empty() {
+                        freed.pop(log, Eviction::Size);
+                    }
+                    log.epoch = epoch;
+                    log.top = 0;
+                }
+            }
+            if offset <= log.top || offset == 0 {
+                return None;
+            }
+            let mut stale_key = None;
+            if offset > log.top + 1 {
+                while !log.entries.is_empty() {
+                    freed.pop(log, Eviction::Size);
+                }
+                stale_key = log.lru_key.take();
+                log.top = offset - 1;
+            }
+            if let Some(k) = stale_key {
+                store.lru.remove(&k);
+            }
+            store.entries = store.entries.saturating_sub(freed.entries);
+            store.bytes = store.bytes.saturating_sub(freed.bytes);
+            freed.count(&self.stats);
+        }
+        Some(self.append_inner(p, rule, Some(offset), deliver))
     }
 
     fn log_mut<'s>(
@@ -273,7 +456,7 @@ impl History {
     ) -> Option<&'s mut ChannelLog> {
         if !store.channels.contains_key(channel) {
             store.created += 1;
-            let epoch = self.new_epoch(store.created);
+            let epoch = self.new_epoch(channel, store.created);
             store.channels.insert(
                 channel.into(),
                 ChannelLog {
@@ -297,6 +480,16 @@ impl History {
     /// ask, and calls `deliver` (the hand-off to the shards) before letting go of the
     /// lock, so no subscriber can attach between the append and the hand-off unseen.
     pub fn append<R>(&self, p: &Arc<Publication>, rule: RuleId, deliver: impl FnOnce() -> R) -> R {
+        self.append_inner(p, rule, None, deliver)
+    }
+
+    fn append_inner<R>(
+        &self,
+        p: &Arc<Publication>,
+        rule: RuleId,
+        at: Option<u64>,
+        deliver: impl FnOnce() -> R,
+    ) -> R {
         let Some(limits) = self.rule(rule) else {
             return deliver();
         };
@@ -309,6 +502,9 @@ impl History {
         let Some(log) = self.log_mut(store, &p.topic, rule, now) else {
             return deliver(); // unreachable: the channel was just found or inserted
         };
+        if at.is_some_and(|o| o != log.top + 1) {
+            return deliver(); // unreachable: `append_at` made it the next offset
+        }
         log.top += 1;
         p.set_offset(log.top);
         log.entries.push_back(p.clone());
@@ -382,6 +578,7 @@ impl History {
                 first: log.first(),
                 epoch: log.epoch.clone(),
                 replay,
+                synced: true,
             },
             // Unreachable (the channel was just found or inserted); an empty channel.
             None => Attached {
@@ -389,6 +586,7 @@ impl History {
                 first: 1,
                 epoch: Arc::from(""),
                 replay,
+                synced: true,
             },
         }
     }
@@ -502,6 +700,24 @@ impl Freed {
             }
         }
     }
+}
+
+/// An epoch: 12 hex digits of a hash of `seed` and `what`.
+/// SHA-256, so that every node (whatever its build) derives the same shared epoch.
+fn epoch_of(seed: u64, what: &[u8]) -> Arc<str> {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    h.update(seed.to_be_bytes());
+    h.update(what);
+    let d = h.finalize();
+    d.iter()
+        .take(6)
+        .fold(String::with_capacity(12), |mut s, b| {
+            use std::fmt::Write as _;
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+        .into()
 }
 
 /// The bytes of a publication counted against a rule's `bytes`: data plus headers.

@@ -390,6 +390,9 @@ pub fn render(broker: &Broker) -> HttpResponse {
     semstreams(&mut out, broker);
     if let Some(c) = &broker.cluster {
         cluster(&mut out, &c.stats);
+        if let Some(js) = &c.jetstream {
+            jetstream(&mut out, js);
+        }
     }
     crate::links::stats::render(&mut out, &broker.links.links);
     response(200, "text/plain; version=0.0.4", Bytes::from(out))
@@ -573,6 +576,64 @@ fn history(out: &mut String, h: &crate::history::HistoryStats) {
             ("false", get(&h.recovered[0])),
         ],
     );
+}
+
+/// `shardcast_jetstream_*`: durable history on JetStream (`cluster.history = "jetstream"`).
+fn jetstream(out: &mut String, j: &crate::cluster::jetstream::JetStreamStats) {
+    let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let rows: [(&str, &str, &str, u64); 8] = [
+        (
+            "jetstream_up",
+            "gauge",
+            "1 while the JetStream history stream is in place and answering.",
+            u64::from(j.up.load(Ordering::Relaxed)),
+        ),
+        (
+            "jetstream_appended_total",
+            "counter",
+            "History publications appended to the stream by this node.",
+            get(&j.appended),
+        ),
+        (
+            "jetstream_conflicts_total",
+            "counter",
+            "Appends retried because another node took the offset first.",
+            get(&j.conflicts),
+        ),
+        (
+            "jetstream_read_total",
+            "counter",
+            "Publications read from the stream (gap fills and catch-ups before a subscribe).",
+            get(&j.read),
+        ),
+        (
+            "jetstream_holes_total",
+            "counter",
+            "Gaps in live delivery the stream could not fill (delivered with the hole visible).",
+            get(&j.holes),
+        ),
+        (
+            "jetstream_unrecorded_total",
+            "counter",
+            "History publications delivered live without an offset (stream unavailable or full).",
+            get(&j.unrecorded),
+        ),
+        (
+            "jetstream_sync_failed_total",
+            "counter",
+            "Subscribes on history channels answered without the stream (recovered: false for resumes).",
+            get(&j.sync_failed),
+        ),
+        (
+            "jetstream_dropped_total",
+            "counter",
+            "History publications dropped because the queue to the JetStream task was full.",
+            get(&j.dropped),
+        ),
+    ];
+    for (name, kind, help, value) in rows {
+        metric(out, name, kind, help, value);
+    }
 }
 
 /// `shardcast_cluster_*`: the NATS link (cluster mode only).

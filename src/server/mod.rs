@@ -91,8 +91,8 @@ impl Server {
                 max_bytes: config.client.max_topic_bytes,
                 max_levels: config.client.max_topic_levels,
             };
-            let (outbound, c, pending) = crate::cluster::queues(&config.cluster, topics, &env)
-                .map_err(|e| {
+            let (outbound, c, pending) =
+                crate::cluster::queues(&config.cluster, topics, &history, &env).map_err(|e| {
                     io::Error::new(io::ErrorKind::InvalidInput, format!("config error: {e}"))
                 })?;
             router = router.with_cluster(outbound);

@@ -255,7 +255,7 @@ impl Shard {
                 (Dialect::Semstreams, None) => Flow::Continue,
             };
         };
-        let at = history.attach(channel, rule);
+        let at = history.attach_synced(channel, rule);
         let cursors = conn.cursors.get_or_insert_with(Box::default);
         let recovered = match &since {
             Some(s) => {
