@@ -26,6 +26,8 @@ pub struct Target {
     pub addr: SocketAddr,
     host: String,
     path: String,
+    /// Offer permessage-deflate (`--compression`) on the upgrade.
+    pub deflate: bool,
 }
 
 impl Target {
@@ -54,6 +56,7 @@ impl Target {
             addr,
             host: host.to_string(),
             path: path.to_string(),
+            deflate: false,
         })
     }
 
@@ -63,10 +66,15 @@ impl Target {
             Dialect::Vws => "Sec-WebSocket-Protocol: vws\r\n",
             Dialect::Gows => "",
         };
+        // What browsers offer: compressed frames, when the broker agrees.
+        let extensions = match self.deflate {
+            true => "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n",
+            false => "",
+        };
         format!(
             "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{}\r\n",
-            self.path, self.host, protocol
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{}{}\r\n",
+            self.path, self.host, protocol, extensions
         )
         .into_bytes()
     }
@@ -316,6 +324,8 @@ pub fn reply(dialect: Dialect, msg: &[u8]) -> Reply<'_> {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Frame<'a> {
     Text(&'a [u8]),
+    /// A text message compressed with permessage-deflate (RSV1), still compressed.
+    Deflated(&'a [u8]),
     Ping(&'a [u8]),
     Close(u16, &'a [u8]),
     /// Binary, pong or continuation frames: counted, otherwise ignored.
@@ -357,6 +367,7 @@ pub fn next_frame(buf: &[u8]) -> Result<Option<(Frame<'_>, usize)>> {
         return Ok(None);
     };
     let frame = match b0 & 0x0f {
+        OP_TEXT if b0 & 0x40 != 0 => Frame::Deflated(payload),
         OP_TEXT => Frame::Text(payload),
         OP_PING => Frame::Ping(payload),
         OP_CLOSE => match payload {
