@@ -20,7 +20,14 @@ const SOURCES_PER_OCTET: usize = 250;
 /// Size of the per-thread read buffer: one read takes up to this many bytes of frames.
 pub const SCRATCH: usize = 256 * 1024;
 
+/// A permessage-deflate inflater and its output buffer.
+type Inflater = (flate2::Decompress, Vec<u8>);
+
 thread_local! {
+    /// A thread's permessage-deflate inflater and its output (`--compression`); the
+    /// broker answers `server_no_context_takeover`, so it is reset per message.
+    static INFLATER: RefCell<Option<Box<Inflater>>> =
+        const { RefCell::new(None) };
     static SCRATCH_BUF: RefCell<Vec<u8>> = RefCell::new(vec![0; SCRATCH]);
 }
 
@@ -214,6 +221,10 @@ impl Conn {
                     at += used;
                     match frame {
                         Frame::Text(p) => on_text(p),
+                        Frame::Deflated(p) => INFLATER.with(|cell| -> Result<()> {
+                            on_text(inflate(p, &mut cell.borrow_mut())?);
+                            Ok(())
+                        })?,
                         Frame::Ping(p) => wire::push_frame(wire::OP_PONG, p, pongs),
                         Frame::Close(code, reason) => {
                             return Ok(ReadEnd::Closed(
@@ -310,4 +321,35 @@ impl io::Write for SyncIo<'_> {
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
+}
+
+/// Inflates one permessage-deflate message (RFC 7692 §7.2.2) into the thread's buffer.
+fn inflate<'a>(payload: &[u8], slot: &'a mut Option<Box<Inflater>>) -> Result<&'a [u8]> {
+    let state = slot.get_or_insert_with(|| {
+        Box::new((
+            flate2::Decompress::new(false),
+            Vec::with_capacity(64 * 1024),
+        ))
+    });
+    let (z, out) = &mut **state;
+    z.reset(false);
+    out.clear();
+    for piece in [payload, &[0, 0, 0xff, 0xff][..]] {
+        let start = z.total_in();
+        loop {
+            let done = (z.total_in() - start) as usize;
+            if out.len() == out.capacity() {
+                out.reserve(out.len().max(4096));
+            }
+            let status = z
+                .decompress_vec(&piece[done..], out, flate2::FlushDecompress::Sync)
+                .context("server sent a compressed frame that does not inflate")?;
+            if status == flate2::Status::StreamEnd
+                || (z.total_in() - start) as usize == piece.len() && out.len() < out.capacity()
+            {
+                break;
+            }
+        }
+    }
+    Ok(out)
 }

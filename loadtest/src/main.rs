@@ -50,6 +50,10 @@ struct RunArgs {
     /// certificate must name the loopback IP address the harness connects to.
     #[arg(long)]
     tls_ca: Option<std::path::PathBuf>,
+    /// Subscribers offer permessage-deflate (as browsers do) and inflate what arrives
+    /// compressed; the broker needs `server.compression = "on"` to agree.
+    #[arg(long)]
+    compression: bool,
     /// Dialect of the subscribers.
     #[arg(long, value_enum, default_value = "vws")]
     dialect: Dialect,
@@ -202,6 +206,8 @@ fn plan(a: &RunArgs) -> Result<Plan> {
         }
         None => sub_target.clone(),
     };
+    let mut sub_target = sub_target;
+    sub_target.deflate = a.compression;
     let subs = a.subs.unwrap_or(preset.subs);
     let timing = preset.timing;
     let replay = a.scenario == Scenario::Replay;

@@ -30,6 +30,8 @@ pub struct Target {
     /// `wss://`: the TLS client settings (set by [`Target::trust`]).
     pub tls: Option<Arc<ClientConfig>>,
     wss: bool,
+    /// Offer permessage-deflate (`--compression`) on the upgrade.
+    pub deflate: bool,
 }
 
 impl Target {
@@ -63,6 +65,7 @@ impl Target {
             path: path.to_string(),
             tls: None,
             wss,
+            deflate: false,
         })
     }
 
@@ -104,10 +107,15 @@ impl Target {
             Dialect::Vws => "Sec-WebSocket-Protocol: vws\r\n",
             Dialect::Gows => "",
         };
+        // What browsers offer: compressed frames, when the broker agrees.
+        let extensions = match self.deflate {
+            true => "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n",
+            false => "",
+        };
         format!(
             "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{}\r\n",
-            self.path, self.host, protocol
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{}{}\r\n",
+            self.path, self.host, protocol, extensions
         )
         .into_bytes()
     }
@@ -357,6 +365,8 @@ pub fn reply(dialect: Dialect, msg: &[u8]) -> Reply<'_> {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Frame<'a> {
     Text(&'a [u8]),
+    /// A text message compressed with permessage-deflate (RSV1), still compressed.
+    Deflated(&'a [u8]),
     Ping(&'a [u8]),
     Close(u16, &'a [u8]),
     /// Binary, pong or continuation frames: counted, otherwise ignored.
@@ -398,6 +408,7 @@ pub fn next_frame(buf: &[u8]) -> Result<Option<(Frame<'_>, usize)>> {
         return Ok(None);
     };
     let frame = match b0 & 0x0f {
+        OP_TEXT if b0 & 0x40 != 0 => Frame::Deflated(payload),
         OP_TEXT => Frame::Text(payload),
         OP_PING => Frame::Ping(payload),
         OP_CLOSE => match payload {
