@@ -473,3 +473,115 @@ async fn refused_or_broken_upstreams_are_reported_and_the_node_serves_locally() 
     assert_eq!(edge.get("/healthz").await.status, 200);
     assert!(edge.exited().is_none(), "{}", edge.stderr());
 }
+
+/// Resident memory of a broker process, from `/proc/PID/status` (KiB).
+fn rss_kib(broker: &Broker) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", broker.pid())).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn an_upstream_flooding_a_pull_link_faster_than_local_readers_is_contained() {
+    // 20,000 publications of ~1 KiB (20 MB) pulled in as fast as the cloud sends them.
+    // On the edge, one subscriber never reads (4 KiB receive buffer), one reads everything,
+    // and a third asks for acks meanwhile.
+    const TOTAL: u64 = 20_000;
+    const BATCH: u64 = 500;
+    let history = "[[history]]\npattern = \"flood/#\"\nsize = 30000\nbytes = 64000000\n";
+    let cloud = Broker::start(history);
+    let edge = Broker::start(&format!(
+        "{}[client]\nqueue_frames = 4096\nqueue_bytes = 1048576\non_full = \"disconnect\"\n",
+        pull_link("cloud", &cloud.ws_url(), "[\"flood/#\"]", "")
+    ));
+    wait_connected(&edge, "cloud").await;
+    let mut reader = edge.vws_subscriber("flood/#").await;
+    wait_pulling(&cloud, "flood/x", &mut reader).await;
+    let mut stalled = RawWs::stalled_subscriber(edge.addr, "flood/x").await;
+    let mut asker = edge.ws(Dialect::Subprotocol("vws")).await;
+    let rss_before = rss_kib(&edge);
+    let slow_before = counter(
+        &edge.metrics().await,
+        "shardcast_slow_consumer_disconnects_total",
+    );
+
+    let cloud_addr = cloud.addr;
+    let flood = tokio::spawn(async move {
+        let pad = "x".repeat(1000);
+        let mut http = Http::connect(cloud_addr).await;
+        let mut n = 1;
+        while n <= TOTAL {
+            let batch: Vec<Value> = (n..(n + BATCH).min(TOTAL + 1))
+                .map(|i| json!({"channel": "flood/x", "data": {"n": i, "pad": pad}}))
+                .collect();
+            let r = http.post_json("/api/publish", &json!(batch)).await;
+            assert!(r.is_success(), "batch at {n}: {} {}", r.status, r.text);
+            n += BATCH;
+        }
+    });
+    let reading = tokio::spawn(async move {
+        let got = read_numbers(&mut reader, TOTAL as usize, Duration::from_secs(60)).await;
+        assert_eq!(
+            got,
+            (1..=TOTAL).collect::<Vec<u64>>(),
+            "the reading subscriber gets every publication once, in order"
+        );
+    });
+
+    // While the flood crosses the link, another client's requests are answered promptly.
+    let mut i = 0;
+    let mut slowest = Duration::ZERO;
+    while !reading.is_finished() {
+        i += 1;
+        let t = tokio::time::Instant::now();
+        asker
+            .send_json(&json!({"k": "s", "t": format!("other/{i}"), "i": i}))
+            .await;
+        let v = asker.recv_json(Duration::from_secs(2)).await;
+        assert!(v["k"] == "a" && v["i"] == i, "ack {i}: {v}");
+        slowest = slowest.max(t.elapsed());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    flood.await.unwrap();
+    reading.await.unwrap();
+    assert!(i >= 3, "acks asked during the flood: {i}");
+    assert!(
+        slowest < Duration::from_secs(1),
+        "slowest ack during the flood: {slowest:?}"
+    );
+
+    // The stalled subscriber was cut as a slow consumer by the edge's normal rules, not
+    // buffered without bound.
+    let (end, frames, _) = stalled.wait_end(Duration::from_secs(10)).await;
+    if let RawEnd::Close(code, _) = end {
+        assert_eq!(code, Some(1008), "slow consumer close code");
+    }
+    assert!(
+        (frames.len() as u64) < TOTAL,
+        "the stalled one cannot have it all"
+    );
+    let m = edge.metrics().await;
+    assert!(
+        counter(&m, "shardcast_slow_consumer_disconnects_total") >= slow_before + 1.0,
+        "slow consumer counted"
+    );
+    assert!(
+        counter(
+            &m,
+            "shardcast_link_forwarded_total{link=\"cloud\",mode=\"pull\"}"
+        ) >= TOTAL as f64,
+        "the link counts what it carried"
+    );
+    let rss_after = rss_kib(&edge);
+    assert!(
+        rss_after < rss_before + 64 * 1024,
+        "edge memory stays bounded: {rss_before} KiB before, {rss_after} KiB after 20 MB"
+    );
+    let mut edge = edge;
+    assert!(edge.exited().is_none(), "{}", edge.stderr());
+    assert_eq!(link(&edge, "cloud").await["connected"], true);
+    assert_eq!(edge.get("/healthz").await.status, 200);
+}
