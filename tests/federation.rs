@@ -361,6 +361,100 @@ async fn pull_links_both_ways_do_not_echo_or_amplify() {
     no_echo("pull").await;
 }
 
+/// Three brokers in a ring of push links (A -> B -> C -> A). A publication made on A
+/// reaches B and C once each and stops before it comes back to A (C's link sees A in
+/// `sc-via`). With `max_hops = 1` on B's link it stops at B instead: C never sees it.
+async fn ring(b_max_hops: u32) {
+    let [a_addr, b_addr, c_addr] = [free_addr(), free_addr(), free_addr()];
+    let url = |addr: std::net::SocketAddr| format!("ws://{addr}/ws");
+    let common = "[client]\nallow_publish = true\n";
+    let hops = format!("max_hops = {b_max_hops}\n");
+    let a = Broker::start_on(
+        &format!(
+            "{}{common}",
+            push_link("to-b", &url(b_addr), "[\"ring/#\"]", "")
+        ),
+        a_addr,
+    );
+    let b = Broker::start_on(
+        &format!(
+            "{}{common}",
+            push_link("to-c", &url(c_addr), "[\"ring/#\"]", &hops)
+        ),
+        b_addr,
+    );
+    let c = Broker::start_on(
+        &format!(
+            "{}{common}",
+            push_link("to-a", &url(a_addr), "[\"ring/#\"]", "")
+        ),
+        c_addr,
+    );
+    wait_connected(&a, "to-b").await;
+    wait_connected(&b, "to-c").await;
+    wait_connected(&c, "to-a").await;
+    // A push link learns the upstream's node id after it connects; wait for all three.
+    for (node, name) in [(&a, "to-b"), (&b, "to-c"), (&c, "to-a")] {
+        until_ok(&format!("{name} knows its upstream"), LINK, || async {
+            let l = link(node, name).await;
+            l["remote_node_id"]
+                .as_str()
+                .filter(|id| !id.is_empty())
+                .map(|_| ())
+                .ok_or(l.to_string())
+        })
+        .await;
+    }
+    let mut subs = [
+        a.vws_subscriber("ring/#").await,
+        b.vws_subscriber("ring/#").await,
+        c.vws_subscriber("ring/#").await,
+    ];
+    publish_numbers(&a, "ring/a", 1..=20).await;
+    let want: Vec<u64> = (1..=20).collect();
+    let reaches_c = b_max_hops > 1;
+    for (name, sub) in ["A", "B", "C"].into_iter().zip(subs.iter_mut()) {
+        if name == "C" && !reaches_c {
+            expect_no_numbers(sub).await;
+            continue;
+        }
+        let got = read_numbers(sub, 20, LINK).await;
+        assert_eq!(
+            got, want,
+            "node {name} gets each publication once, in order"
+        );
+        expect_no_numbers(sub).await;
+    }
+    let dropped = |l: &Value, why: &str| l["dropped"][why].as_u64().unwrap_or(0);
+    if reaches_c {
+        until_ok("C's link to stop the 20 before A", LINK, || async {
+            let l = link(&c, "to-a").await;
+            (dropped(&l, "loop") == 20)
+                .then_some(())
+                .ok_or(l.to_string())
+        })
+        .await;
+    } else {
+        until_ok("B's link to stop the 20 at the hop limit", LINK, || async {
+            let l = link(&b, "to-c").await;
+            (dropped(&l, "hops") == 20 && l["forwarded"].as_u64() == Some(0))
+                .then_some(())
+                .ok_or(l.to_string())
+        })
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn a_ring_of_three_push_links_delivers_once_and_stops_before_the_origin() {
+    ring(8).await;
+}
+
+#[tokio::test]
+async fn the_hop_limit_stops_a_publication_after_max_hops_links() {
+    ring(1).await;
+}
+
 #[tokio::test]
 async fn bad_upstream_config_is_refused_at_start() {
     let cases: [(&str, &str); 6] = [
