@@ -81,6 +81,15 @@ ready() { # port: until /readyz says 200 (the NATS link is up)
   return 1
 }
 
+js_up() { # port: until the node's JetStream stream is in place (shardcast_jetstream_up 1)
+  for _ in $(seq 100); do
+    curl -fs "http://127.0.0.1:$1/metrics" | grep -q '^shardcast_jetstream_up 1' && return 0
+    sleep 0.1
+  done
+  echo "cluster.sh: node on $1 never had its JetStream stream" >&2
+  return 1
+}
+
 cpu_s() { # pid: utime+stime in seconds since the process started
   awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); printf "%.2f", ($12 + $13) / hz }' "/proc/$1/stat"
 }
@@ -116,6 +125,8 @@ run() { # target shape run
       node b 18092 nats://127.0.0.1:14222 "$history"
       local b=$LAST_PID
       ready 18091 && ready 18092
+      # /readyz does not wait for the stream (a node stays ready without JetStream).
+      [ "$history" = jetstream ] && js_up 18091 && js_up 18092
       "$LT" run cluster --url ws://127.0.0.1:18092/ws --pub-url ws://127.0.0.1:18091/ws \
         --pid "$b" "${common[@]}"
       # The harness measures node B (the receiver). Node A and nats-server also work for
