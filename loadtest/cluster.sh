@@ -13,7 +13,7 @@
 # "cluster-jetstream" in a JetStream stream (nats-server -js, a fresh store directory per
 # run). The "pub" shape is 10 subscribers on one topic, 4 publishers at PUB_RATE
 # publishes/s (default 20,000): what one history channel accepts through the cluster.
-# After each cluster run the shardcast_jetstream_* counters of node A are recorded.
+# After each jetstream run the shardcast_jetstream_* counters of both nodes are recorded.
 #
 #   loadtest/cluster.sh                          # 3 runs of each shape
 #   RUNS=5 SHAPES="topics" loadtest/cluster.sh
@@ -134,11 +134,12 @@ run() { # target shape run
       printf '%s\tnode A %s s\tnats-server %s s\n' "$label" "$(cpu_s "$a")" \
         "$(cpu_s "$nats")" | tee -a "$RESULTS/other-cpu.tsv"
       if [ "$history" = jetstream ]; then
-        # What node A's JetStream task did with the publications (appended = recorded).
-        printf '%s\t%s\n' "$label" "$(curl -fs http://127.0.0.1:18091/metrics |
-          awk '/^shardcast_jetstream_(appended|dropped|unrecorded|conflicts)_total/ {
-            sub(/^shardcast_jetstream_/, ""); sub(/_total/, ""); printf "%s=%s ", $1, $2 }')" |
-          tee -a "$RESULTS/jetstream.tsv"
+        # What each node's JetStream task did (A appends, B reads what it lacks).
+        for port in 18091 18092; do
+          printf '%s\tnode %s\t%s\n' "$label" "$port" "$(curl -fs "http://127.0.0.1:$port/metrics" |
+            awk '/^shardcast_jetstream_[a-z_]*_total/ {
+              sub(/^shardcast_jetstream_/, ""); sub(/_total/, ""); printf "%s=%s ", $1, $2 }')"
+        done | tee -a "$RESULTS/jetstream.tsv"
       fi
       ;;
   esac
@@ -159,6 +160,6 @@ done
 echo "CPU of the other cluster processes (whole run):"
 cat "$RESULTS/other-cpu.tsv"
 if [ -f "$RESULTS/jetstream.tsv" ]; then
-  echo "JetStream counters of node A (whole run):"
+  echo "JetStream counters of the nodes (whole run):"
   cat "$RESULTS/jetstream.tsv"
 fi
