@@ -423,6 +423,7 @@ async fn subscribers_of_a_killed_node_resume_through_haproxy_with_nothing_lost()
             }
         };
         tokio::join!(pb, pc);
+        Instant::now()
     };
     let url = format!("ws://127.0.0.1:{hport}/ws");
     let subscribers = async {
@@ -433,7 +434,11 @@ async fn subscribers_of_a_killed_node_resume_through_haproxy_with_nothing_lost()
             seen.extend(data.iter().map(|d| d.as_u64().unwrap()));
         }
         drop(a); // SIGKILL
+        let killed = Instant::now();
         drop(subs);
+        // Timings for BENCHMARKS.md (issue 21), seen with `-- --nocapture`.
+        let mut times = Vec::new();
+        let mut resumed = Vec::new();
         for seen in got.iter_mut() {
             let last = seen.len() as u64;
             let deadline = Instant::now() + READY;
@@ -445,6 +450,7 @@ async fn subscribers_of_a_killed_node_resume_through_haproxy_with_nothing_lost()
                     if let Some(Event::Json(ack)) = ws.next_event(RECV).await {
                         if ack["k"] == "a" {
                             assert_eq!(ack["r"], true, "{ack}");
+                            times.push(killed.elapsed());
                             break ws;
                         }
                     }
@@ -453,11 +459,24 @@ async fn subscribers_of_a_killed_node_resume_through_haproxy_with_nothing_lost()
             };
             let data = read_offsets(&mut ws, last + 1, N, "after the failover").await;
             seen.extend(data.iter().map(|d| d.as_u64().unwrap()));
+            times.push(killed.elapsed());
+            resumed.push(ws);
+        }
+        for ws in &mut resumed {
             ws.expect_silence(SILENCE).await;
         }
-        got
+        (got, killed, times)
     };
-    let ((), got) = tokio::join!(publishers, subscribers);
+    let (published, (got, killed, times)) = tokio::join!(publishers, subscribers);
+    let published = published.saturating_duration_since(killed);
+    for (i, t) in times.chunks(2).enumerate() {
+        eprintln!(
+            "failover timing: subscriber {i} resumed (recovered) {:?} and complete {:?} after \
+             SIGKILL; the last publication was sent {published:?} after it",
+            t[0],
+            t.get(1).copied().unwrap_or_default()
+        );
+    }
     for seen in got {
         let mut sorted = seen.clone();
         sorted.sort_unstable();
