@@ -8,91 +8,21 @@
 mod common;
 use common::*;
 use serde_json::{json, Value};
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Bound for reading a whole channel.
 const STREAM: Duration = Duration::from_secs(30);
 
-fn require(name: &str, env_bin: &str, env_require: &str) -> Option<PathBuf> {
-    let found = std::env::var_os(env_bin).map(PathBuf::from).or_else(|| {
-        ["/usr/sbin", "/usr/local/sbin", "/usr/local/bin", "/usr/bin"]
-            .iter()
-            .map(|d| Path::new(d).join(name))
-            .find(|p| p.is_file())
-    });
-    if found.is_none() {
-        assert!(
-            std::env::var(env_require).as_deref() != Ok("1"),
-            "{name} not found and {env_require}=1"
-        );
-        let _ = writeln!(
-            std::io::stderr(),
-            "NOTICE: jetstream test skipped: {name} not found (apt-get install {name}, or set {env_bin}; {env_require}=1 makes this a failure)"
-        );
-    }
-    found
-}
-
-fn require_nats() -> Option<PathBuf> {
-    require(
-        "nats-server",
-        "SHARDCAST_NATS_SERVER",
-        "SHARDCAST_REQUIRE_NATS",
-    )
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
-
-/// A child server (nats-server, haproxy), killed when dropped.
-struct Server(Child);
-
-impl Server {
-    async fn start(bin: &Path, args: &[&str], port: u16) -> Server {
-        let mut child = Command::new(bin)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
-        until_ok(&format!("{} on {port}", bin.display()), READY, || {
-            assert!(child.try_wait().unwrap().is_none(), "{args:?} exited");
-            async move {
-                tokio::net::TcpStream::connect(("127.0.0.1", port))
-                    .await
-                    .map(drop)
-                    .map_err(|e| e.to_string())
-            }
-        })
-        .await;
-        Server(child)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// `nats-server` on `port`, with JetStream storing in `store` (or without JetStream).
 async fn nats(bin: &Path, port: u16, store: Option<&Path>) -> Server {
-    let p = port.to_string();
-    let mut args = vec!["-a", "127.0.0.1", "-p", p.as_str()];
-    let dir;
-    if let Some(s) = store {
-        dir = s.display().to_string();
-        args.extend(["-js", "-sd", dir.as_str()]);
-    }
-    Server::start(bin, &args, port).await
+    let dir = store.map(|s| s.display().to_string());
+    let js = match &dir {
+        Some(d) => vec!["-js", "-sd", d.as_str()],
+        None => Vec::new(),
+    };
+    start_nats(bin, port, &js).await
 }
 
 const HISTORY: &str = r#"
@@ -390,7 +320,7 @@ async fn haproxy(bin: &Path, nodes: &[&Broker]) -> (Server, u16, tempfile::Named
 #[tokio::test]
 async fn subscribers_of_a_killed_node_resume_through_haproxy_with_nothing_lost() {
     let Some(bin) = require_nats() else { return };
-    let Some(hap) = require("haproxy", "SHARDCAST_HAPROXY", "SHARDCAST_REQUIRE_HAPROXY") else {
+    let Some(hap) = require_haproxy() else {
         return;
     };
     let store = tempfile::tempdir().unwrap();

@@ -128,15 +128,7 @@ pub fn render_publication(p: &Publication) -> Bytes {
                 }
                 out.extend_from_slice(b",\"data\":");
                 out.extend_from_slice(&p.data);
-                if let Some(headers) = &p.headers {
-                    out.extend_from_slice(b",\"headers\":");
-                    out.extend_from_slice(headers);
-                }
-                let offset = p.offset();
-                if offset != 0 {
-                    out.extend_from_slice(b",\"offset\":");
-                    out.extend_from_slice(itoa::Buffer::new().format(offset).as_bytes());
-                }
+                json::write_headers_and_offset(out, p);
             }
             Kind::BroadcastEvent { event } => {
                 out.extend_from_slice(b"{\"type\":\"event\",\"data\":{\"event\":");

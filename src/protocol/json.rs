@@ -87,6 +87,20 @@ fn write_str_body(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(bytes.get(start..).unwrap_or_default());
 }
 
+/// Writes a publication's `,"headers":{...}` (when it has any) and `,"offset":N` (on a
+/// history channel): the same members in the gows and SemStreams renderings.
+pub fn write_headers_and_offset(out: &mut Vec<u8>, p: &crate::publication::Publication) {
+    if let Some(headers) = &p.headers {
+        out.extend_from_slice(b",\"headers\":");
+        out.extend_from_slice(headers);
+    }
+    let offset = p.offset();
+    if offset != 0 {
+        out.extend_from_slice(b",\"offset\":");
+        out.extend_from_slice(itoa::Buffer::new().format(offset).as_bytes());
+    }
+}
+
 /// Appends `s` as a JSON string literal: quotes, backslash, `\n`, `\r`, `\t` escaped, other
 /// control characters as `\u00XX`; everything else (including non-ASCII) copied as UTF-8.
 pub fn write_str(out: &mut Vec<u8>, s: &str) {

@@ -345,15 +345,7 @@ pub fn render_publication(p: &Publication) -> Bytes {
                     out.extend_from_slice(b",\"event\":");
                     json::write_str(out, gows_type);
                 }
-                if let Some(headers) = &p.headers {
-                    out.extend_from_slice(b",\"headers\":");
-                    out.extend_from_slice(headers);
-                }
-                let offset = p.offset();
-                if offset != 0 {
-                    out.extend_from_slice(b",\"offset\":");
-                    out.extend_from_slice(itoa::Buffer::new().format(offset).as_bytes());
-                }
+                json::write_headers_and_offset(out, p);
             }
             Kind::BroadcastEvent { event } => {
                 json::write_str(out, BROADCAST_TOPIC);

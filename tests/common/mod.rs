@@ -97,6 +97,7 @@ pub async fn stats_clients(broker: &Broker) -> u64 {
 
 mod broker;
 mod cli;
+mod external;
 mod http;
 pub mod proxy;
 mod raw;
@@ -104,6 +105,7 @@ mod ws;
 
 pub use broker::*;
 pub use cli::*;
+pub use external::*;
 pub use http::*;
 pub use raw::*;
 pub use ws::*;
