@@ -251,7 +251,8 @@ impl OutputWatch {
 
 /// Opens the WebSocket (TCP, the upgrade offering `vws`, the checks of the answer).
 async fn connect(url: &WsUrl, has_token: bool) -> anyhow::Result<(Writer, mpsc::Receiver<Read>)> {
-    match shardcast_client::open(url, None, HANDSHAKE_TIMEOUT).await {
+    match shardcast_client::open(url, shardcast_client::Dialect::Vws, None, HANDSHAKE_TIMEOUT).await
+    {
         Ok(ws) => Ok(ws),
         Err(shardcast_client::Error::Refused { status, reason }) => {
             bail!("{}", refusal_message(url, status, &reason, has_token))
@@ -409,6 +410,8 @@ impl<W: Write> Session<W> {
             }
             Incoming::Ack { .. } => Ok(Handled::Continue),
             Incoming::Event(event) => self.event(&event),
+            // SemStreams only; vws never decodes to these.
+            Incoming::Slow { .. } | Incoming::Request { .. } => Ok(Handled::Continue),
         }
     }
 

@@ -1,7 +1,8 @@
 //! Upstream links between real broker processes (`[[upstream]]`, SPEC §11,
 //! docs/FEDERATION.md): pull with positions through a cut link and an upstream restart,
-//! push with the upstream down (on_full), links both ways without echo, bad config,
-//! an upstream that refuses or talks nonsense.
+//! push with the upstream down (on_full), links both ways without echo (vws and
+//! SemStreams), a SemStreams push link into another broker and into a stand-in SemStreams
+//! Input, bad config, an upstream that refuses or talks nonsense.
 
 #![allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
 
@@ -302,12 +303,15 @@ fn free_addr() -> std::net::SocketAddr {
     l.local_addr().expect("addr")
 }
 
-async fn no_echo(mode: &str) {
+/// Links both ways between two brokers (`mode` pull or push, speaking `dialect`): each
+/// side's publications reach the other once and do not come back.
+async fn no_echo(mode: &str, dialect: &str) {
     let a_addr = free_addr();
     let b_addr = free_addr();
     let link_to = |name: &str, addr: std::net::SocketAddr| {
         let url = format!("ws://{addr}/ws");
-        let extra = "";
+        let extra = format!("dialect = \"{dialect}\"\n");
+        let extra = extra.as_str();
         if mode == "push" {
             push_link(name, &url, "[\"mesh/#\"]", extra)
         } else {
@@ -353,12 +357,214 @@ async fn no_echo(mode: &str) {
 
 #[tokio::test]
 async fn push_links_both_ways_do_not_echo_or_amplify() {
-    no_echo("push").await;
+    no_echo("push", "vws").await;
 }
 
 #[tokio::test]
 async fn pull_links_both_ways_do_not_echo_or_amplify() {
-    no_echo("pull").await;
+    no_echo("pull", "vws").await;
+}
+
+/// The same in the SemStreams dialect: `sc-via` crosses in the envelope's `headers`.
+#[tokio::test]
+async fn semstreams_push_links_both_ways_do_not_echo_or_amplify() {
+    no_echo("push", "semstreams").await;
+}
+
+#[tokio::test]
+async fn semstreams_pull_links_both_ways_do_not_echo_or_amplify() {
+    no_echo("pull", "semstreams").await;
+}
+
+#[tokio::test]
+async fn a_semstreams_push_link_keeps_topics_headers_and_order_into_another_broker() {
+    let cloud = Broker::start("[client]\nallow_publish = true\n");
+    let edge = Broker::start(&push_link(
+        "hub",
+        &cloud.ws_url(),
+        "[\"sensors/#\"]",
+        "dialect = \"semstreams\"\nprefix = \"edge1/\"\n",
+    ));
+    wait_connected(&edge, "hub").await;
+    let mut sub = cloud.vws_subscriber("edge1/sensors/#").await;
+    publish_numbers(&edge, "sensors/t", 1..=50).await;
+    let edge_id = edge.get("/healthz").await.json()["details"]["node_id"].clone();
+    for n in 1..=50u64 {
+        let v = sub.recv().await;
+        assert_eq!(v["t"], "edge1/sensors/t", "topic and prefix kept: {v}");
+        assert_eq!(v["d"]["n"], n, "in order: {v}");
+        assert_eq!(v["h"]["sc-via"], edge_id, "origin in sc-via: {v}");
+    }
+    let l = link(&edge, "hub").await;
+    assert_eq!(l["dialect"], "semstreams");
+    assert_eq!(l["forwarded"], 50, "{l}");
+    let m = cloud.metrics().await;
+    assert!(
+        counter(
+            &m,
+            "shardcast_semstreams_messages_received_total{type=\"data\"}"
+        ) >= 50.0,
+        "the cloud saw SemStreams data messages"
+    );
+    assert_eq!(
+        counter(&m, "shardcast_semstreams_acks_total"),
+        counter(
+            &m,
+            "shardcast_semstreams_messages_received_total{type=\"data\"}"
+        ),
+        "every data message acked"
+    );
+}
+
+/// What a stand-in SemStreams WebSocket Input saw.
+#[derive(Default)]
+struct InputLog {
+    /// Each `data` message and when it arrived.
+    data: Vec<(Value, std::time::Instant)>,
+    replies: Vec<Value>,
+}
+
+/// A stand-in for a SemStreams WebSocket Input (server mode): negotiates no subprotocol,
+/// acks each `data` (nacks those whose payload has `"refuse": true`), and before the first
+/// ack sends a `slow` signal and a `backpressure` request (10 msg/s), as a real hub may.
+async fn semstreams_input() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<parking_lot::Mutex<InputLog>>,
+) {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let log = std::sync::Arc::new(parking_lot::Mutex::new(InputLog::default()));
+    let seen = log.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(s).await else {
+                    return;
+                };
+                let mut first = true;
+                while let Some(Ok(msg)) = ws.next().await {
+                    let Message::Text(text) = msg else { continue };
+                    let Ok(v) = serde_json::from_str::<Value>(&text) else {
+                        continue;
+                    };
+                    if v["type"] == "reply" {
+                        seen.lock().replies.push(v);
+                        continue;
+                    }
+                    if v["type"] != "data" {
+                        continue;
+                    }
+                    if first {
+                        first = false;
+                        let slow = json!({"type": "slow", "id": "bp-1", "timestamp": 1,
+                            "payload": {"queue_depth": 850, "queue_capacity": 1000, "utilization": 0.85}});
+                        let req = json!({"type": "request", "id": "hub-1", "timestamp": 1,
+                            "payload": {"method": "backpressure", "params": {"rate_limit": 10}}});
+                        let _ = ws.send(Message::text(slow.to_string())).await;
+                        let _ = ws.send(Message::text(req.to_string())).await;
+                    }
+                    let answer = if v["payload"]["refuse"] == true {
+                        json!({"type": "nack", "id": v["id"], "timestamp": 1,
+                            "payload": {"reason": "publish_failed", "error": "hub says no"}})
+                    } else {
+                        json!({"type": "ack", "id": v["id"], "timestamp": 1})
+                    };
+                    seen.lock().data.push((v, std::time::Instant::now()));
+                    let _ = ws.send(Message::text(answer.to_string())).await;
+                }
+            });
+        }
+    });
+    (addr, log)
+}
+
+#[tokio::test]
+async fn a_semstreams_push_link_feeds_a_semstreams_input_that_negotiates_no_subprotocol() {
+    let (addr, log) = semstreams_input().await;
+    let edge = Broker::start(&push_link(
+        "hub",
+        &format!("ws://{addr}/stream"),
+        "[\"sensors/#\"]",
+        "dialect = \"semstreams\"\n",
+    ));
+    wait_connected(&edge, "hub").await;
+    let batch = json!([
+        {"channel": "sensors/temp", "data": {"sensor_id": "temp-01", "value": 23.5}},
+        {"channel": "sensors/temp", "data": {"refuse": true}},
+        {"channel": "sensors/hum", "data": {"sensor_id": "hum-01", "value": 40}},
+    ]);
+    let r = edge.post_json("/api/publish", &batch).await;
+    assert!(r.is_success(), "{} {}", r.status, r.text);
+    until_ok("the hub acked two and nacked one", LINK, || async {
+        let l = link(&edge, "hub").await;
+        (l["forwarded"] == 2 && l["dropped"]["nack"] == 1 && l["slow_signals"] == 1)
+            .then_some(())
+            .ok_or(l.to_string())
+    })
+    .await;
+    let l = link(&edge, "hub").await;
+    assert!(
+        l["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("hub says no")),
+        "the hub's reason is kept: {l}"
+    );
+    let edge_id = edge.get("/healthz").await.json()["details"]["node_id"].clone();
+    let seen = log.lock();
+    let payloads: Vec<&Value> = seen.data.iter().map(|(d, _)| &d["payload"]).collect();
+    assert_eq!(
+        payloads,
+        [
+            &json!({"sensor_id": "temp-01", "value": 23.5}),
+            &json!({"refuse": true}),
+            &json!({"sensor_id": "hum-01", "value": 40}),
+        ],
+        "the publication's data is the payload, in order"
+    );
+    for (d, _) in &seen.data {
+        assert!(
+            d["id"].is_string() && d["timestamp"].is_u64(),
+            "envelope: {d}"
+        );
+        assert_eq!(d["headers"]["sc-via"], edge_id, "{d}");
+    }
+    assert_eq!(seen.data[0].0["topic"], "sensors/temp");
+    assert_eq!(seen.data[2].0["topic"], "sensors/hum");
+    // The hub asked for 10 msg/s: the link says so and keeps to it from then on.
+    assert_eq!(seen.replies.len(), 1, "{:?}", seen.replies);
+    assert_eq!(seen.replies[0]["id"], "hub-1");
+    assert_eq!(seen.replies[0]["payload"]["status"], "ok");
+    assert_eq!(seen.replies[0]["payload"]["result"]["adjusted_to"], 10.0);
+    drop(seen);
+    publish_numbers(&edge, "sensors/paced", 1..=4).await;
+    until_ok("four more acked", LINK, || async {
+        let l = link(&edge, "hub").await;
+        (l["forwarded"] == 6).then_some(()).ok_or(l.to_string())
+    })
+    .await;
+    let seen = log.lock();
+    let paced: Vec<std::time::Instant> = seen.data[3..].iter().map(|(_, at)| *at).collect();
+    assert_eq!(paced.len(), 4);
+    // Four sends at 10/s span at least three gaps of 100 ms (a busy machine only adds).
+    let span = paced[3] - paced[0];
+    assert!(
+        span >= Duration::from_millis(280),
+        "sent too fast for 10 msg/s: {span:?}"
+    );
+    drop(seen);
+    let m = edge.metrics().await;
+    assert_eq!(
+        counter(
+            &m,
+            "shardcast_link_slow_signals_total{link=\"hub\",mode=\"push\"}"
+        ),
+        1.0
+    );
 }
 
 /// Three brokers in a ring of push links (A -> B -> C -> A). A publication made on A
@@ -457,7 +663,11 @@ async fn the_hop_limit_stops_a_publication_after_max_hops_links() {
 
 #[tokio::test]
 async fn bad_upstream_config_is_refused_at_start() {
-    let cases: [(&str, &str); 6] = [
+    let cases: [(&str, &str); 7] = [
+        (
+            "[[upstream]]\nurl = \"ws://127.0.0.1:1/ws\"\nmode = \"push\"\npatterns = [\"a\"]\ndialect = \"mqtt\"\n",
+            "upstream.dialect",
+        ),
         (
             "[[upstream]]\nurl = \"http//nope\"\nmode = \"pull\"\npatterns = [\"a\"]\n",
             "upstream.url",

@@ -5,7 +5,7 @@ use crate::backoff::{random_seed, Backoff, BackoffConfig};
 use crate::conn::{self, Read, Writer};
 use crate::credentials::{self, Ask, Credentials, Provider};
 use crate::url::WsUrl;
-use crate::wire::{self, Event, Incoming, Position};
+use crate::wire::{Dialect, Event, Incoming, Position};
 use crate::Error;
 use fastwebsockets::{Frame, OpCode, Payload};
 use serde_json::value::RawValue;
@@ -36,6 +36,13 @@ pub enum LinkEvent {
     },
     /// `max_retries` attempts failed in a row; the client has stopped.
     GaveUp,
+    /// SemStreams: the server says its queue for this client is past 80% (`slow`).
+    Slow {
+        /// Frames queued.
+        queue_depth: u64,
+        /// The queue's capacity.
+        queue_capacity: u64,
+    },
 }
 
 /// The answer to a subscribe.
@@ -68,6 +75,7 @@ impl Subscription {
 /// Settings for [`ClientBuilder::connect`].
 pub struct ClientBuilder {
     url: String,
+    dialect: Dialect,
     provider: Provider,
     backoff: BackoffConfig,
     ping_deadline: Duration,
@@ -86,6 +94,14 @@ impl ClientBuilder {
     /// A provider asked at every connect, and with [`Ask::Refused`] after a 401.
     pub fn credentials_provider(mut self, p: Provider) -> Self {
         self.provider = p;
+        self
+    }
+
+    /// The dialect to speak (default vws). [`Dialect::SemStreams`] reaches a SemStreams
+    /// WebSocket Input, or a shardcast broker as a SemStreams peer; it has no unsubscribe,
+    /// and only [`Client::subscribe_from`] subscriptions keep positions across reconnects.
+    pub fn dialect(mut self, d: Dialect) -> Self {
+        self.dialect = d;
         self
     }
 
@@ -132,6 +148,9 @@ impl ClientBuilder {
         let (events, _) = broadcast::channel(256);
         let driver = Driver {
             url,
+            dialect: self.dialect,
+            send_rate: 0.0,
+            next_send: Instant::now(),
             provider: self.provider,
             backoff: Backoff::new(self.backoff, random_seed()),
             ping_deadline: self.ping_deadline,
@@ -163,6 +182,7 @@ impl Client {
     pub fn builder(url: &str) -> ClientBuilder {
         ClientBuilder {
             url: url.to_owned(),
+            dialect: Dialect::default(),
             provider: credentials::fixed(Credentials::None),
             backoff: BackoffConfig::default(),
             ping_deadline: Duration::from_secs(30),
@@ -212,7 +232,8 @@ impl Client {
     /// Ends a subscription (its [`Subscription`] then ends).
     ///
     /// # Errors
-    /// [`Error::QueueFull`], [`Error::Closed`], [`Error::Nack`].
+    /// [`Error::QueueFull`], [`Error::Closed`], [`Error::Nack`]; [`Error::Unsupported`] in
+    /// the SemStreams dialect.
     pub async fn unsubscribe(&self, topic: &str) -> Result<(), Error> {
         let (reply, answer) = oneshot::channel();
         self.send(Command::Unsubscribe {
@@ -297,6 +318,11 @@ enum Pending {
 
 struct Driver {
     url: WsUrl,
+    dialect: Dialect,
+    /// Requests per second the server asked for (SemStreams `backpressure`; 0 = no cap),
+    /// and when the next one may go.
+    send_rate: f64,
+    next_send: Instant,
     provider: Provider,
     backoff: Backoff,
     ping_deadline: Duration,
@@ -307,6 +333,15 @@ struct Driver {
     subs: BTreeMap<String, Sub>,
     pending: HashMap<u64, Pending>,
     next_id: u64,
+}
+
+/// What a message from the server calls for.
+enum Answer {
+    Nothing,
+    /// The last resubscription of a reconnect was acked.
+    Resubscribed,
+    /// A reply to send (SemStreams requests).
+    Send(String),
 }
 
 /// Why a session ended.
@@ -324,6 +359,7 @@ impl Driver {
             let creds = (self.provider)(ask).await;
             let reason = match conn::open(
                 &self.url,
+                self.dialect,
                 creds.header().as_deref(),
                 self.connect_timeout,
             )
@@ -379,8 +415,8 @@ impl Driver {
                 Pending::Resubscribe(topic.clone())
             };
             self.pending.insert(id, kind);
-            if let Err(e) = send_text(&mut writer, wire::subscribe(&topic, id, from.as_ref())).await
-            {
+            let text = self.dialect.subscribe(&topic, id, from.as_ref());
+            if let Err(e) = send_text(&mut writer, text).await {
                 return End::Lost(e);
             }
         }
@@ -391,8 +427,10 @@ impl Driver {
         let mut ping = tokio::time::interval(self.ping_deadline / 2);
         ping.tick().await;
         loop {
+            // A server that asked for a send rate gets requests spaced by it.
+            let paced = self.send_rate > 0.0 && Instant::now() < self.next_send;
             tokio::select! {
-                cmd = self.commands.recv() => {
+                cmd = self.commands.recv(), if !paced => {
                     let Some(cmd) = cmd else {
                         let _ = writer.write_frame(Frame::close(1000, b"")).await;
                         return End::Done;
@@ -400,13 +438,24 @@ impl Driver {
                     if let Err(e) = self.request(&mut writer, cmd).await {
                         return End::Lost(e);
                     }
+                    if self.send_rate > 0.0 {
+                        let gap = Duration::from_secs_f64((1.0 / self.send_rate).min(60.0));
+                        self.next_send = self.next_send.max(Instant::now()) + gap;
+                    }
                 }
+                () = tokio::time::sleep_until(self.next_send), if paced => {}
                 read = reader.recv() => {
                     last_seen = Instant::now();
                     match read {
                         Some(Read::Text(text)) => {
-                            if self.incoming(&text, &mut resubscribing).await {
-                                self.backoff.reset();
+                            match self.incoming(&text, &mut resubscribing).await {
+                                Answer::Nothing => {}
+                                Answer::Resubscribed => self.backoff.reset(),
+                                Answer::Send(reply) => {
+                                    if let Err(e) = send_text(&mut writer, reply).await {
+                                        return End::Lost(e);
+                                    }
+                                }
                             }
                         }
                         Some(Read::Obligated(op, payload)) => {
@@ -453,7 +502,7 @@ impl Driver {
         let text = match cmd {
             Command::Subscribe { topic, from, reply } => {
                 let (tx, rx) = mpsc::channel(self.per_sub);
-                let text = wire::subscribe(&topic, id, from.as_ref());
+                let text = self.dialect.subscribe(&topic, id, from.as_ref());
                 self.subs.insert(
                     topic.clone(),
                     Sub {
@@ -466,9 +515,13 @@ impl Driver {
                 text
             }
             Command::Unsubscribe { topic, reply } => {
+                let Some(text) = self.dialect.unsubscribe(&topic, id) else {
+                    let _ = reply.send(Err(Error::Unsupported("semstreams", "unsubscribe")));
+                    return Ok(());
+                };
                 self.subs.remove(&topic);
                 self.pending.insert(id, Pending::Unsubscribe(reply));
-                wire::unsubscribe(&topic, id)
+                text
             }
             Command::Publish {
                 topic,
@@ -477,15 +530,15 @@ impl Driver {
                 reply,
             } => {
                 self.pending.insert(id, Pending::Publish(reply));
-                wire::publish(&topic, &data, &headers, id)
+                self.dialect.publish(&topic, &data, &headers, id)
             }
         };
         send_text(writer, text).await
     }
 
-    /// Handles one message; true when the last resubscription of a reconnect was acked.
-    async fn incoming(&mut self, text: &[u8], resubscribing: &mut usize) -> bool {
-        match wire::decode(text) {
+    /// Handles one message.
+    async fn incoming(&mut self, text: &[u8], resubscribing: &mut usize) -> Answer {
+        match self.dialect.decode(text) {
             Some(Incoming::Event(event)) => {
                 // Exact subscriptions first; patterns get what matched them.
                 let target = if self.subs.contains_key(&event.topic) {
@@ -499,7 +552,7 @@ impl Driver {
                     }
                     let _ = sub.events.send(event).await;
                 }
-                false
+                Answer::Nothing
             }
             Some(Incoming::Ack {
                 id,
@@ -523,7 +576,7 @@ impl Driver {
                                 }));
                             }
                         }
-                        false
+                        Answer::Nothing
                     }
                     Some(Pending::Resubscribe(topic)) => {
                         if let Some(sub) = self.subs.get_mut(&topic) {
@@ -533,13 +586,17 @@ impl Driver {
                             .events
                             .send(LinkEvent::Resubscribed { topic, recovered });
                         *resubscribing = resubscribing.saturating_sub(1);
-                        *resubscribing == 0
+                        if *resubscribing == 0 {
+                            Answer::Resubscribed
+                        } else {
+                            Answer::Nothing
+                        }
                     }
                     Some(Pending::Unsubscribe(reply)) | Some(Pending::Publish(reply)) => {
                         let _ = reply.send(Ok(()));
-                        false
+                        Answer::Nothing
                     }
-                    None => false,
+                    None => Answer::Nothing,
                 }
             }
             Some(Incoming::Nack {
@@ -559,9 +616,25 @@ impl Driver {
                     }
                     None => {}
                 }
-                false
+                Answer::Nothing
             }
-            _ => false,
+            Some(Incoming::Slow {
+                queue_depth,
+                queue_capacity,
+            }) => {
+                let _ = self.events.send(LinkEvent::Slow {
+                    queue_depth,
+                    queue_capacity,
+                });
+                Answer::Nothing
+            }
+            Some(Incoming::Request { id, rate_limit }) => {
+                if let Some(rate) = rate_limit {
+                    self.send_rate = rate;
+                }
+                Answer::Send(crate::wire::semstreams::reply(&id, rate_limit))
+            }
+            Some(Incoming::Nack { id: None, .. }) | None => Answer::Nothing,
         }
     }
 

@@ -1,8 +1,9 @@
-//! One WebSocket connection: the HTTP/1.1 upgrade offering `vws`, then a reader task that
+//! One WebSocket connection: the HTTP/1.1 upgrade offering the dialect's subprotocol, then a reader task that
 //! turns frames into [`Read`] messages, so the client's driver only ever awaits channels
 //! (cancel-safe) and writes through its own half.
 
 use crate::url::WsUrl;
+use crate::wire::Dialect;
 use crate::Error;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
@@ -22,8 +23,6 @@ use tokio::io::WriteHalf;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
-/// The dialect this client speaks.
-pub const SUBPROTOCOL: &str = "vws";
 /// Most bytes of a refused upgrade's body kept for the error.
 const MAX_ERROR_BODY: usize = 4096;
 /// Messages the reader may hold for a busy driver (then TCP pushes back).
@@ -60,17 +59,19 @@ pub fn accept_key(key: &[u8]) -> [u8; 28] {
     out
 }
 
-/// Opens the WebSocket within `timeout`; returns the write half and the reader's channel.
+/// Opens the WebSocket in `dialect` within `timeout`; returns the write half and the
+/// reader's channel.
 ///
 /// # Errors
-/// [`Error::Connect`] (unreachable, timed out, not a vws WebSocket server) or
+/// [`Error::Connect`] (unreachable, timed out, not a WebSocket server of the dialect) or
 /// [`Error::Refused`] with the HTTP status and the broker's reason.
 pub async fn open(
     url: &WsUrl,
+    dialect: Dialect,
     authorization: Option<&str>,
     timeout: Duration,
 ) -> Result<(Writer, mpsc::Receiver<Read>), Error> {
-    match tokio::time::timeout(timeout, handshake(url, authorization)).await {
+    match tokio::time::timeout(timeout, handshake(url, dialect, authorization)).await {
         Ok(r) => r,
         Err(_) => Err(Error::Connect(format!(
             "no WebSocket handshake with {} within {timeout:?}",
@@ -81,6 +82,7 @@ pub async fn open(
 
 async fn handshake(
     url: &WsUrl,
+    dialect: Dialect,
     authorization: Option<&str>,
 ) -> Result<(Writer, mpsc::Receiver<Read>), Error> {
     let at = url.display();
@@ -95,7 +97,7 @@ async fn handshake(
         .header(CONNECTION, "Upgrade")
         .header(SEC_WEBSOCKET_KEY, key.as_str())
         .header(SEC_WEBSOCKET_VERSION, "13")
-        .header(SEC_WEBSOCKET_PROTOCOL, SUBPROTOCOL)
+        .header(SEC_WEBSOCKET_PROTOCOL, dialect.subprotocol())
         .header(
             USER_AGENT,
             concat!("shardcast-client/", env!("CARGO_PKG_VERSION")),
@@ -140,9 +142,12 @@ async fn handshake(
             "{at} answered with a wrong Sec-WebSocket-Accept"
         )));
     }
-    if header(SEC_WEBSOCKET_PROTOCOL) != SUBPROTOCOL {
+    let chosen = header(SEC_WEBSOCKET_PROTOCOL);
+    let none_is_fine = chosen.is_empty() && dialect.subprotocol_optional();
+    if chosen != dialect.subprotocol() && !none_is_fine {
         return Err(Error::Connect(format!(
-            "{at} did not accept the {SUBPROTOCOL} subprotocol"
+            "{at} did not accept the {} subprotocol",
+            dialect.subprotocol()
         )));
     }
     let upgraded = hyper::upgrade::on(&mut response).await.map_err(failed)?;

@@ -1,4 +1,5 @@
-//! A Rust client for the shardcast broker (vws dialect, SPEC §11).
+//! A Rust client for the shardcast broker (SPEC §11): vws by default, or the SemStreams
+//! envelope ([`Dialect::SemStreams`]) to push into a SemStreams WebSocket Input.
 //!
 //! One [`Client`] holds one WebSocket to a broker, re-made after any failure with
 //! exponential backoff and full jitter ([`BackoffConfig`]). Subscriptions survive
@@ -33,10 +34,11 @@ mod wire;
 
 pub use backoff::{Backoff, BackoffConfig};
 pub use client::{Client, ClientBuilder, LinkEvent, Subscribed, Subscription};
-pub use conn::{accept_key, open, Read, Writer, SUBPROTOCOL};
+pub use conn::{accept_key, open, Read, Writer};
 pub use credentials::{Ask, Credentials, CredentialsFuture, Provider};
 pub use url::WsUrl;
-pub use wire::{decode, Event, Incoming, Position};
+pub use wire::vws::decode;
+pub use wire::{Dialect, Event, Incoming, Position};
 
 /// What can go wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -67,6 +69,9 @@ pub enum Error {
     /// Data that cannot be encoded as JSON.
     #[error("cannot encode the data: {0}")]
     Encode(String),
+    /// The client's dialect has no such request (SemStreams has no unsubscribe).
+    #[error("the {0} dialect has no {1}")]
+    Unsupported(&'static str, &'static str),
     /// The client gave up reconnecting (`max_retries`).
     #[error("the client gave up reconnecting")]
     GaveUp,

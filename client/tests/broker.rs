@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::panic)]
 
 use shardcast_client::{
-    Ask, BackoffConfig, Client, Credentials, Error, LinkEvent, Position, Provider,
+    Ask, BackoffConfig, Client, Credentials, Dialect, Error, LinkEvent, Position, Provider,
 };
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -187,11 +187,23 @@ async fn next_event(
 
 #[tokio::test]
 async fn publish_is_acked_and_delivered_and_refusals_carry_the_reason() {
+    publish_and_refusals(Dialect::Vws).await;
+}
+
+#[tokio::test]
+async fn semstreams_publish_is_acked_and_delivered_and_refusals_carry_the_reason() {
+    publish_and_refusals(Dialect::SemStreams).await;
+}
+
+async fn publish_and_refusals(dialect: Dialect) {
     let broker = Broker::start(
         "[[policy]]\npattern = \"room/#\"\nsubscribe = \"anyone\"\npublish = \"anyone\"\n",
         &[],
     );
-    let client = Client::builder(&broker.url()).connect().unwrap();
+    let client = Client::builder(&broker.url())
+        .dialect(dialect)
+        .connect()
+        .unwrap();
     let mut sub = client.subscribe("room/+").await.unwrap();
     let headers = BTreeMap::from([("traceparent".to_owned(), "00-1".to_owned())]);
     client
@@ -221,16 +233,35 @@ async fn publish_is_acked_and_delivered_and_refusals_carry_the_reason() {
     );
     let reserved = client.publish("$sys/stats", &1, BTreeMap::new()).await;
     assert!(matches!(reserved, Err(Error::Nack(_))), "{reserved:?}");
+    let unsubscribed = client.unsubscribe("room/+").await;
+    match dialect {
+        Dialect::Vws => assert_eq!(unsubscribed, Ok(())),
+        Dialect::SemStreams => assert!(
+            matches!(unsubscribed, Err(Error::Unsupported(..))),
+            "{unsubscribed:?}"
+        ),
+    }
 }
 
 #[tokio::test]
 async fn a_cut_link_resumes_from_its_position_and_loses_nothing() {
+    resume_through_a_cut(Dialect::Vws).await;
+}
+
+/// The same in the SemStreams dialect: the position travels in `history` requests.
+#[tokio::test]
+async fn a_semstreams_link_resumes_from_its_position_and_loses_nothing() {
+    resume_through_a_cut(Dialect::SemStreams).await;
+}
+
+async fn resume_through_a_cut(dialect: Dialect) {
     let broker = Broker::start(
         "[[history]]\nprefix = \"h/\"\nsize = 10000\n[[policy]]\npattern = \"h/#\"\nsubscribe = \"anyone\"\npublish = \"anyone\"\n",
         &[],
     );
     let proxy = Proxy::start(broker.addr).await;
     let reader = Client::builder(&proxy.url())
+        .dialect(dialect)
         .backoff(fast_backoff())
         .connect()
         .unwrap();
@@ -245,7 +276,10 @@ async fn a_cut_link_resumes_from_its_position_and_loses_nothing() {
         )
         .await
         .unwrap();
-    let writer = Client::builder(&broker.url()).connect().unwrap();
+    let writer = Client::builder(&broker.url())
+        .dialect(dialect)
+        .connect()
+        .unwrap();
     let total = 300u64;
     let publisher = tokio::spawn(async move {
         for n in 1..=total {

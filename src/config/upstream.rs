@@ -11,10 +11,11 @@ use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 /// Keys one `[[upstream]]` table may have (checked before deserializing, like `[[policy]]`).
-pub const KEYS: [&str; 17] = [
+pub const KEYS: [&str; 18] = [
     "name",
     "url",
     "mode",
+    "dialect",
     "patterns",
     "prefix",
     "token_env",
@@ -43,10 +44,15 @@ pub struct UpstreamConfig {
     /// Name in `/healthz`, metrics and logs; "" = `upstream-N` (N = its place, from 1).
     #[serde(default)]
     pub name: String,
-    /// The upstream broker's WebSocket URL (`ws://host:port/ws`; vws is spoken).
+    /// The upstream's WebSocket URL (`ws://host:port/ws`).
     pub url: String,
     /// `pull` or `push`.
     pub mode: String,
+    /// What the link speaks: `vws` (another shardcast broker, every feature) or
+    /// `semstreams` (the SemStreams envelope: a SemStreams WebSocket Input, or a
+    /// shardcast broker as a SemStreams peer).
+    #[serde(default = "default_dialect")]
+    pub dialect: String,
     /// Topics or patterns: subscribed upstream (pull) or forwarded upstream (push).
     pub patterns: Vec<String>,
     /// Added in front of each topic where the publication comes in: here for pull, on the
@@ -93,6 +99,9 @@ pub struct UpstreamConfig {
 
 fn default_queue_size() -> usize {
     10_000
+}
+fn default_dialect() -> String {
+    "vws".to_owned()
 }
 fn default_on_full() -> String {
     "drop_oldest".to_owned()
@@ -142,6 +151,15 @@ impl UpstreamConfig {
         match self.mode.as_str() {
             "pull" => Some(Mode::Pull),
             "push" => Some(Mode::Push),
+            _ => None,
+        }
+    }
+
+    /// The dialect, when it is one the client crate speaks.
+    pub fn dialect(&self) -> Option<shardcast_client::Dialect> {
+        match self.dialect.as_str() {
+            "vws" => Some(shardcast_client::Dialect::Vws),
+            "semstreams" => Some(shardcast_client::Dialect::SemStreams),
             _ => None,
         }
     }
@@ -213,6 +231,15 @@ pub(super) fn check(
             fail(
                 "upstream.mode",
                 format!("unknown mode {:?}; use \"pull\" or \"push\"", u.mode),
+            )?;
+        }
+        if u.dialect().is_none() {
+            fail(
+                "upstream.dialect",
+                format!(
+                    "unknown dialect {:?}; use \"vws\" or \"semstreams\"",
+                    u.dialect
+                ),
             )?;
         }
         if u.on_full().is_none() {

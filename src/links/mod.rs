@@ -101,6 +101,7 @@ pub fn prepare(
                 Mode::Pull => "pull",
                 Mode::Push => "push",
             },
+            u.dialect().unwrap_or_default().subprotocol(),
             u.url.clone(),
             u.queue_size,
         ));
@@ -199,6 +200,7 @@ fn start_link(
     env: &dyn Fn(&str) -> Option<String>,
 ) {
     let client = Client::builder(&u.url)
+        .dialect(u.dialect().unwrap_or_default())
         .credentials(credentials(&u, env))
         .backoff(BackoffConfig {
             initial_interval: u.initial_interval,
@@ -307,6 +309,18 @@ async fn watch_link(
                         "resumed, but the upstream no longer had everything missed"
                     );
                 }
+            }
+            LinkEvent::Slow {
+                queue_depth,
+                queue_capacity,
+            } => {
+                stats.slow_signals.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(
+                    link = %stats.name,
+                    queue_depth,
+                    queue_capacity,
+                    "the upstream says its queue for this link is past 80% (slow)"
+                );
             }
             LinkEvent::GaveUp => {
                 stats.connected.store(false, Ordering::Relaxed);

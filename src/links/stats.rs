@@ -44,6 +44,8 @@ pub struct LinkStats {
     pub name: String,
     /// `pull` or `push`.
     pub mode: &'static str,
+    /// `vws` or `semstreams`.
+    pub dialect: &'static str,
     /// The upstream's URL.
     pub remote_url: String,
     /// Push queue capacity (`queue_size`).
@@ -61,6 +63,8 @@ pub struct LinkStats {
     pub dropped: [AtomicU64; Dropped::LABELS.len()],
     /// Pull: resumes after which the upstream could not replay everything missed.
     pub gaps: AtomicU64,
+    /// SemStreams: `slow` signals received (the upstream's queue for this link past 80%).
+    pub slow_signals: AtomicU64,
     /// Whether the link gave up (`max_retries`).
     pub gave_up: AtomicBool,
     /// The upstream's node id, once learned (`/healthz` `details.node_id`).
@@ -71,10 +75,17 @@ pub struct LinkStats {
 
 impl LinkStats {
     /// A link with nothing counted yet.
-    pub fn new(name: String, mode: &'static str, remote_url: String, capacity: usize) -> Self {
+    pub fn new(
+        name: String,
+        mode: &'static str,
+        dialect: &'static str,
+        remote_url: String,
+        capacity: usize,
+    ) -> Self {
         LinkStats {
             name,
             mode,
+            dialect,
             remote_url,
             queue_capacity: capacity as u64,
             connected: AtomicBool::new(false),
@@ -83,6 +94,7 @@ impl LinkStats {
             forwarded: AtomicU64::new(0),
             dropped: std::array::from_fn(|_| AtomicU64::new(0)),
             gaps: AtomicU64::new(0),
+            slow_signals: AtomicU64::new(0),
             gave_up: AtomicBool::new(false),
             remote_node: parking_lot::Mutex::new(String::new()),
             last_error: parking_lot::Mutex::new(String::new()),
@@ -137,6 +149,7 @@ impl LinkStats {
         serde_json::json!({
             "name": self.name,
             "mode": self.mode,
+            "dialect": self.dialect,
             "connected": self.connected.load(Ordering::Relaxed),
             "remote_url": self.remote_url,
             "remote_node_id": if remote.is_empty() { serde_json::Value::Null } else { remote.into() },
@@ -147,6 +160,7 @@ impl LinkStats {
             "forwarded": get(&self.forwarded),
             "dropped": dropped,
             "gaps": get(&self.gaps),
+            "slow_signals": get(&self.slow_signals),
             "gave_up": self.gave_up.load(Ordering::Relaxed),
             "last_error": if error.is_empty() { serde_json::Value::Null } else { error.into() },
         })
@@ -167,7 +181,7 @@ pub fn render(out: &mut String, links: &[std::sync::Arc<LinkStats>]) {
         return;
     }
     let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-    let series: [Series; 6] = [
+    let series: [Series; 7] = [
         (
             "link_connected",
             "gauge",
@@ -203,6 +217,12 @@ pub fn render(out: &mut String, links: &[std::sync::Arc<LinkStats>]) {
             "counter",
             "Pull resumes after which the upstream could not replay everything missed.",
             |l| l.gaps.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "link_slow_signals_total",
+            "counter",
+            "SemStreams slow signals received: the upstream's queue for the link past 80%.",
+            |l| l.slow_signals.load(Ordering::Relaxed) as f64,
         ),
     ];
     for (name, kind, help, value) in series {

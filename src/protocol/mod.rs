@@ -332,6 +332,22 @@ fn compact_bytes(
     json::compact(raw.get(), scratch).map(Bytes::copy_from_slice)
 }
 
+/// A client publication's headers (vws `h`, a SemStreams envelope's `headers`): an object
+/// of string values, compacted. Only the HTTP API sets a publication's type (its vws
+/// `h.type`), so a client's `type` header, which would pass for one, is refused.
+fn publish_headers(
+    raw: Option<&serde_json::value::RawValue>,
+    field: &'static str,
+    scratch: &mut Vec<u8>,
+) -> Result<Option<Bytes>, Reject> {
+    match raw {
+        None => Ok(None),
+        Some(h) if json::object_has_key(h.get().as_bytes(), "type") => Err(Reject::ReservedHeader),
+        Some(h) if json::is_object_of_strings(h.get()) => compact_bytes(h, scratch).map(Some),
+        Some(_) => Err(Reject::BadField(field)),
+    }
+}
+
 /// Decodes one complete text message in `dialect`. `payload` is mutable because an
 /// escaped topic is unescaped in place (the command borrows it); `max_depth` bounds JSON
 /// nesting (checked before parsing); `buffers` is reusable working memory (one per shard).

@@ -3,9 +3,11 @@
 //! decoded into the same neutral [`Command`]s as gows and vws and rendered from the same
 //! publications.
 //!
-//! Peer -> broker: `data` (a publication on `semstreams.data_channel`, or on the payload's
-//! `topic`; decoded as [`Command::Publish`] with an empty topic when the payload names
-//! none), `request` ([`Command::Request`]: `status`, `backpressure`, `subscribe`,
+//! Peer -> broker: `data` (a publication on `semstreams.data_channel`, or on the topic the
+//! envelope's `topic` or else the payload's `topic` names; decoded as [`Command::Publish`]
+//! with an empty topic when neither does; the envelope's `headers` are the publication's,
+//! as this broker renders them, so a `data` frame it sends can be fed to another broker
+//! unchanged), `request` ([`Command::Request`]: `status`, `backpressure`, `subscribe`,
 //! `history`, `routing`), and `ack`/`nack`/`slow` ([`Command::Signal`], counted only). A
 //! `reply` is refused: this broker never sends requests.
 //!
@@ -15,8 +17,8 @@
 
 use crate::error::Reject;
 use crate::protocol::{
-    compact_bytes, frame, json, since, vws::BROADCAST_TOPIC, Buffers, Command, DecodeFailure,
-    RequestId, Since,
+    compact_bytes, frame, json, publish_headers, since, vws::BROADCAST_TOPIC, Buffers, Command,
+    DecodeFailure, RequestId, Since,
 };
 use crate::publication::{Kind, Publication};
 use bytes::Bytes;
@@ -95,7 +97,12 @@ pub fn decode<'a>(
     buffers: &mut Buffers,
 ) -> Result<Command<'a>, DecodeFailure> {
     match parse(payload, &mut buffers.scratch)? {
-        Parsed::Data { id, topic, data } => {
+        Parsed::Data {
+            id,
+            topic,
+            data,
+            headers,
+        } => {
             let topic = match topic {
                 Some(span) => match json::str_in_place(payload, span, &mut buffers.scratch) {
                     Ok(t) => t,
@@ -106,7 +113,7 @@ pub fn decode<'a>(
             Ok(Command::Publish {
                 topic,
                 data,
-                headers: None,
+                headers,
                 id: Some(id),
             })
         }
@@ -121,6 +128,7 @@ enum Parsed {
         id: RequestId,
         topic: Option<json::StrSpan>,
         data: Bytes,
+        headers: Option<Bytes>,
     },
     Request {
         id: RequestId,
@@ -131,9 +139,11 @@ enum Parsed {
 
 /// The envelope in `payload` (see [`decode`]).
 fn parse(payload: &[u8], scratch: &mut Vec<u8>) -> Result<Parsed, DecodeFailure> {
-    let [kind, id, timestamp, body] =
-        json::parse_members(payload, &["type", "id", "timestamp", "payload"])
-            .map_err(DecodeFailure::new)?;
+    let [kind, id, timestamp, body, topic, headers] = json::parse_members(
+        payload,
+        &["type", "id", "timestamp", "payload", "topic", "headers"],
+    )
+    .map_err(DecodeFailure::new)?;
     let kind = kind.ok_or(DecodeFailure::new(Reject::MissingField("type")))?;
     let kind = json::str_value(kind)
         .map_err(DecodeFailure::new)?
@@ -159,12 +169,27 @@ fn parse(payload: &[u8], scratch: &mut Vec<u8>) -> Result<Parsed, DecodeFailure>
             let Some(body) = body else {
                 return Err(fail(Reject::MissingField("payload"), Some(id)));
             };
-            let topic = match data_topic(payload, body) {
+            let topic = match topic {
+                Some(t) => json::str_span(payload, t)
+                    .map(Some)
+                    .ok_or(Reject::BadField("topic")),
+                None => data_topic(payload, body),
+            };
+            let topic = match topic {
                 Ok(t) => t,
                 Err(r) => return Err(fail(r, Some(id))),
             };
+            let headers = match publish_headers(headers, "headers", scratch) {
+                Ok(h) => h,
+                Err(r) => return Err(fail(r, Some(id))),
+            };
             match compact_bytes(body, scratch) {
-                Ok(data) => Ok(Parsed::Data { id, topic, data }),
+                Ok(data) => Ok(Parsed::Data {
+                    id,
+                    topic,
+                    data,
+                    headers,
+                }),
                 Err(r) => Err(fail(r, Some(id))),
             }
         }
@@ -478,6 +503,34 @@ mod tests {
                 headers: None,
                 id: Some("\"d2\"".into()),
             })
+        );
+    }
+
+    #[test]
+    fn the_envelope_topic_and_headers_win_over_the_payload() {
+        assert_eq!(
+            dec(
+                r#"{"type":"data","id":"d3","topic":"x/y","headers":{"sc-via":"a"},"payload":{"topic":"a/b"}}"#
+            ),
+            Ok(Command::Publish {
+                topic: "x/y",
+                data: Bytes::from_static(br#"{"topic":"a/b"}"#),
+                headers: Some(Bytes::from_static(br#"{"sc-via":"a"}"#)),
+                id: Some("\"d3\"".into()),
+            })
+        );
+        let e = |s: &str| dec(s).expect_err("should fail").reject;
+        assert_eq!(
+            e(r#"{"type":"data","id":"a","topic":1,"payload":{}}"#),
+            Reject::BadField("topic")
+        );
+        assert_eq!(
+            e(r#"{"type":"data","id":"a","headers":{"n":1},"payload":{}}"#),
+            Reject::BadField("headers")
+        );
+        assert_eq!(
+            e(r#"{"type":"data","id":"a","headers":{"type":"x"},"payload":{}}"#),
+            Reject::ReservedHeader
         );
     }
 

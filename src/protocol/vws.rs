@@ -8,8 +8,8 @@
 
 use crate::error::Reject;
 use crate::protocol::{
-    compact_bytes, frame, json, since, topic_span, Buffers, Command, DecodeFailure, Parsed,
-    RequestId,
+    compact_bytes, frame, json, publish_headers, since, topic_span, Buffers, Command,
+    DecodeFailure, Parsed, RequestId,
 };
 use crate::publication::{Kind, Publication};
 use bytes::Bytes;
@@ -75,20 +75,11 @@ fn parse_request(
         "" => {
             let topic = topic_span(payload, t, "t")?;
             let data = d.ok_or(Reject::MissingField("d"))?;
-            let headers = match h {
-                None => None,
-                // Only the HTTP API sets a publication's type (its vws `h.type`): a
-                // client's `type` header would pass for a typed API publication.
-                Some(h) if json::object_has_key(h.get().as_bytes(), "type") => {
-                    return Err(Reject::ReservedHeader)
-                }
-                Some(h) if json::is_object_of_strings(h.get()) => Some(h),
-                Some(_) => return Err(Reject::BadField("h")),
-            };
+            let headers = publish_headers(h, "h", scratch)?;
             Ok(Parsed::Publish {
                 topic,
                 data: compact_bytes(data, scratch)?,
-                headers: headers.map(|h| compact_bytes(h, scratch)).transpose()?,
+                headers,
             })
         }
         _ => Err(Reject::UnknownKind),

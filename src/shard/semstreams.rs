@@ -148,10 +148,13 @@ impl Shard {
         let stats = &self.broker.semstreams;
         match command {
             Command::Publish {
-                topic, data, id, ..
+                topic,
+                data,
+                headers,
+                id,
             } => {
                 add(stats.received.first(), 1);
-                self.on_data(conn, key, topic, data, id.as_deref())
+                self.on_data(conn, key, topic, data, headers, id.as_deref())
             }
             Command::Request { id, request } => {
                 add(stats.received.get(1), 1);
@@ -183,7 +186,7 @@ impl Shard {
         }
     }
 
-    /// `data`: publish on the payload's topic or the data channel, then `ack` (after the
+    /// `data`: publish on the named topic or the data channel, then `ack` (after the
     /// history append, which the router does before returning) or `nack`.
     fn on_data(
         &self,
@@ -191,6 +194,7 @@ impl Shard {
         key: usize,
         topic: &str,
         data: Bytes,
+        headers: Option<Bytes>,
         id: Option<&str>,
     ) -> Flow {
         let config = &self.broker.config.semstreams;
@@ -200,12 +204,14 @@ impl Shard {
         if self.id_reused(key, id) {
             return self.refuse(conn, Reject::ReusedId, id);
         }
-        let (topic, ingest) = if topic.is_empty() {
-            (config.data_channel.as_str(), true)
+        // Ingest on the data channel, named or not, is what the dialect is for.
+        let topic = if topic.is_empty() {
+            config.data_channel.as_str()
         } else {
-            (topic, false)
+            topic
         };
-        match self.client_publish(conn, topic, data, None, ingest) {
+        let ingest = topic == config.data_channel;
+        match self.client_publish(conn, topic, data, headers, ingest) {
             Ok(offset) => {
                 self.remember_id(key, id);
                 let stats = &self.broker.semstreams;

@@ -1,18 +1,10 @@
 //! The vws messages a client sends and reads (docs/PROTOCOL.md §5, §9). The broker's own
 //! codec (`src/protocol/vws.rs`) decodes the other direction; both follow the same table.
 
+use super::{Event, Incoming, Position};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use std::collections::BTreeMap;
-
-/// A channel's position: the last offset seen and the epoch it belongs to.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Position {
-    /// Last offset received (0 = nothing yet: replay all that is retained).
-    pub offset: u64,
-    /// The channel's epoch; `None` with offset 0.
-    pub epoch: Option<String>,
-}
 
 /// `{"k":"s","t":..,"i":..,"o"?,"e"?}`.
 pub fn subscribe(topic: &str, id: u64, from: Option<&Position>) -> String {
@@ -63,44 +55,6 @@ pub fn publish(
         h: headers,
     };
     serde_json::to_string(&msg).unwrap_or_default()
-}
-
-/// What the broker sends, as far as the client cares.
-#[derive(Debug)]
-pub enum Incoming {
-    /// An ack of request `i`, with the channel's position on history channels.
-    Ack {
-        /// The request.
-        id: u64,
-        /// The channel's last offset at the moment of the subscribe.
-        top: Option<u64>,
-        /// The channel's epoch.
-        epoch: Option<String>,
-        /// Whether a resume from a position was complete.
-        recovered: Option<bool>,
-    },
-    /// A nack: request `id` (if readable) refused for `reason`.
-    Nack {
-        /// The request, when the broker could read it.
-        id: Option<u64>,
-        /// The broker's reason.
-        reason: String,
-    },
-    /// A publication.
-    Event(Event),
-}
-
-/// A publication received on a subscription.
-#[derive(Debug, Clone)]
-pub struct Event {
-    /// The topic it was published on.
-    pub topic: String,
-    /// Its data, as the JSON text the broker sent.
-    pub data: Box<RawValue>,
-    /// Its headers (a non-`event` type comes as header `type`).
-    pub headers: BTreeMap<String, String>,
-    /// Its offset, on history channels.
-    pub offset: Option<u64>,
 }
 
 #[derive(Deserialize)]
