@@ -689,6 +689,141 @@ mod tests {
     }
 
     #[test]
+    fn semstreams_messages_and_answers() {
+        let (mut scratch, mut out) = (Vec::new(), Vec::new());
+        // No topic: the broker's data channel, payload as given.
+        publish(
+            Dialect::Semstreams,
+            "",
+            b"{\"v\":1}",
+            Some(7),
+            &mut scratch,
+            &mut out,
+        );
+        assert_eq!(
+            unmask(&out),
+            br#"{"type":"data","id":"7","payload":{"v":1}}"#
+        );
+        out.clear();
+        publish(
+            Dialect::Semstreams,
+            "a/b",
+            b"{\"v\":1}",
+            Some(8),
+            &mut scratch,
+            &mut out,
+        );
+        assert_eq!(
+            unmask(&out),
+            br#"{"type":"data","id":"8","payload":{"topic":"a/b","v":1}}"#
+        );
+        out.clear();
+        publish(
+            Dialect::Semstreams,
+            "a/b",
+            b"{}",
+            Some(9),
+            &mut scratch,
+            &mut out,
+        );
+        assert_eq!(
+            unmask(&out),
+            br#"{"type":"data","id":"9","payload":{"topic":"a/b"}}"#
+        );
+        out.clear();
+        publish(Dialect::Vws, "a/b", b"1", Some(3), &mut scratch, &mut out);
+        assert_eq!(unmask(&out), br#"{"t":"a/b","d":1,"i":3}"#);
+        out.clear();
+        subscribe(Dialect::Semstreams, "federated/data", 1, &mut out);
+        assert_eq!(
+            unmask(&out),
+            br#"{"type":"request","id":"r1","payload":{"method":"subscribe","params":{"patterns":["federated/data"]}}}"#
+        );
+        assert!(publish_needs_id(Dialect::Semstreams) && !publish_needs_id(Dialect::Vws));
+
+        let s = Dialect::Semstreams;
+        assert_eq!(
+            answer(s, br#"{"type":"ack","id":"42","timestamp":1}"#),
+            Some(Answer::Ack(42))
+        );
+        assert_eq!(
+            answer(s, br#"{"type":"nack","id":"5","timestamp":1,"payload":{"reason":"invalid","error":"x"}}"#),
+            Some(Answer::Nack(Some(5)))
+        );
+        assert_eq!(
+            answer(
+                s,
+                br#"{"type":"nack","timestamp":1,"payload":{"reason":"invalid","error":"x"}}"#
+            ),
+            Some(Answer::Nack(None))
+        );
+        assert_eq!(
+            answer(s, br#"{"type":"data","id":"p-1","payload":1}"#),
+            None
+        );
+        assert_eq!(
+            answer(Dialect::Vws, br#"{"k":"a","i":3}"#),
+            Some(Answer::Ack(3))
+        );
+        assert_eq!(
+            answer(Dialect::Vws, br#"{"k":"n","i":4,"e":"no"}"#),
+            Some(Answer::Nack(Some(4)))
+        );
+        assert_eq!(answer(Dialect::Gows, br#"{"type":"error"}"#), None);
+        assert!(is_slow_signal(
+            br#"{"type":"slow","id":"bp-1","payload":{}}"#
+        ));
+
+        assert_eq!(
+            reply(s, br#"{"type":"reply","id":"r1","timestamp":1,"payload":{"status":"ok","result":{}}}"#),
+            Reply::Done
+        );
+        assert!(matches!(
+            reply(s, br#"{"type":"reply","id":"r1","timestamp":1,"payload":{"status":"error","reason":"invalid","error":"x"}}"#),
+            Reply::Refused(_)
+        ));
+        assert!(matches!(
+            reply(s, br#"{"type":"nack","payload":{}}"#),
+            Reply::Refused(_)
+        ));
+        assert_eq!(reply(s, br#"{"type":"slow","id":"bp-1"}"#), Reply::Other);
+
+        // A publication as the broker renders it for a SemStreams peer, with the stamp
+        // after the topic member a SemStreams publisher put first.
+        let stamp = Stamp {
+            publisher: 3,
+            seq: 9,
+            sent_ns: 77,
+        };
+        let mut data = Vec::new();
+        stamped_data(stamp, 64, &mut data);
+        let event = [
+            br#"{"type":"data","id":"p-1","timestamp":1,"topic":"federated/data","payload":"#
+                .as_slice(),
+            &data,
+            br#","offset":12}"#,
+        ]
+        .concat();
+        assert_eq!(find_stamp(&event), Some(stamp));
+        assert_eq!(find_offset(s, &event), Some(12));
+        let with_topic = [br#"{"topic":"a/b","#.as_slice(), &data[1..]].concat();
+        assert_eq!(find_stamp(&with_topic), Some(stamp));
+        let t = Target::parse("ws://127.0.0.1:9/ws").unwrap();
+        let req = String::from_utf8(t.upgrade_request(s)).unwrap();
+        assert!(req.contains("Sec-WebSocket-Protocol: semstreams\r\n"));
+        assert_eq!(
+            position_ack(
+                s,
+                br#"{"type":"reply","id":"h1","timestamp":1,"payload":{"status":"ok","result":{"channel":"r/0","top":10,"epoch":"ab","recovered":true}}}"#
+            ),
+            Some(Ok(PositionAck {
+                top: 10,
+                recovered: true
+            }))
+        );
+    }
+
+    #[test]
     fn frame_reader_handles_partial_and_extended_lengths() {
         assert_eq!(next_frame(&[0x81]).unwrap(), None);
         let mut long = vec![0x81, 126, 0x01, 0x00];
