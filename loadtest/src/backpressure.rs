@@ -46,6 +46,8 @@ pub struct Second {
     pub slow: u64,
     /// Frames read (everything: echoes, acks, nacks, slow).
     pub read: u64,
+    /// What the vws subscribers received in this second, all together.
+    pub delivered: u64,
     /// The broker's blocked reads and drops in this second (`--broker-stats`).
     pub read_blocks: Option<u64>,
     pub dropped: Option<u64>,
@@ -112,8 +114,8 @@ impl Figures {
             rows.push((
                 "second",
                 format!(
-                    "{:>3}: sent {:>7} echoed {:>7} acks {:>7} nacks {} slow {} read {}{}",
-                    s.t, s.sent, s.echoed, s.acks, s.nacks, s.slow, s.read, broker
+                    "{:>3}: sent {:>7} echoed {:>7} acks {:>7} nacks {} slow {} read {}, subscribers got {}{}",
+                    s.t, s.sent, s.echoed, s.acks, s.nacks, s.slow, s.read, s.delivered, broker
                 ),
             ));
         }
@@ -169,7 +171,7 @@ pub async fn run(plan: &Plan, live: &Live, out: &mut Published) {
         ..Figures::default()
     };
     let metrics_at_start = metrics(plan.broker_stats).await;
-    edge.push(&mut c, stop, &mut figures, metrics_at_start)
+    edge.push(&mut c, (stop, live), &mut figures, metrics_at_start)
         .await;
     edge.drain(&mut c, stop + plan.drain.as_nanos() as u64)
         .await;
@@ -279,7 +281,7 @@ impl EdgeRun<'_> {
     async fn push(
         &mut self,
         c: &mut Conn,
-        stop: u64,
+        (stop, live): (u64, &Live),
         figures: &mut Figures,
         mut at_last_second: Option<brokerstats::Semstreams>,
     ) {
@@ -288,13 +290,16 @@ impl EdgeRun<'_> {
         let mut ends: std::collections::VecDeque<usize> = Default::default();
         let mut written = 0usize;
         let (mut queued, mut last) = (0u64, Counts::default());
+        let mut delivered_before = live.received.load(Ordering::Relaxed);
         let mut second_end = self.t0 + 1_000_000_000;
         loop {
             let now = now_ns();
             if now >= second_end || now >= stop {
                 let m = metrics(self.plan.broker_stats).await;
                 let n = self.counts;
+                let delivered = live.received.load(Ordering::Relaxed);
                 figures.seconds.push(Second {
+                    delivered: delivered.saturating_sub(delivered_before),
                     t: figures.seconds.len() as u32 + 1,
                     sent: n.sent - last.sent,
                     echoed: n.echoed - last.echoed,
@@ -309,7 +314,7 @@ impl EdgeRun<'_> {
                         .zip(at_last_second)
                         .map(|(m, a)| m.dropped.saturating_sub(a.dropped)),
                 });
-                (last, at_last_second) = (n, m);
+                (last, at_last_second, delivered_before) = (n, m, delivered);
                 second_end += 1_000_000_000;
                 if now >= stop {
                     return;

@@ -216,10 +216,11 @@ impl Edge {
             };
             let wake = Duration::from_nanos(next_due.saturating_sub(now_ns()));
             let round = c.read_round(|msg| match wire::answer(self.dialect, msg) {
-                Some(a) => {
+                Some(a) if answered < sent => {
                     answered += 1;
                     answers.take(a, answered, &self.times, now_ns(), msg);
                 }
+                Some(_) => tally.error("ingest edge: an answer with nothing in flight"),
                 None if wire::find_stamp(msg).is_some() || wire::is_slow_signal(msg) => {}
                 None => {
                     let shown: String = String::from_utf8_lossy(msg).chars().take(80).collect();
