@@ -18,6 +18,7 @@
 #
 #   loadtest/semstreams.sh
 #   RUNS=5 CASES=ingest loadtest/semstreams.sh
+#   RATE=200000 CASES=ingest loadtest/semstreams.sh    # both dialects at the same load
 #
 # Results (reports, logs, summary.md) go under target/bench-results/, never into
 # BENCHMARKS.md. Brokers run with loadtest/bench.toml (plus the [semstreams] section for
@@ -34,6 +35,9 @@ WARMUP=${WARMUP:-2}
 DURATION=${DURATION:-5}
 READ_RATE=${READ_RATE:-10000}
 BP_DURATION=${BP_DURATION:-10}
+# Publishes/s over all edges in ingest; empty = no cap (each dialect as fast as its acks
+# come back). A rate both sustain compares the dialects at the same offered load.
+RATE=${RATE:-}
 RESULTS=${RESULTS:-$ROOT/target/bench-results/semstreams-$(date -u +%Y%m%dT%H%M%SZ)}
 SC=$ROOT/target/release/shardcast
 LT=$ROOT/target/release/shardcast-loadtest
@@ -97,11 +101,13 @@ SUMMARY=$RESULTS/summary.md
 {
   echo "# semstreams.sh, $(date -u +%Y-%m-%dT%H:%M:%SZ), commit $(git -C "$ROOT" rev-parse --short HEAD)"
   echo
-  echo "$(nproc) cores, $(uname -r); RUNS=$RUNS PUBS=$PUBS WINDOW=$WINDOW WARMUP=$WARMUP DURATION=$DURATION READ_RATE=$READ_RATE BP_DURATION=$BP_DURATION"
+  echo "$(nproc) cores, $(uname -r); RUNS=$RUNS PUBS=$PUBS WINDOW=$WINDOW WARMUP=$WARMUP DURATION=$DURATION RATE=${RATE:-none} READ_RATE=$READ_RATE BP_DURATION=$BP_DURATION"
 } >"$SUMMARY"
 
 ingest() {
-  local cmd="shardcast-loadtest run ingest --pubs $PUBS --window $WINDOW --warmup $WARMUP --duration $DURATION --pub-dialect D --url URL --pid PID"
+  local rate=()
+  [ -n "$RATE" ] && rate=(--rate "$RATE")
+  local cmd="shardcast-loadtest run ingest --pubs $PUBS --window $WINDOW --warmup $WARMUP --duration $DURATION ${rate[*]+${rate[*]} }--pub-dialect D --url URL --pid PID"
   {
     echo
     echo "## ingest: acked data per broker CPU-second"
@@ -126,7 +132,8 @@ ingest() {
       echo "semstreams.sh: ingest $d #$r ($ADDR)" >&2
       clean[$d]=yes
       "$LT" run ingest --url "ws://$ADDR/ws" --pid "$BPID" --pub-dialect "$d" --pubs "$PUBS" \
-        --window "$WINDOW" --warmup "$WARMUP" --duration "$DURATION" --label "ingest $d #$r" \
+        --window "$WINDOW" --warmup "$WARMUP" --duration "$DURATION" ${rate[@]+"${rate[@]}"} \
+        --label "ingest $d #$r" \
         --quiet --check --json "$RESULTS/ingest.$d.$r.json" | tee -a "$RESULTS/ingest.log" >&2 ||
         clean[$d]=no
       stop
