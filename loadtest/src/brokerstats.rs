@@ -1,8 +1,9 @@
 //! shardcast's own counters, read from its `/api/stats` over plain HTTP/1.1: the write
 //! counters, so a run can report how many frames each write carried (the batching under
 //! load), and the WebSocket connection count, so the abuse soak can tell when the broker
-//! has let go of its attackers. Other brokers have no such endpoint; the figures are then
-//! absent.
+//! has let go of its attackers; and from `/metrics` the SemStreams counters of `block`
+//! and `on_full` (blocked reads, dropped frames). Other brokers have no such endpoints;
+//! the figures are then absent.
 
 use serde_json::Value;
 use std::io::{Read, Write};
@@ -36,13 +37,54 @@ pub fn history_replayed(addr: SocketAddr) -> Option<u64> {
     v.pointer("/history/replayed")?.as_u64()
 }
 
+/// SemStreams counters from `/metrics` (docs/PROTOCOL.md §11).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Semstreams {
+    /// `shardcast_semstreams_read_blocks_total`: times a peer's socket was left unread.
+    pub read_blocks: u64,
+    /// `shardcast_semstreams_messages_dropped_total`, all reasons.
+    pub dropped: u64,
+}
+
+/// Fetches the SemStreams counters from `/metrics`; `None` when it cannot be read or
+/// has none of them.
+pub fn semstreams(addr: SocketAddr) -> Option<Semstreams> {
+    parse_semstreams(std::str::from_utf8(&body(addr, "/metrics")?).ok()?)
+}
+
+fn parse_semstreams(text: &str) -> Option<Semstreams> {
+    let (mut found, mut out) = (false, Semstreams::default());
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((name, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let Ok(value) = value.parse::<f64>() else {
+            continue;
+        };
+        let metric = name.split('{').next().unwrap_or(name);
+        let slot = match metric {
+            "shardcast_semstreams_read_blocks_total" => &mut out.read_blocks,
+            "shardcast_semstreams_messages_dropped_total" => &mut out.dropped,
+            _ => continue,
+        };
+        found = true;
+        *slot += value as u64;
+    }
+    found.then_some(out)
+}
+
 /// The body of `GET /api/stats`.
 fn stats_body(addr: SocketAddr) -> Option<Vec<u8>> {
+    body(addr, "/api/stats")
+}
+
+/// The body of `GET path`.
+fn body(addr: SocketAddr, path: &str) -> Option<Vec<u8>> {
     let timeout = Duration::from_secs(2);
     let mut s = TcpStream::connect_timeout(&addr, timeout).ok()?;
     s.set_read_timeout(Some(timeout)).ok()?;
     s.write_all(
-        format!("GET /api/stats HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
     )
     .ok()?;
     let mut response = Vec::new();
@@ -91,5 +133,22 @@ mod tests {
         assert_eq!(frames_per_write(w, later), Some(4.0));
         assert_eq!(frames_per_write(w, w), None);
         assert_eq!(parse(b"not json"), None);
+    }
+
+    #[test]
+    fn semstreams_counters_sum_their_labels() {
+        let text = "# HELP x\n\
+            shardcast_semstreams_read_blocks_total 7\n\
+            shardcast_semstreams_messages_dropped_total{reason=\"queue_full\"} 3\n\
+            shardcast_semstreams_messages_dropped_total{reason=\"rate_limit\"} 2\n\
+            shardcast_semstreams_slow_total 9\n";
+        assert_eq!(
+            parse_semstreams(text),
+            Some(Semstreams {
+                read_blocks: 7,
+                dropped: 5
+            })
+        );
+        assert_eq!(parse_semstreams("shardcast_clients 1\n"), None);
     }
 }

@@ -240,6 +240,67 @@ impl Conn {
         })
     }
 
+    /// Writes what the socket takes now without waiting (`WouldBlock` when it takes
+    /// nothing): how a sender learns the receiver's pace. Plain `ws://` only.
+    pub fn try_send(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        if self.tls.is_some() {
+            return Err(io::Error::new(
+                ErrorKind::Unsupported,
+                "non-blocking sends are for ws:// targets",
+            ));
+        }
+        self.stream.try_write(bytes)
+    }
+
+    /// Reads at most `max` text frames without waiting, calling `on_text` for each, and
+    /// leaves the rest unread: in the kernel's socket buffer (so TCP pushes back on the
+    /// broker) or, at most one small read's worth, in `pending`. Pongs for pings go to
+    /// `pongs` (the caller sends them). Returns the text frames read and how it ended.
+    pub fn read_limited(
+        &mut self,
+        max: usize,
+        mut on_text: impl FnMut(&[u8]),
+        pongs: &mut Vec<u8>,
+    ) -> Result<(usize, ReadEnd)> {
+        // Small reads: what is not read stays in the socket, where it slows the sender.
+        let mut chunk = [0u8; 4096];
+        let mut taken = 0;
+        loop {
+            let mut at = 0;
+            while taken < max {
+                let Some((frame, used)) = wire::next_frame(&self.pending[at..])? else {
+                    break;
+                };
+                at += used;
+                match frame {
+                    Frame::Text(p) => {
+                        on_text(p);
+                        taken += 1;
+                    }
+                    Frame::Deflated(_) => bail!("compressed frames on a rate-limited reader"),
+                    Frame::Ping(p) => wire::push_frame(wire::OP_PONG, p, pongs),
+                    Frame::Close(code, reason) => {
+                        let reason = String::from_utf8_lossy(reason).into_owned();
+                        return Ok((taken, ReadEnd::Closed(code, reason)));
+                    }
+                    Frame::Other => {}
+                }
+            }
+            self.pending.drain(..at);
+            if taken >= max {
+                return Ok((taken, ReadEnd::Drained));
+            }
+            match self.try_read(&mut chunk) {
+                Ok(0) => return Ok((taken, ReadEnd::Closed(1006, "connection ended".into()))),
+                Ok(n) => self.pending.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    return Ok((taken, ReadEnd::Drained))
+                }
+                Err(e) => return Ok((taken, ReadEnd::Closed(1006, format!("read: {e}")))),
+            }
+        }
+    }
+
     /// Sends a close frame (best effort) and drops the connection.
     pub async fn close(mut self) {
         let mut out = Vec::new();
@@ -269,7 +330,7 @@ impl Conn {
             wire::subscribe(dialect, t, i + 1, &mut out);
         }
         let mut waiting = match dialect {
-            Dialect::Vws => topics.len(),
+            Dialect::Vws | Dialect::Semstreams => topics.len(),
             Dialect::Gows => {
                 wire::gows_ping(&mut out);
                 1

@@ -8,11 +8,16 @@
 //! The abuse scenario adds hostile clients of every kind (`abuse`) and checks that the
 //! healthy ones noticed little and that the broker gave back what the attack cost.
 //! The replay scenario (`replay`) measures history: a live fan-out that fills a history
-//! channel, then late joiners replaying it.
+//! channel, then late joiners replaying it. The ingest and backpressure scenarios
+//! (`ingest`, `backpressure`) measure edges publishing with acks on the SemStreams data
+//! channel, in vws or the SemStreams dialect, and what `semstreams.on_full` does to a
+//! peer that pushes faster than it reads.
 
 pub mod abuse;
+pub mod backpressure;
 pub mod brokerstats;
 pub mod conn;
+pub mod ingest;
 pub mod plan;
 pub mod plot;
 pub mod procfs;

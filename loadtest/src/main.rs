@@ -14,7 +14,7 @@ use std::time::Duration;
 #[command(
     name = "shardcast-loadtest",
     version,
-    about = "Load harness for vws/gows WebSocket brokers (loopback only)"
+    about = "Load harness for vws/gows/SemStreams WebSocket brokers (loopback only)"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -37,7 +37,8 @@ enum Cmd {
 
 #[derive(Args)]
 struct RunArgs {
-    /// fanout, many-topics, fanin, idle, churn, slow, cluster, abuse or replay.
+    /// fanout, many-topics, fanin, idle, churn, slow, cluster, abuse, replay, ingest or
+    /// backpressure.
     #[arg(value_enum)]
     scenario: Scenario,
     /// WebSocket URL the subscribers connect to, e.g. ws://127.0.0.1:8080/ws.
@@ -57,7 +58,8 @@ struct RunArgs {
     /// Dialect of the subscribers.
     #[arg(long, value_enum, default_value = "vws")]
     dialect: Dialect,
-    /// Dialect of the publishers (default: vws).
+    /// Dialect of the publishers (default: vws; the backpressure edge is always
+    /// semstreams).
     #[arg(long, value_enum, default_value = "vws")]
     pub_dialect: Dialect,
     /// Subscribers that read (scenario default if not given). replay: the joiners, and
@@ -141,11 +143,12 @@ struct RunArgs {
     /// Connection set-ups in flight per subscriber thread.
     #[arg(long, default_value_t = 256)]
     connect_concurrency: usize,
-    /// Broker process id: report its CPU seconds and RSS.
+    /// Broker process id: report its CPU seconds and RSS (ingest: acks per CPU-second).
     #[arg(long)]
     pid: Option<u32>,
     /// shardcast only: read its write counters from http://ADDR/api/stats (host:port)
-    /// and report frames per write in the window.
+    /// and report frames per write in the window; backpressure: its blocked reads and
+    /// dropped frames from http://ADDR/metrics.
     #[arg(long)]
     broker_stats: Option<std::net::SocketAddr>,
     /// Name of this run in the table, JSON and plot (default: scenario name).
@@ -154,6 +157,17 @@ struct RunArgs {
     /// Prefix of the topic names.
     #[arg(long, default_value = "bench")]
     topic_prefix: String,
+    /// ingest, backpressure: the topic everything goes to; the broker's
+    /// `semstreams.data_channel`, where SemStreams data without a topic lands.
+    #[arg(long, default_value = shardcast_loadtest::plan::DATA_CHANNEL)]
+    ingest_topic: String,
+    /// ingest: publishes each edge keeps in flight (sent, not yet acked).
+    #[arg(long, default_value_t = shardcast_loadtest::plan::INGEST_WINDOW)]
+    window: usize,
+    /// backpressure: frames per second the edge reads from its own socket (each publish
+    /// brings back two: its ack and its echo).
+    #[arg(long, default_value_t = shardcast_loadtest::plan::READ_RATE)]
+    read_rate: f64,
     /// Write the report as JSON to this file.
     #[arg(long)]
     json: Option<String>,
@@ -223,7 +237,10 @@ fn plan(a: &RunArgs) -> Result<Plan> {
         sub_target,
         pub_target,
         dialect: a.dialect,
-        pub_dialect: a.pub_dialect,
+        pub_dialect: match a.scenario {
+            Scenario::Backpressure => Dialect::Semstreams,
+            _ => a.pub_dialect,
+        },
         subs,
         // Idle runs give every subscriber its own topic.
         topics: a.topics.unwrap_or(if a.scenario == Scenario::Idle {
@@ -260,6 +277,9 @@ fn plan(a: &RunArgs) -> Result<Plan> {
         broker_stats: a.broker_stats,
         topic_prefix: a.topic_prefix.clone(),
         fill: if replay { a.fill } else { 0 },
+        window: a.window,
+        ingest_topic: a.ingest_topic.clone(),
+        read_rate: a.read_rate,
     })
 }
 

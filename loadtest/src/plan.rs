@@ -29,6 +29,14 @@ pub enum Scenario {
     /// History (SPEC §9): `--fill` publications delivered live to S subscribers of a
     /// history channel, then S late joiners replay all of them (see `replay`).
     Replay,
+    /// Issue 19's ingest: P edges publish on the data channel with acks, each keeping
+    /// `--window` publishes in flight, in `--pub-dialect` vws or semstreams; S vws
+    /// subscribers of the channel check nothing acked is lost (see `ingest`).
+    Ingest,
+    /// Issue 19's `block`: one SemStreams edge subscribed to the data channel pushes as
+    /// fast as its socket takes and reads at `--read-rate`; the broker's `on_full` decides
+    /// what happens (see `backpressure`).
+    Backpressure,
 }
 
 /// Every setting of one run, after scenario defaults and flags are combined.
@@ -81,6 +89,13 @@ pub struct Plan {
     /// Replay scenario: publications made (and retained) before the joiners subscribe;
     /// 0 = replay what the channel already holds.
     pub fill: u64,
+    /// Ingest scenario: publishes each edge keeps in flight (sent, not yet answered).
+    pub window: usize,
+    /// Ingest and backpressure scenarios: the topic everything goes to, the broker's
+    /// `semstreams.data_channel` (SemStreams data carries no topic).
+    pub ingest_topic: String,
+    /// Backpressure scenario: frames per second the edge reads from its socket.
+    pub read_rate: f64,
 }
 
 /// The scenario presets: (subs, topics, pubs, rate, slow, churn) and the timing.
@@ -122,6 +137,23 @@ const REPLAY_TIMING: Timing = Timing {
     drain: 30.0,
     settle: 0.0,
 };
+
+/// `backpressure`: no warm-up (the first second is the one before the broker pushes
+/// back), a 10 s window, and the drain bounds reading back what is still queued.
+const BACKPRESSURE_TIMING: Timing = Timing {
+    prime: 0.0,
+    warmup: 0.0,
+    duration: 10.0,
+    drain: 10.0,
+    settle: 0.0,
+};
+
+/// Publishes each ingest edge keeps in flight unless `--window` says otherwise.
+pub const INGEST_WINDOW: usize = 32;
+/// The SemStreams default data channel.
+pub const DATA_CHANNEL: &str = "federated/data";
+/// Frames per second the backpressure edge reads unless `--read-rate` says otherwise.
+pub const READ_RATE: f64 = 2000.0;
 
 /// Publications the replay scenario makes before its joiners subscribe.
 pub const REPLAY_FILL: u64 = 10_000;
@@ -167,6 +199,12 @@ impl Scenario {
                 timing: REPLAY_TIMING,
                 ..p(1000, 1, 1, 1000.0, 0, 0.0)
             },
+            // 100 edges as fast as their acks come back (rate 0 = no cap), one checker.
+            Scenario::Ingest => p(1, 1, 100, 0.0, 0, 0.0),
+            Scenario::Backpressure => Preset {
+                timing: BACKPRESSURE_TIMING,
+                ..p(1, 1, 1, 0.0, 0, 0.0)
+            },
         }
     }
 
@@ -181,6 +219,8 @@ impl Scenario {
             Scenario::Cluster => "cluster",
             Scenario::Abuse => "abuse",
             Scenario::Replay => "replay",
+            Scenario::Ingest => "ingest",
+            Scenario::Backpressure => "backpressure",
         }
     }
 }
@@ -192,8 +232,36 @@ pub const MAX_RUN: Duration = Duration::from_secs(600);
 impl Plan {
     /// Checks the plan is runnable and bounded.
     pub fn check(&self, fd_limit: u64) -> Result<()> {
-        if self.subs == 0 && self.slow == 0 {
+        if self.subs == 0 && self.slow == 0 && !self.is_backpressure() {
             bail!("no subscribers: give --subs");
+        }
+        if self.is_edges() {
+            if self.topics != 1 {
+                bail!("the ingest and backpressure scenarios use one topic (--ingest-topic)");
+            }
+            if self.ingest_topic.is_empty() {
+                bail!("--ingest-topic must not be empty");
+            }
+            if self.pubs == 0 {
+                bail!("the ingest scenario needs edges: --pubs above 0");
+            }
+            if self.is_ingest() && self.window == 0 {
+                bail!("--window must be at least 1");
+            }
+            if self.is_ingest() && self.pub_dialect == crate::wire::Dialect::Gows {
+                bail!("the ingest scenario publishes with acks: --pub-dialect vws or semstreams");
+            }
+            if self.is_backpressure() {
+                if self.pubs != 1 {
+                    bail!("the backpressure scenario has one edge (--pubs 1)");
+                }
+                if !(self.read_rate.is_finite() && self.read_rate > 0.0) {
+                    bail!("--read-rate must be a number of frames per second above 0");
+                }
+                if self.pub_target.is_wss() {
+                    bail!("the backpressure edge needs a ws:// target (it writes without waiting)");
+                }
+            }
         }
         if self.rate > 0.0 && self.pubs == 0 && !self.is_replay() {
             bail!("--rate needs at least one publisher (--pubs)");
@@ -280,6 +348,24 @@ impl Plan {
         self.scenario == Scenario::Replay
     }
 
+    pub fn is_ingest(&self) -> bool {
+        self.scenario == Scenario::Ingest
+    }
+
+    pub fn is_backpressure(&self) -> bool {
+        self.scenario == Scenario::Backpressure
+    }
+
+    /// The scenarios whose publishers are edges on the data channel, with acks.
+    pub fn is_edges(&self) -> bool {
+        self.is_ingest() || self.is_backpressure()
+    }
+
+    /// Whether the run has publishers (or churn) at all; edges publish uncapped at rate 0.
+    pub fn publishes(&self) -> bool {
+        self.rate > 0.0 || self.churn > 0.0 || self.is_edges()
+    }
+
     /// Replay scenario: the live subscribers (one per joiner when there is a fill);
     /// every other scenario: the stalled subscribers.
     pub fn listeners(&self) -> usize {
@@ -364,6 +450,9 @@ impl Plan {
     }
 
     pub fn topic_name(&self, topic: usize) -> String {
+        if self.is_edges() {
+            return self.ingest_topic.clone();
+        }
         format!("{}/{}", self.topic_prefix, topic)
     }
 

@@ -1,6 +1,8 @@
 //! The publisher thread: opens the publisher connections, starts the clock, paces
 //! publishes at the plan's aggregate rate (one write per publisher per tick, however
 //! many messages are due), and runs the churn connections when the plan has churn.
+//! The ingest and backpressure scenarios run their edges (`ingest`, `backpressure`) on
+//! this thread instead of the pacing loop.
 
 use crate::conn::{self, Conn, ReadEnd};
 use crate::plan::Plan;
@@ -30,6 +32,11 @@ pub struct Published {
     pub tally: Tally,
     /// Churn connections that opened, subscribed and closed as planned.
     pub churned: u64,
+    /// Ingest and backpressure: what the edges sent and what the broker answered.
+    /// `counts` then holds what was acked, which is what subscribers are owed.
+    pub answers: Option<crate::ingest::Answers>,
+    /// Backpressure: the edge's figures, second by second.
+    pub backpressure: Option<crate::backpressure::Figures>,
 }
 
 impl Published {
@@ -54,6 +61,8 @@ pub fn thread_main(plan: Arc<Plan>, live: Arc<Live>) -> Published {
         counts_abused: vec![vec![0; plan.topics]; plan.pubs],
         tally: Tally::default(),
         churned: 0,
+        answers: None,
+        backpressure: None,
     };
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -66,11 +75,21 @@ pub fn thread_main(plan: Arc<Plan>, live: Arc<Live>) -> Published {
         }
     };
     let local = tokio::task::LocalSet::new();
-    local.block_on(&rt, run(&plan, &live, &mut published));
+    local.block_on(&rt, async {
+        if plan.is_ingest() {
+            crate::ingest::run(&plan, &live, &mut published).await;
+        } else if plan.is_backpressure() {
+            crate::backpressure::run(&plan, &live, &mut published).await;
+        } else {
+            run(&plan, &live, &mut published).await;
+        }
+    });
     published
 }
 
-async fn run(plan: &Arc<Plan>, live: &Arc<Live>, out: &mut Published) {
+/// Opens the publisher connections; on a failure, reports it, starts nothing (without
+/// all publishers the sequences would not add up) and returns `None`.
+pub(crate) async fn open_all(plan: &Plan, live: &Live, out: &mut Published) -> Option<Vec<Conn>> {
     let mut conns = Vec::with_capacity(plan.pubs);
     for p in 0..plan.pubs {
         match conn::open(
@@ -84,16 +103,26 @@ async fn run(plan: &Arc<Plan>, live: &Arc<Live>, out: &mut Published) {
             Ok(c) => conns.push(c),
             Err(e) => {
                 out.tally.error(format!("publisher setup: {e:#}"));
-                // Without all publishers the sequences would not add up: start nothing.
-                live.window.set(Times {
-                    start: 1,
-                    end: 1,
-                    slice: 0,
-                });
-                return;
+                no_start(live);
+                return None;
             }
         }
     }
+    Some(conns)
+}
+
+/// Tells the main thread that publishing will not start.
+pub(crate) fn no_start(live: &Live) {
+    live.window.set(Times {
+        start: 1,
+        end: 1,
+        slice: 0,
+    });
+}
+
+/// Starts the clock: the first publish at the returned `t0` (a moment from now), the
+/// window after the warm-up, publishing until `live.stop`.
+pub(crate) fn start_clock(plan: &Plan, live: &Live) -> (u64, Times) {
     let t0 = now_ns() + LEAD_IN.as_nanos() as u64;
     let start = t0 + plan.warmup.as_nanos() as u64;
     let end = start + plan.measured().as_nanos() as u64;
@@ -105,6 +134,15 @@ async fn run(plan: &Arc<Plan>, live: &Arc<Live>, out: &mut Published) {
     live.stop
         .store(end + plan.tail().as_nanos() as u64, Ordering::Release);
     live.window.set(times);
+    (t0, times)
+}
+
+async fn run(plan: &Arc<Plan>, live: &Arc<Live>, out: &mut Published) {
+    let Some(mut conns) = open_all(plan, live, out).await else {
+        return;
+    };
+    let (t0, times) = start_clock(plan, live);
+    let end = times.end;
 
     let churn_state = Rc::new(ChurnState::default());
     if plan.churn > 0.0 {
@@ -137,6 +175,9 @@ async fn pace(
     let topics: Vec<String> = (0..plan.topics).map(|t| plan.topic_name(t)).collect();
     let pubs = conns.len() as u64;
     let mut batches: Vec<Vec<u8>> = vec![Vec::new(); conns.len()];
+    // SemStreams publishes carry an id, unique per connection; the acks are read below.
+    let mut ids = vec![0u64; conns.len()];
+    let with_id = wire::publish_needs_id(plan.pub_dialect);
     let (mut data, mut scratch) = (Vec::new(), Vec::new());
     let mut sent = 0u64;
     loop {
@@ -167,8 +208,10 @@ async fn pace(
                 }
             }
             wire::stamped_data(stamp, plan.payload, &mut data);
-            if let Some(b) = batches.get_mut(p) {
-                wire::publish(plan.pub_dialect, &topics[topic], &data, &mut scratch, b);
+            if let (Some(b), Some(id)) = (batches.get_mut(p), ids.get_mut(p)) {
+                *id += 1;
+                let id = with_id.then_some(*id);
+                wire::publish(plan.pub_dialect, &topics[topic], &data, id, &mut scratch, b);
                 if b.len() >= MAX_BATCH_BYTES {
                     break;
                 }
@@ -178,6 +221,9 @@ async fn pace(
             let mut pongs = Vec::new();
             let replies = c.read_available(
                 |msg| {
+                    if let Some(wire::Answer::Ack(_)) = wire::answer(plan.pub_dialect, msg) {
+                        return;
+                    }
                     let shown: String = String::from_utf8_lossy(msg).chars().take(80).collect();
                     out.tally.error(format!("publisher got: {shown}"));
                 },

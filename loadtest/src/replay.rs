@@ -872,12 +872,23 @@ fn publisher_main(plan: &Plan, shared: &Shared) -> (u64, Tally) {
                     sent_ns: now,
                 };
                 wire::stamped_data(stamp, plan.payload, &mut data);
-                wire::publish(plan.pub_dialect, &topic, &data, &mut scratch, &mut batch);
+                let id = wire::publish_needs_id(plan.pub_dialect).then_some(sent + 1);
+                wire::publish(
+                    plan.pub_dialect,
+                    &topic,
+                    &data,
+                    id,
+                    &mut scratch,
+                    &mut batch,
+                );
                 sent += 1;
             }
             let mut pongs = Vec::new();
             match c.read_available(
                 |msg| {
+                    if let Some(wire::Answer::Ack(_)) = wire::answer(plan.pub_dialect, msg) {
+                        return;
+                    }
                     let shown: String = String::from_utf8_lossy(msg).chars().take(80).collect();
                     tally.error(format!("publisher got: {shown}"));
                 },

@@ -14,6 +14,7 @@ pub struct Report {
     pub url: String,
     pub pub_url: String,
     pub dialect: Dialect,
+    pub pub_dialect: Dialect,
     pub subs: usize,
     pub slow: usize,
     pub topics: usize,
@@ -47,6 +48,28 @@ pub struct Report {
     /// The abuse scenario: each side of the abuse, recovery, attacks, verdict.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub abuse: Option<AbuseReport>,
+    /// Ingest and backpressure: what the edges sent and the broker answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ingest: Option<Ingest>,
+    /// Backpressure: the edge second by second.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backpressure: Option<crate::backpressure::Figures>,
+    /// Ingest and backpressure: distinct messages each reading subscriber received.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub readers: Vec<u64>,
+}
+
+/// The ingest figures: answers, and acks per second and per broker CPU-second in the
+/// measured window (the figure issue 19 compares the dialects by).
+#[derive(Serialize, Debug)]
+pub struct Ingest {
+    /// Publishes each edge keeps in flight.
+    pub window: usize,
+    pub topic: String,
+    #[serde(flatten)]
+    pub answers: crate::ingest::Answers,
+    pub acked_per_s: f64,
+    pub acked_per_broker_cpu_s: Option<f64>,
 }
 
 #[derive(Serialize, Debug)]
@@ -270,6 +293,69 @@ impl Report {
         if let Some(abuse) = &self.abuse {
             rows.extend(abuse.rows());
         }
+        if let Some(i) = &self.ingest {
+            let a = &i.answers;
+            rows.push((
+                "edges",
+                format!(
+                    "{} {} edges on {}, window {}, {}",
+                    self.pubs,
+                    serde_json::to_value(self.pub_dialect)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_string))
+                        .unwrap_or_default(),
+                    i.topic,
+                    i.window,
+                    if self.rate > 0.0 {
+                        format!("{}/s in all", grouped(self.rate))
+                    } else {
+                        "no rate cap".into()
+                    }
+                ),
+            ));
+            rows.push((
+                "answers",
+                format!(
+                    "sent {}, acks {}, nacks {}, unanswered {}, out of order {}",
+                    grouped(a.sent as f64),
+                    grouped(a.acks as f64),
+                    a.nacks,
+                    a.unanswered,
+                    a.out_of_order
+                ),
+            ));
+            if self.backpressure.is_none() {
+                rows.push((
+                    "acked/s",
+                    format!(
+                        "{} in the window = {} acked per broker CPU-second",
+                        grouped(i.acked_per_s),
+                        i.acked_per_broker_cpu_s.map_or("-".into(), grouped)
+                    ),
+                ));
+            }
+            if let Some(n) = &a.first_nack {
+                rows.push(("first nack", n.clone()));
+            }
+        }
+        if !self.readers.is_empty() {
+            let (min, max) = (
+                self.readers.iter().min().copied().unwrap_or(0),
+                self.readers.iter().max().copied().unwrap_or(0),
+            );
+            rows.push((
+                "subscribers",
+                format!(
+                    "{} read: each got {} to {} messages",
+                    self.readers.len(),
+                    grouped(min as f64),
+                    grouped(max as f64)
+                ),
+            ));
+        }
+        if let Some(b) = &self.backpressure {
+            rows.extend(b.rows());
+        }
         let mut out = String::new();
         for (k, v) in rows {
             let _ = writeln!(out, "{k:>13}  {v}");
@@ -287,6 +373,10 @@ impl Report {
             && self.closes.is_empty()
             && (self.rate == 0.0 || self.latency_ms.count > 0)
             && self.abuse.as_ref().is_none_or(|a| a.failures.is_empty())
+            && self.ingest.as_ref().is_none_or(|i| {
+                let a = &i.answers;
+                a.nacks == 0 && a.unanswered == 0 && a.out_of_order == 0 && a.acks > 0
+            })
     }
 }
 

@@ -9,7 +9,7 @@ use crate::plan::Plan;
 use crate::procfs::{self, Proc};
 use crate::progress::Progress;
 use crate::publishers::{self, Published};
-use crate::report::{Broker, Connections, Harness, Latency, Report};
+use crate::report::{Broker, Connections, Harness, Ingest, Latency, Report};
 use crate::subscribers;
 use crate::tally::{now_ns, Live, Tally, Times};
 use anyhow::{bail, Result};
@@ -115,7 +115,7 @@ pub fn run(plan: Plan, progress: &Progress) -> Result<Report> {
     // Publishing (or, for idle runs, holding) over the measured window.
     let published: Option<Published>;
     let (at_start, at_end, window_s);
-    if plan.rate == 0.0 && plan.churn == 0.0 {
+    if !plan.publishes() {
         let start = now_ns();
         let end = start + plan.duration.as_nanos() as u64;
         live.window.set(Times {
@@ -233,9 +233,9 @@ pub fn run(plan: Plan, progress: &Progress) -> Result<Report> {
         }
         _ => None,
     };
-    let (churned, publisher_tally) = match published {
-        Some(p) => (p.churned, p.tally),
-        None => (0, Tally::default()),
+    let (churned, publisher_tally, answers, backpressure) = match published {
+        Some(p) => (p.churned, p.tally, p.answers, p.backpressure),
+        None => (0, Tally::default(), None, None),
     };
     tally.merge(publisher_tally);
     peak_rss = peak_rss.max(at_end.broker_rss.unwrap_or(0));
@@ -249,12 +249,28 @@ pub fn run(plan: Plan, progress: &Progress) -> Result<Report> {
     let per_cpu = |cpu: f64| (cpu > 0.0).then(|| tally.window_arrivals as f64 / cpu);
     let latency = tally.window_latency();
     let connections = (ready + plan.pubs).max(1);
+    let ingest = answers.map(|answers| {
+        let acked = answers.window_acks as f64;
+        Ingest {
+            window: plan.window,
+            topic: plan.ingest_topic.clone(),
+            acked_per_s: acked / window_s.max(1e-9),
+            acked_per_broker_cpu_s: broker_cpu.filter(|c| *c > 0.0).map(|c| acked / c),
+            answers,
+        }
+    });
+    let readers = if plan.is_edges() {
+        std::mem::take(&mut tally.readers)
+    } else {
+        Vec::new()
+    };
     Ok(Report {
         label: plan.label.clone(),
         scenario: plan.scenario.name().to_string(),
         url: plan.sub_target.url.clone(),
         pub_url: plan.pub_target.url.clone(),
         dialect: plan.dialect,
+        pub_dialect: plan.pub_dialect,
         subs: plan.subs,
         slow: plan.slow,
         topics: plan.topics,
@@ -312,6 +328,9 @@ pub fn run(plan: Plan, progress: &Progress) -> Result<Report> {
         errors: tally.errors,
         closes: tally.closes,
         abuse,
+        ingest,
+        backpressure,
+        readers,
     })
 }
 
@@ -389,12 +408,17 @@ mod tests {
             broker_stats: None,
             topic_prefix: "t".into(),
             fill: 0,
+            window: 1,
+            ingest_topic: String::new(),
+            read_rate: 0.0,
         };
         let published = Published {
             counts: vec![vec![10, 7]],
             counts_abused: vec![vec![4, 1]],
             tally: Tally::default(),
             churned: 0,
+            answers: None,
+            backpressure: None,
         };
         // Topic 0 has readers 0, 2, 4; topic 1 has readers 1, 3. Stalled ones do not count.
         assert_eq!(

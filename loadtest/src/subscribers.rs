@@ -109,6 +109,7 @@ async fn subscriber(
     }
 
     let mut seqs = SeqTracker::new(plan.pubs);
+    let mut mine = 0u64;
     loop {
         let mut got = 0u64;
         let round = c.read_round(|msg| {
@@ -124,20 +125,22 @@ async fn subscriber(
         });
         let end = tokio::select! {
             r = round => r,
-            _ = running.wait_for(|r| !r) => return,
+            _ = running.wait_for(|r| !r) => break,
         };
         // One shared counter update per read round feeds the progress line and the drain.
         live.received.fetch_add(got, Ordering::Relaxed);
+        mine += got;
         match end {
             Ok(ReadEnd::Drained) => {}
             Ok(ReadEnd::Closed(code, reason)) => {
                 tally.borrow_mut().close("subscriber", code, &reason);
-                return;
+                break;
             }
             Err(e) => {
                 tally.borrow_mut().error(format!("subscriber read: {e:#}"));
-                return;
+                break;
             }
         }
     }
+    tally.borrow_mut().readers.push(mine);
 }

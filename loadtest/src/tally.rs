@@ -37,6 +37,8 @@ pub struct Tally {
     pub duplicates: u64,
     pub errors: BTreeMap<String, u64>,
     pub closes: BTreeMap<String, u64>,
+    /// Distinct stamped messages each reading subscriber received (in no set order).
+    pub readers: Vec<u64>,
 }
 
 /// What arrived of the messages sent in the window's abuse slices.
@@ -60,6 +62,7 @@ impl Default for Tally {
             duplicates: 0,
             errors: BTreeMap::new(),
             closes: BTreeMap::new(),
+            readers: Vec::new(),
         }
     }
 }
@@ -124,6 +127,7 @@ impl Tally {
         for (k, v) in other.closes {
             *self.closes.entry(k).or_default() += v;
         }
+        self.readers.extend(other.readers);
     }
 }
 

@@ -1,5 +1,6 @@
 //! The bytes on the wire: target URLs, the upgrade request, masked client frames, the
-//! messages of both dialects, and a frame reader that borrows from a read buffer.
+//! messages of the three dialects (vws, gows, SemStreams), and a frame reader that
+//! borrows from a read buffer.
 //!
 //! Everything here works on caller-owned buffers so the receive path allocates nothing
 //! per message.
@@ -18,6 +19,10 @@ pub enum Dialect {
     Vws,
     /// go-ws envelope: `{"type":"subscribe","data":..}`, events `{"type":"event",..}`.
     Gows,
+    /// SemStreams WebSocket Input envelope (docs/PROTOCOL.md §11):
+    /// `{"type":"data","id":"N","payload":..}` answered by `ack`/`nack`; subscriptions
+    /// are `request`s answered by a `reply`; publications arrive as `data`.
+    Semstreams,
 }
 
 /// Where the harness connects: a loopback `ws://host:port/path` or `wss://` URL.
@@ -106,6 +111,7 @@ impl Target {
         let protocol = match dialect {
             Dialect::Vws => "Sec-WebSocket-Protocol: vws\r\n",
             Dialect::Gows => "",
+            Dialect::Semstreams => "Sec-WebSocket-Protocol: semstreams\r\n",
         };
         // What browsers offer: compressed frames, when the broker agrees.
         let extensions = match self.deflate {
@@ -164,26 +170,34 @@ pub fn push_raw_frame(first: u8, payload: &[u8], masked: bool, out: &mut Vec<u8>
     }
 }
 
-/// A subscribe request. vws carries `i` so the broker acks it; gows has no ack, so the
+/// A subscribe request. vws carries `i` so the broker acks it; SemStreams is a
+/// `subscribe` request with id `"rN"` answered by a `reply`; gows has no ack, so the
 /// caller follows it with [`gows_ping`] and waits for the pong (replies keep order).
 pub fn subscribe(dialect: Dialect, topic: &str, id: usize, out: &mut Vec<u8>) {
     let msg = match dialect {
         Dialect::Vws => format!(r#"{{"k":"s","t":"{topic}","i":{id}}}"#),
         Dialect::Gows => format!(r#"{{"type":"subscribe","data":"{topic}"}}"#),
+        Dialect::Semstreams => format!(
+            r#"{{"type":"request","id":"r{id}","payload":{{"method":"subscribe","params":{{"patterns":["{topic}"]}}}}}}"#
+        ),
     };
     push_frame(OP_TEXT, msg.as_bytes(), out);
 }
 
 /// A subscribe that resumes after `offset` (SPEC §9; no epoch: the channel's current
 /// one, so `0` asks for everything retained): vws `{"k":"s","t":..,"i":..,"o":N}`, gows
-/// `{"type":"subscribe","data":..,"since":{"offset":N}}`. Both are answered with the
-/// channel's position (see [`position_ack`]), then the replay, then live events.
+/// `{"type":"subscribe","data":..,"since":{"offset":N}}`, SemStreams a `history`
+/// request. All are answered with the channel's position (see [`position_ack`]), then
+/// the replay, then live events.
 pub fn subscribe_from(dialect: Dialect, topic: &str, id: usize, offset: u64, out: &mut Vec<u8>) {
     let msg = match dialect {
         Dialect::Vws => format!(r#"{{"k":"s","t":"{topic}","i":{id},"o":{offset}}}"#),
         Dialect::Gows => {
             format!(r#"{{"type":"subscribe","data":"{topic}","since":{{"offset":{offset}}}}}"#)
         }
+        Dialect::Semstreams => format!(
+            r#"{{"type":"request","id":"h{id}","payload":{{"method":"history","params":{{"channel":"{topic}","since":{offset}}}}}}}"#
+        ),
     };
     push_frame(OP_TEXT, msg.as_bytes(), out);
 }
@@ -197,7 +211,8 @@ pub struct PositionAck {
 }
 
 /// Reads the answer to a [`subscribe_from`]: vws `{"k":"a","i":..,"o":TOP,"e":..,"r":R}`,
-/// gows `{"type":"subscribed",..,"data":{"offset":TOP,"epoch":..,"recovered":R},..}`.
+/// gows `{"type":"subscribed",..,"data":{"offset":TOP,"epoch":..,"recovered":R},..}`,
+/// SemStreams `{"type":"reply",..,"payload":{"status":"ok","result":{"top":TOP,"epoch":..,"recovered":R}}}`.
 /// `Some(Err(message))` for a refusal (vws nack, gows error) and for an ack that holds no
 /// position (no offset, or the empty epoch: the channel keeps no history); `None` for
 /// anything else.
@@ -210,7 +225,7 @@ pub fn position_ack(dialect: Dialect, msg: &[u8]) -> Option<Result<PositionAck, 
     };
     let v: serde_json::Value = match reply(dialect, msg) {
         Reply::Refused(_) => return Some(Err(shown())),
-        Reply::Done if dialect == Dialect::Vws => serde_json::from_slice(msg).ok()?,
+        Reply::Done if dialect != Dialect::Gows => serde_json::from_slice(msg).ok()?,
         Reply::Other if dialect == Dialect::Gows && msg.starts_with(br#"{"type":"subscribed""#) => {
             serde_json::from_slice(msg).ok()?
         }
@@ -221,6 +236,10 @@ pub fn position_ack(dialect: Dialect, msg: &[u8]) -> Option<Result<PositionAck, 
         Dialect::Gows => {
             let d = v.get("data")?;
             (d.get("offset"), d.get("epoch"), d.get("recovered"))
+        }
+        Dialect::Semstreams => {
+            let r = v.pointer("/payload/result")?;
+            (r.get("top"), r.get("epoch"), r.get("recovered"))
         }
     };
     if epoch.and_then(serde_json::Value::as_str) == Some("") {
@@ -239,13 +258,14 @@ pub fn position_ack(dialect: Dialect, msg: &[u8]) -> Option<Result<PositionAck, 
     }
 }
 
-/// The history offset an event carries (SPEC §9): vws `"o":N`, gows `"offset":N`, after
+/// The history offset an event carries (SPEC §9): vws `"o":N`, gows and SemStreams
+/// `"offset":N`, after
 /// the data object; `None` on channels without history and for anything else. Searched
 /// from the end, so a payload holding the same key does not confuse it.
 pub fn find_offset(dialect: Dialect, msg: &[u8]) -> Option<u64> {
     let key: &[u8] = match dialect {
         Dialect::Vws => br#","o":"#,
-        Dialect::Gows => br#","offset":"#,
+        Dialect::Gows | Dialect::Semstreams => br#","offset":"#,
     };
     let at = memchr::memmem::rfind(msg, key)? + key.len();
     number(msg.get(at..)?).map(|(n, _)| n)
@@ -258,14 +278,25 @@ pub fn gows_ping(out: &mut Vec<u8>) {
 
 /// Appends a publish of `data` (a JSON value) to `topic` as one masked frame, reusing
 /// `scratch` for the unmasked message.
+///
+/// `id` asks for an answer (see [`answer`]): vws adds `"i":N` (acked or nacked); gows
+/// has no acks and ignores it; SemStreams `data` always carries an id (the broker nacks
+/// one without), so give one for every SemStreams publish, unique on the connection.
+/// SemStreams has no topic outside the payload: an empty `topic` publishes on the
+/// broker's `semstreams.data_channel` (the payload as given), any other is written as
+/// the first member of an object payload (`{"topic":T,...}`), which the broker then
+/// publishes on.
 pub fn publish(
     dialect: Dialect,
     topic: &str,
     data: &[u8],
+    id: Option<u64>,
     scratch: &mut Vec<u8>,
     out: &mut Vec<u8>,
 ) {
+    use std::io::Write;
     scratch.clear();
+    let mut data = data;
     match dialect {
         Dialect::Vws => {
             scratch.extend_from_slice(br#"{"t":""#);
@@ -277,10 +308,73 @@ pub fn publish(
             scratch.extend_from_slice(topic.as_bytes());
             scratch.extend_from_slice(br#"","data":"#);
         }
+        Dialect::Semstreams => {
+            scratch.extend_from_slice(br#"{"type":"data","id":""#);
+            // Writing into a Vec cannot fail.
+            let _ = write!(scratch, "{}", id.unwrap_or(0));
+            scratch.extend_from_slice(br#"","payload":"#);
+            match data.strip_prefix(b"{") {
+                Some(rest) if !topic.is_empty() => {
+                    scratch.extend_from_slice(br#"{"topic":""#);
+                    scratch.extend_from_slice(topic.as_bytes());
+                    let close: &[u8] = if rest.starts_with(b"}") {
+                        b"\""
+                    } else {
+                        b"\","
+                    };
+                    scratch.extend_from_slice(close);
+                    data = rest;
+                }
+                _ => {}
+            }
+        }
     }
     scratch.extend_from_slice(data);
+    if let (Dialect::Vws, Some(id)) = (dialect, id) {
+        let _ = write!(scratch, r#","i":{id}"#);
+    }
     scratch.push(b'}');
     push_frame(OP_TEXT, scratch, out);
+}
+
+/// Whether a publish in `dialect` must carry an id (SemStreams `data` does).
+pub fn publish_needs_id(dialect: Dialect) -> bool {
+    dialect == Dialect::Semstreams
+}
+
+/// The broker's answer to a publish made with an id (see [`publish`]).
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+pub enum Answer {
+    /// vws `{"k":"a","i":N}`, SemStreams `{"type":"ack","id":"N",..}`.
+    Ack(u64),
+    /// vws `{"k":"n","i":N,"e":..}`, SemStreams `{"type":"nack","id":"N",..}`; the id is
+    /// `None` when the broker could not read one (or it was not a harness id).
+    Nack(Option<u64>),
+}
+
+/// Reads a publish answer; `None` for anything else (events, replies, `slow`, pongs).
+pub fn answer(dialect: Dialect, msg: &[u8]) -> Option<Answer> {
+    let (ack, nack, key): (&[u8], &[u8], &[u8]) = match dialect {
+        Dialect::Vws => (br#"{"k":"a""#, br#"{"k":"n""#, br#","i":"#),
+        Dialect::Semstreams => (br#"{"type":"ack""#, br#"{"type":"nack""#, br#","id":""#),
+        Dialect::Gows => return None,
+    };
+    let id = || {
+        let at = memchr::memmem::find(msg, key)? + key.len();
+        number(msg.get(at..)?).map(|(n, _)| n)
+    };
+    if msg.starts_with(ack) {
+        id().map(Answer::Ack)
+    } else if msg.starts_with(nack) {
+        Some(Answer::Nack(id()))
+    } else {
+        None
+    }
+}
+
+/// Whether a SemStreams message is the broker's `slow` signal (queue past 80%).
+pub fn is_slow_signal(msg: &[u8]) -> bool {
+    msg.starts_with(br#"{"type":"slow""#)
 }
 
 /// The stamp every published message carries, so receivers can measure latency and
@@ -310,13 +404,14 @@ pub fn stamped_data(stamp: Stamp, size: usize, out: &mut Vec<u8>) {
 
 fn stamp_finder() -> &'static Finder<'static> {
     static FINDER: OnceLock<Finder<'static>> = OnceLock::new();
-    FINDER.get_or_init(|| Finder::new(br#"{"_p":"#))
+    FINDER.get_or_init(|| Finder::new(br#""_p":"#))
 }
 
-/// Finds the stamp in a received event, in either dialect (it sits at the start of the
-/// data object). `None` for anything else: acks, pongs, other traffic.
+/// Finds the stamp in a received event, in any dialect (it sits at the start of the
+/// data object, or right after the `topic` member a SemStreams publish puts first).
+/// `None` for anything else: acks, pongs, other traffic.
 pub fn find_stamp(msg: &[u8]) -> Option<Stamp> {
-    let at = stamp_finder().find(msg)? + 6;
+    let at = stamp_finder().find(msg)? + 5;
     let (publisher, rest) = number(msg.get(at..)?)?;
     let (seq, rest) = number(rest.strip_prefix(br#","_s":"#)?)?;
     let (sent_ns, _) = number(rest.strip_prefix(br#","_ts":"#)?)?;
@@ -341,9 +436,10 @@ fn number(b: &[u8]) -> Option<(u64, &[u8])> {
 /// What a reply to a request says.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Reply<'a> {
-    /// vws `{"k":"a",..}` or a gows pong: the requests before it are done.
+    /// vws `{"k":"a",..}`, a SemStreams `reply` with status ok, or a gows pong: the
+    /// requests before it are done.
     Done,
-    /// vws nack or gows error, with the whole message for the report.
+    /// vws nack, gows error, SemStreams nack or error reply, with the whole message.
     Refused(&'a [u8]),
     /// Anything else.
     Other,
@@ -352,7 +448,14 @@ pub enum Reply<'a> {
 /// Classifies a message received while waiting for a subscribe to complete.
 pub fn reply(dialect: Dialect, msg: &[u8]) -> Reply<'_> {
     let starts = |p: &[u8]| msg.starts_with(p);
+    // A SemStreams reply's payload is `{"status":"ok"|"error",..}`.
+    let error_status = || memchr::memmem::find(msg, br#""payload":{"status":"error""#).is_some();
     match dialect {
+        Dialect::Semstreams if starts(br#"{"type":"reply""#) && error_status() => {
+            Reply::Refused(msg)
+        }
+        Dialect::Semstreams if starts(br#"{"type":"reply""#) => Reply::Done,
+        Dialect::Semstreams if starts(br#"{"type":"nack""#) => Reply::Refused(msg),
         Dialect::Vws if starts(br#"{"k":"a""#) => Reply::Done,
         Dialect::Vws if starts(br#"{"k":"n""#) => Reply::Refused(msg),
         Dialect::Gows if starts(br#"{"type":"pong""#) => Reply::Done,
@@ -574,14 +677,149 @@ mod tests {
     #[test]
     fn publish_frames_are_masked_and_well_formed() {
         let (mut scratch, mut out) = (Vec::new(), Vec::new());
-        publish(Dialect::Vws, "a/b", b"1", &mut scratch, &mut out);
+        publish(Dialect::Vws, "a/b", b"1", None, &mut scratch, &mut out);
         assert_eq!(out[0], 0x81);
         assert_eq!(unmask(&out), br#"{"t":"a/b","d":1}"#);
         out.clear();
-        publish(Dialect::Gows, "a/b", b"1", &mut scratch, &mut out);
+        publish(Dialect::Gows, "a/b", b"1", None, &mut scratch, &mut out);
         assert_eq!(
             unmask(&out),
             br#"{"type":"publish","channel":"a/b","data":1}"#
+        );
+    }
+
+    #[test]
+    fn semstreams_messages_and_answers() {
+        let (mut scratch, mut out) = (Vec::new(), Vec::new());
+        // No topic: the broker's data channel, payload as given.
+        publish(
+            Dialect::Semstreams,
+            "",
+            b"{\"v\":1}",
+            Some(7),
+            &mut scratch,
+            &mut out,
+        );
+        assert_eq!(
+            unmask(&out),
+            br#"{"type":"data","id":"7","payload":{"v":1}}"#
+        );
+        out.clear();
+        publish(
+            Dialect::Semstreams,
+            "a/b",
+            b"{\"v\":1}",
+            Some(8),
+            &mut scratch,
+            &mut out,
+        );
+        assert_eq!(
+            unmask(&out),
+            br#"{"type":"data","id":"8","payload":{"topic":"a/b","v":1}}"#
+        );
+        out.clear();
+        publish(
+            Dialect::Semstreams,
+            "a/b",
+            b"{}",
+            Some(9),
+            &mut scratch,
+            &mut out,
+        );
+        assert_eq!(
+            unmask(&out),
+            br#"{"type":"data","id":"9","payload":{"topic":"a/b"}}"#
+        );
+        out.clear();
+        publish(Dialect::Vws, "a/b", b"1", Some(3), &mut scratch, &mut out);
+        assert_eq!(unmask(&out), br#"{"t":"a/b","d":1,"i":3}"#);
+        out.clear();
+        subscribe(Dialect::Semstreams, "federated/data", 1, &mut out);
+        assert_eq!(
+            unmask(&out),
+            br#"{"type":"request","id":"r1","payload":{"method":"subscribe","params":{"patterns":["federated/data"]}}}"#
+        );
+        assert!(publish_needs_id(Dialect::Semstreams) && !publish_needs_id(Dialect::Vws));
+
+        let s = Dialect::Semstreams;
+        assert_eq!(
+            answer(s, br#"{"type":"ack","id":"42","timestamp":1}"#),
+            Some(Answer::Ack(42))
+        );
+        assert_eq!(
+            answer(s, br#"{"type":"nack","id":"5","timestamp":1,"payload":{"reason":"invalid","error":"x"}}"#),
+            Some(Answer::Nack(Some(5)))
+        );
+        assert_eq!(
+            answer(
+                s,
+                br#"{"type":"nack","timestamp":1,"payload":{"reason":"invalid","error":"x"}}"#
+            ),
+            Some(Answer::Nack(None))
+        );
+        assert_eq!(
+            answer(s, br#"{"type":"data","id":"p-1","payload":1}"#),
+            None
+        );
+        assert_eq!(
+            answer(Dialect::Vws, br#"{"k":"a","i":3}"#),
+            Some(Answer::Ack(3))
+        );
+        assert_eq!(
+            answer(Dialect::Vws, br#"{"k":"n","i":4,"e":"no"}"#),
+            Some(Answer::Nack(Some(4)))
+        );
+        assert_eq!(answer(Dialect::Gows, br#"{"type":"error"}"#), None);
+        assert!(is_slow_signal(
+            br#"{"type":"slow","id":"bp-1","payload":{}}"#
+        ));
+
+        assert_eq!(
+            reply(s, br#"{"type":"reply","id":"r1","timestamp":1,"payload":{"status":"ok","result":{}}}"#),
+            Reply::Done
+        );
+        assert!(matches!(
+            reply(s, br#"{"type":"reply","id":"r1","timestamp":1,"payload":{"status":"error","reason":"invalid","error":"x"}}"#),
+            Reply::Refused(_)
+        ));
+        assert!(matches!(
+            reply(s, br#"{"type":"nack","payload":{}}"#),
+            Reply::Refused(_)
+        ));
+        assert_eq!(reply(s, br#"{"type":"slow","id":"bp-1"}"#), Reply::Other);
+
+        // A publication as the broker renders it for a SemStreams peer, with the stamp
+        // after the topic member a SemStreams publisher put first.
+        let stamp = Stamp {
+            publisher: 3,
+            seq: 9,
+            sent_ns: 77,
+        };
+        let mut data = Vec::new();
+        stamped_data(stamp, 64, &mut data);
+        let event = [
+            br#"{"type":"data","id":"p-1","timestamp":1,"topic":"federated/data","payload":"#
+                .as_slice(),
+            &data,
+            br#","offset":12}"#,
+        ]
+        .concat();
+        assert_eq!(find_stamp(&event), Some(stamp));
+        assert_eq!(find_offset(s, &event), Some(12));
+        let with_topic = [br#"{"topic":"a/b","#.as_slice(), &data[1..]].concat();
+        assert_eq!(find_stamp(&with_topic), Some(stamp));
+        let t = Target::parse("ws://127.0.0.1:9/ws").unwrap();
+        let req = String::from_utf8(t.upgrade_request(s)).unwrap();
+        assert!(req.contains("Sec-WebSocket-Protocol: semstreams\r\n"));
+        assert_eq!(
+            position_ack(
+                s,
+                br#"{"type":"reply","id":"h1","timestamp":1,"payload":{"status":"ok","result":{"channel":"r/0","top":10,"epoch":"ab","recovered":true}}}"#
+            ),
+            Some(Ok(PositionAck {
+                top: 10,
+                recovered: true
+            }))
         );
     }
 

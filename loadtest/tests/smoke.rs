@@ -457,3 +457,90 @@ fn refusals_are_clear() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--pub-url"));
 }
+
+/// Issue 19's ingest in both dialects: every publish is acked, in order, and the vws
+/// subscriber gets every acked one.
+#[test]
+fn ingest_in_each_dialect_acks_everything_and_loses_nothing() {
+    let broker = start_broker();
+    for dialect in ["vws", "semstreams"] {
+        let (ok, r, table) = harness(
+            &broker,
+            &[
+                "ingest",
+                "--pub-dialect",
+                dialect,
+                "--pubs",
+                "10",
+                "--subs",
+                "2",
+                "--warmup",
+                "0.5",
+                "--duration",
+                "1.5",
+            ],
+        );
+        assert!(ok, "{dialect}: check failed:\n{table}");
+        assert_eq!(r["pub_dialect"], dialect, "{table}");
+        let (sent, acks) = (f(&r, "/ingest/sent"), f(&r, "/ingest/acks"));
+        assert!(acks > 1000.0, "{dialect}: too few acks:\n{table}");
+        assert_eq!(sent, acks, "{dialect}: not all acked:\n{table}");
+        assert_eq!(f(&r, "/ingest/nacks"), 0.0, "{table}");
+        assert_eq!(f(&r, "/ingest/out_of_order"), 0.0, "{table}");
+        assert_eq!(f(&r, "/lost"), 0.0, "{table}");
+        assert_eq!(f(&r, "/expected"), 2.0 * acks, "{table}");
+        for reader in r["readers"].as_array().unwrap() {
+            assert_eq!(
+                reader.as_f64(),
+                Some(acks),
+                "{dialect}: a reader missed some:\n{table}"
+            );
+        }
+        assert!(f(&r, "/ingest/acked_per_broker_cpu_s") > 0.0, "{table}");
+        assert!(f(&r, "/ingest/acked_per_s") > 0.0, "{table}");
+    }
+}
+
+/// Issue 19's `block`: a SemStreams peer pushing faster than it reads is slowed by TCP,
+/// and nothing it sent is lost: every publish acked and echoed back to it, and every one
+/// delivered to the vws subscriber.
+#[test]
+fn backpressure_with_block_loses_nothing_and_slows_the_edge() {
+    let broker = start_broker_with(
+        "[client]\nallow_publish = true\npublish_rate = 0.0\n\n\
+         [semstreams]\non_full = \"block\"\n",
+    );
+    let addr = stats_addr(&broker);
+    let (ok, r, table) = harness(
+        &broker,
+        &[
+            "backpressure",
+            "--read-rate",
+            "10000",
+            "--duration",
+            "6",
+            "--broker-stats",
+            &addr,
+        ],
+    );
+    assert!(ok, "check failed:\n{table}");
+    let sent = f(&r, "/backpressure/sent");
+    assert!(sent > 1000.0, "{table}");
+    assert_eq!(f(&r, "/backpressure/acks"), sent, "not all acked:\n{table}");
+    assert_eq!(
+        f(&r, "/backpressure/echoed"),
+        sent,
+        "the edge did not get back all it sent:\n{table}"
+    );
+    assert_eq!(r["readers"][0].as_f64(), Some(sent), "{table}");
+    assert_eq!(f(&r, "/backpressure/dropped"), 0.0, "{table}");
+    assert!(f(&r, "/backpressure/read_blocks") > 0.0, "{table}");
+    let (first, last) = (
+        f(&r, "/backpressure/send_rate_first"),
+        f(&r, "/backpressure/send_rate_last"),
+    );
+    assert!(
+        last < 0.75 * first,
+        "the edge's send rate did not fall ({first}/s, then {last}/s):\n{table}"
+    );
+}

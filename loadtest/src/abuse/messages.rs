@@ -172,6 +172,7 @@ pub async fn publish_flood(ctx: Rc<Ctx>, kind: &'static str) {
             Dialect::Vws,
             "abuse/flood",
             b"{\"x\":1}",
+            None,
             &mut scratch,
             &mut batch,
         );
