@@ -46,6 +46,10 @@ pub struct Publication {
     pub accepted_at: Instant,
     /// Wall-clock time of acceptance (gows `timestamp`).
     pub accepted_wall: SystemTime,
+    /// The connection that published it, when that connection needs to recognise its
+    /// own publications coming back (a SemStreams peer under `on_full = "block"`,
+    /// `Shard::origin_tag`); 0 = not tracked.
+    pub origin: u64,
     /// Position in its channel's history (SPEC §9), 0 = the channel keeps no history.
     /// Set once, by the history store, before any shard sees the publication.
     offset: AtomicU64,
@@ -110,6 +114,7 @@ impl Publication {
             headers,
             accepted_at: when.at,
             accepted_wall: when.wall,
+            origin: 0,
             offset: AtomicU64::new(0),
             frames: std::array::from_fn(|_| OnceBox::new()),
             deflated: std::array::from_fn(|_| OnceBox::new()),

@@ -506,6 +506,8 @@ async fn small_buffer_peer(
 
 #[tokio::test]
 async fn block_stops_reading_the_peer_without_loss_and_without_blocking_others() {
+    // Nothing lost means both ways: every message the peer pushes is published and acked,
+    // and every one comes back to it on its own subscription.
     // No publish rate limit: the edge pushes as fast as it can.
     let broker = Broker::start(
         "[client]\npublish_rate = 0.0\n[semstreams]\nqueue_size = 8\non_full = \"block\"\n",
@@ -545,9 +547,11 @@ async fn block_stops_reading_the_peer_without_loss_and_without_blocking_others()
     // Other connections are served meanwhile.
     let mut other = broker.ws(Dialect::Subprotocol("gows")).await;
     other.gows_sync().await;
-    // Now it reads: every data message is acked, in order; none is lost.
+    // Now it reads: every data message is acked, in order, and comes back on its own
+    // subscription, in order; none is lost.
     let mut next = 0;
-    while next < N {
+    let mut echoed = 0;
+    while next < N || echoed < N {
         let msg = within(Duration::from_secs(30), "acks", stream.next())
             .await
             .unwrap()
@@ -559,7 +563,11 @@ async fn block_stops_reading_the_peer_without_loss_and_without_blocking_others()
                 assert_eq!(v["id"], format!("d{next}"), "acks in order, none lost");
                 next += 1;
             }
-            Some("slow" | "data") => {}
+            Some("data") => {
+                assert_eq!(v["payload"]["i"], echoed, "echoes in order, none lost");
+                echoed += 1;
+            }
+            Some("slow") => {}
             _ => panic!("unexpected {v}"),
         }
     }

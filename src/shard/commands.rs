@@ -94,7 +94,7 @@ impl Shard {
                 id,
             } => {
                 let result = self
-                    .client_publish(conn, topic, data, headers, false)
+                    .client_publish(conn, topic, data, headers, false, 0)
                     .map(|_| ());
                 if result == Err(Reject::RateLimitAbuse) {
                     self.close_for(conn, Reject::RateLimitAbuse);
@@ -325,6 +325,7 @@ impl Shard {
 
     /// Publishes a client's message; returns its history offset (0 = none). `ingest`:
     /// the topic is a dialect's own ingest channel, open unless a policy rule closes it.
+    /// `origin`: the publication's [`Publication::origin`] (0 = not tracked).
     pub(super) fn client_publish(
         &self,
         conn: &mut Conn,
@@ -332,6 +333,7 @@ impl Shard {
         data: Bytes,
         headers: Option<Bytes>,
         ingest: bool,
+        origin: u64,
     ) -> Result<u64, Reject> {
         let client = &self.broker.config.client;
         topic::validate_topic(topic_name, self.topic_limits()).map_err(Reject::InvalidTopic)?;
@@ -355,7 +357,7 @@ impl Shard {
             }
             return Err(Reject::RateLimited);
         }
-        let publication = Arc::new(Publication::accepted(
+        let mut publication = Publication::accepted(
             topic_name.into(),
             Kind::Channel {
                 gows_type: std::borrow::Cow::Borrowed(crate::publication::EVENT),
@@ -363,7 +365,9 @@ impl Shard {
             data,
             headers,
             read_at,
-        ));
+        );
+        publication.origin = origin;
+        let publication = Arc::new(publication);
         self.broker.router.cluster_check_publication(&publication)?;
         if self.route(&publication).full != 0 {
             return Err(Reject::Overloaded);

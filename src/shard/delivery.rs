@@ -212,7 +212,7 @@ impl Shard {
             };
             if conn.dialect == Dialect::Semstreams {
                 // A peer's own queue bound, send rate and `slow` signals.
-                if self.deliver_to_peer(key, conn, frame) {
+                if self.deliver_to_peer(key, conn, frame, p.origin) {
                     delivered += 1;
                     if !conn.dirty {
                         conn.dirty = true;

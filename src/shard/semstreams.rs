@@ -82,7 +82,8 @@ pub(super) struct Peer {
 pub(super) type Peers = HashMap<usize, Peer>;
 
 /// The outbox bounds of a peer: `semstreams.queue_size` frames, `client.queue_bytes`,
-/// and `on_full` (`block` drops new data for a full queue, and stops reading the peer).
+/// and `on_full` (`block` stops reading the peer once its queue is full; other
+/// publishers' data that finds it full is dropped, its own is not: `deliver_to_peer`).
 pub(super) fn peer_limits(config: &crate::config::Config) -> outbox::Limits {
     outbox::Limits {
         frames: config.semstreams.queue_size,
@@ -211,7 +212,9 @@ impl Shard {
             topic
         };
         let ingest = topic == config.data_channel;
-        match self.client_publish(conn, topic, data, headers, ingest) {
+        let block = self.broker.config.semstreams.on_full == SemstreamsOnFull::Block;
+        let origin = if block { self.origin_tag(key) } else { 0 };
+        match self.client_publish(conn, topic, data, headers, ingest, origin) {
             Ok(offset) => {
                 self.remember_id(key, id);
                 let stats = &self.broker.semstreams;
@@ -383,6 +386,13 @@ impl Shard {
         }
     }
 
+    /// This shard's tag for connection `key` in [`Publication::origin`] (never 0).
+    ///
+    /// [`Publication::origin`]: crate::publication::Publication::origin
+    pub(super) fn origin_tag(&self, key: usize) -> u64 {
+        (1 << 63) | (u64::from(self.id) << 40) | (key as u64 & ((1 << 40) - 1))
+    }
+
     /// `block`: the peer's queue is full, so its socket is not read until it drains.
     pub(super) fn peer_blocked(&self, conn: &Conn) -> bool {
         self.broker.config.semstreams.on_full == SemstreamsOnFull::Block
@@ -390,8 +400,16 @@ impl Shard {
     }
 
     /// Queues a publication's frame for a peer under its send rate and queue bound;
-    /// true when queued.
-    pub(super) fn deliver_to_peer(&self, key: usize, conn: &mut Conn, frame: Bytes) -> bool {
+    /// true when queued. `origin` is the publication's: under `block`, the peer's own
+    /// publications coming back to it are always queued, since it sent them before its
+    /// reads stopped (the reads' pause, not the drop, bounds them).
+    pub(super) fn deliver_to_peer(
+        &self,
+        key: usize,
+        conn: &mut Conn,
+        frame: Bytes,
+        origin: u64,
+    ) -> bool {
         let stats = &self.broker.semstreams;
         let limited = self
             .peers
@@ -409,6 +427,12 @@ impl Shard {
                 add(stats.dropped.get(1), 1);
                 return false;
             }
+        }
+        if origin != 0 && origin == self.origin_tag(key) {
+            conn.outbox.push_unbounded(frame);
+            self.maybe_slow(key, conn);
+            self.note_peer_depth(key, conn.outbox.len());
+            return true;
         }
         let limits = &self.peer_limits;
         if !conn.outbox.has_room(frame.len(), limits) && self.flush(conn).is_err() {
