@@ -90,8 +90,6 @@ pub struct Broker {
     pub history: Arc<crate::history::History>,
     /// Native TLS on the listener (`server.tls_cert`), `None` for plain.
     pub tls: Option<Arc<crate::tls::Tls>>,
-    /// SemStreams dialect counters (SPEC §11).
-    pub semstreams: crate::shard::semstreams::SemstreamsStats,
     /// This node's id and its upstream links' state (`[[upstream]]`).
     pub links: crate::links::Links,
 }

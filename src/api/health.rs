@@ -101,9 +101,12 @@ pub fn health(broker: &Broker) -> (bool, serde_json::Value) {
             });
         }
     }
-    let peers = broker.semstreams.peers.load(Ordering::Relaxed);
+    let semstreams = crate::shard::semstreams::SemstreamsStats::total(
+        broker.shard_stats.iter().map(|s| &s.semstreams),
+    );
+    let peers = semstreams.peers.load(Ordering::Relaxed);
     if let (true, Some(details)) = (peers > 0, body.get_mut("details")) {
-        let depth = broker.semstreams.queue_depth.load(Ordering::Relaxed);
+        let depth = semstreams.queue_depth.load(Ordering::Relaxed);
         let capacity = peers * broker.config.semstreams.queue_size as u64;
         details["semstreams"] = json!({
             "peers": peers,

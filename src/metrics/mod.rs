@@ -402,8 +402,8 @@ pub fn render(broker: &Broker) -> HttpResponse {
 /// WebSocket Input's own metrics; and `shardcast_dialect_detected_total`.
 fn semstreams(out: &mut String, broker: &Broker) {
     use crate::protocol::semstreams::{METHODS, TYPES};
-    use crate::shard::semstreams::DROP_REASONS;
-    let s = &broker.semstreams;
+    use crate::shard::semstreams::{SemstreamsStats, DROP_REASONS};
+    let s = &SemstreamsStats::total(broker.shard_stats.iter().map(|s| &s.semstreams));
     let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
     labelled(
         out,

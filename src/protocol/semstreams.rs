@@ -227,10 +227,17 @@ fn envelope_id(raw: &RawValue, scratch: &mut Vec<u8>) -> Result<RequestId, Rejec
 /// The span of the `data` payload's `topic` member, when the payload is an object that
 /// has one.
 fn data_topic(payload: &[u8], body: &RawValue) -> Result<Option<json::StrSpan>, Reject> {
-    if !body.get().starts_with('{') {
+    let text = body.get().as_bytes();
+    if !text.starts_with(b"{") {
         return Ok(None);
     }
-    let [topic] = json::parse_members(body.get().as_bytes(), &["topic"])?;
+    // Most payloads name no topic: two byte scans prove it (a member named `topic` is
+    // written `"topic"` or with an escape) without a third walk of the payload's JSON.
+    if memchr::memmem::find(text, b"\"topic\"").is_none() && memchr::memchr(b'\\', text).is_none()
+    {
+        return Ok(None);
+    }
+    let [topic] = json::parse_members(text, &["topic"])?;
     match topic {
         None => Ok(None),
         Some(t) => json::str_span(payload, t)
@@ -391,13 +398,14 @@ pub fn render_publication(p: &Publication) -> Bytes {
     })
 }
 
-/// `{"type":"ack","id":I,"timestamp":T}`; on a history channel the payload says where
-/// the publication landed: `"payload":{"topic":C,"offset":N}`.
-pub fn render_ack(id: &str, landed: Option<(&str, u64)>) -> Bytes {
+/// `{"type":"ack","id":I,"timestamp":T}` with `T` = `at` (the shard passes the time of
+/// the socket read that brought the message, read once per read); on a history channel
+/// the payload says where the publication landed: `"payload":{"topic":C,"offset":N}`.
+pub fn render_ack(id: &str, landed: Option<(&str, u64)>, at: SystemTime) -> Bytes {
     frame::build_text_frame(|out| {
         open(out, "ack");
         out.extend_from_slice(id.as_bytes());
-        write_timestamp(out, SystemTime::now());
+        write_timestamp(out, at);
         if let Some((topic, offset)) = landed {
             out.extend_from_slice(b",\"payload\":{\"topic\":");
             json::write_str(out, topic);
@@ -635,7 +643,7 @@ mod tests {
             v["payload"],
             json!({"queue_depth":850,"queue_capacity":1000,"utilization":0.85})
         );
-        let v = text_frame_json(&render_ack("\"d1\"", None));
+        let v = text_frame_json(&render_ack("\"d1\"", None, SystemTime::now()));
         assert_eq!(
             (v["type"].as_str(), v["id"].as_str()),
             (Some("ack"), Some("d1"))

@@ -127,7 +127,6 @@ impl Server {
             cluster,
             history,
             tls,
-            semstreams: Default::default(),
             links,
         });
         if let Some(tls) = &broker.tls {

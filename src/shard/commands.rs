@@ -128,7 +128,8 @@ impl Shard {
             Ok(()) => match (conn.dialect, id) {
                 (Dialect::Vws, Some(id)) => self.reply(conn, vws::render_ack(id)),
                 (Dialect::Semstreams, Some(id)) => {
-                    self.reply(conn, semstreams::render_ack(id, None))
+                    let at = self.read_accepted().wall;
+                    self.reply(conn, semstreams::render_ack(id, None, at))
                 }
                 _ => Flow::Continue,
             },
@@ -143,10 +144,7 @@ impl Shard {
             Dialect::Gows => gows::render_error(&reject),
             Dialect::Vws => vws::render_nack(id, &reject),
             Dialect::Semstreams => {
-                self.broker
-                    .semstreams
-                    .nacks
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                super::semstreams::bump(&self.stats.semstreams.nacks, 1);
                 semstreams::render_nack(id, &reject)
             }
         };

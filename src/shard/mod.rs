@@ -17,6 +17,7 @@ pub mod stats;
 mod commands;
 mod delivery;
 mod placement;
+mod recent_ids;
 pub mod semstreams;
 
 pub use placement::Upgraded;
@@ -439,10 +440,7 @@ impl Shard {
                 // `semstreams.on_full = block`: the peer's queue is full, so its socket is
                 // left unread (TCP slows it down) until writes make room; the write side
                 // above has registered for writability, which wakes this task.
-                self.broker
-                    .semstreams
-                    .blocked
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                semstreams::bump(&self.stats.semstreams.blocked, 1);
                 return Poll::Pending;
             }
             if !conn.unparsed && reader::gathers(&conn.partial, conn.need as usize) {

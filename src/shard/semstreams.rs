@@ -17,16 +17,17 @@ use crate::protocol::semstreams::{self as wire, Request, METHODS, TYPES};
 use crate::protocol::{Command, DecodeFailure, Dialect};
 use bytes::Bytes;
 use serde_json::{json, Value};
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::hash::{Hash, Hasher};
+use std::collections::HashMap;
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 /// Why a frame for a SemStreams peer was not queued (`shardcast_semstreams_dropped_total`).
 pub const DROP_REASONS: [&str; 2] = ["queue_full", "rate_limit"];
 
-/// Broker-wide SemStreams counters (cold next to the delivery counters: touched only by
-/// SemStreams peers, and by detection once per auto-detected connection).
+/// One shard's SemStreams counters (touched only by SemStreams peers, and by detection
+/// once per auto-detected connection); [`SemstreamsStats::total`] adds the shards up.
 #[derive(Debug, Default)]
 pub struct SemstreamsStats {
     /// Messages received from peers, by `type` ([`TYPES`] order, last = invalid).
@@ -57,18 +58,62 @@ pub struct SemstreamsStats {
     pub detected: [AtomicU64; Dialect::COUNT],
 }
 
+impl SemstreamsStats {
+    /// The sum over all shards, for `/metrics` and `/healthz`.
+    pub fn total<'a>(shards: impl IntoIterator<Item = &'a SemstreamsStats>) -> SemstreamsStats {
+        let sum = SemstreamsStats::default();
+        let one = |to: &AtomicU64, from: &AtomicU64| {
+            to.fetch_add(from.load(Ordering::Relaxed), Ordering::Relaxed);
+        };
+        let many = |to: &[AtomicU64], from: &[AtomicU64]| {
+            to.iter().zip(from).for_each(|(t, f)| one(t, f));
+        };
+        for s in shards {
+            for (to, from) in [
+                (&sum.published, &s.published),
+                (&sum.acks, &s.acks),
+                (&sum.nacks, &s.nacks),
+                (&sum.slow_sent, &s.slow_sent),
+                (&sum.blocked, &s.blocked),
+                (&sum.peers, &s.peers),
+                (&sum.queue_depth, &s.queue_depth),
+            ] {
+                one(to, from);
+            }
+            many(&sum.received, &s.received);
+            many(&sum.dropped, &s.dropped);
+            many(&sum.requests, &s.requests);
+            many(&sum.request_micros, &s.request_micros);
+            many(&sum.replies, &s.replies);
+            many(&sum.detected, &s.detected);
+        }
+        sum
+    }
+}
+
+/// Adds `n` to one shard's counter. Only the owning shard writes its counters, so a
+/// plain load and store is exact, and spares the locked instruction that stalled a busy
+/// ingest shard on every message.
+pub(super) fn bump(c: &AtomicU64, n: u64) {
+    c.store(c.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+}
+
+/// Takes `n` off one shard's gauge (see [`bump`]).
+fn lower(c: &AtomicU64, n: u64) {
+    c.store(c.load(Ordering::Relaxed).wrapping_sub(n), Ordering::Relaxed);
+}
+
 fn add(c: Option<&AtomicU64>, n: u64) {
     if let Some(c) = c {
-        c.fetch_add(n, Ordering::Relaxed);
+        bump(c, n);
     }
 }
 
 /// One peer's state, kept by its shard.
 #[derive(Debug, Default)]
 pub(super) struct Peer {
-    /// Hashes of its recent accepted ids, oldest first, and the same as a set.
-    ids: VecDeque<u64>,
-    id_set: HashSet<u64>,
+    /// Hashes of its recently accepted ids (`semstreams.id_window`).
+    ids: super::recent_ids::RecentIds,
     /// What it asked to be sent at most (msg/s, 0 = unlimited), and the bucket for it.
     send_rate: f64,
     bucket: RateLimiter,
@@ -79,7 +124,30 @@ pub(super) struct Peer {
 }
 
 /// The peers of one shard, by connection key.
-pub(super) type Peers = HashMap<usize, Peer>;
+pub(super) type Peers = HashMap<usize, Peer, Spreading>;
+
+/// A hasher for keys peers do not choose (slab keys): one multiply instead of SipHash.
+#[derive(Default)]
+pub(super) struct Spread(u64);
+
+impl Hasher for Spread {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(self.0.rotate_left(8) ^ u64::from(*b));
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
+}
+
+type Spreading = BuildHasherDefault<Spread>;
 
 /// The outbox bounds of a peer: `semstreams.queue_size` frames, `client.queue_bytes`,
 /// and `on_full` (`block` stops reading the peer once its queue is full; other
@@ -95,10 +163,11 @@ pub(super) fn peer_limits(config: &crate::config::Config) -> outbox::Limits {
     }
 }
 
+/// An envelope id's hash, keyed per process (so peers cannot aim ids at one bucket of
+/// the set); only called when `semstreams.id_window` is on.
 fn id_hash(id: &str) -> u64 {
-    let mut h = std::hash::DefaultHasher::new();
-    id.hash(&mut h);
-    h.finish()
+    static KEYS: OnceLock<RandomState> = OnceLock::new();
+    KEYS.get_or_init(RandomState::new).hash_one(id)
 }
 
 impl Shard {
@@ -109,7 +178,7 @@ impl Shard {
         };
         conn.detect = false;
         conn.dialect = dialect;
-        add(self.broker.semstreams.detected.get(dialect.index()), 1);
+        add(self.stats.semstreams.detected.get(dialect.index()), 1);
         if dialect == Dialect::Semstreams {
             self.peer_opened(key);
         }
@@ -118,15 +187,15 @@ impl Shard {
     /// A connection became a SemStreams peer.
     pub(super) fn peer_opened(&self, key: usize) {
         self.peers.borrow_mut().insert(key, Peer::default());
-        self.broker.semstreams.peers.fetch_add(1, Ordering::Relaxed);
+        bump(&self.stats.semstreams.peers, 1);
     }
 
     /// A SemStreams peer's connection is gone.
     pub(super) fn peer_closed(&self, key: usize) {
         if let Some(peer) = self.peers.borrow_mut().remove(&key) {
-            let stats = &self.broker.semstreams;
-            stats.peers.fetch_sub(1, Ordering::Relaxed);
-            stats.queue_depth.fetch_sub(peer.depth, Ordering::Relaxed);
+            let stats = &self.stats.semstreams;
+            lower(&stats.peers, 1);
+            lower(&stats.queue_depth, peer.depth);
         }
     }
 
@@ -134,11 +203,11 @@ impl Shard {
     pub(super) fn note_peer_depth(&self, key: usize, depth: usize) {
         if let Some(peer) = self.peers.borrow_mut().get_mut(&key) {
             let depth = depth as u64;
-            let gauge = &self.broker.semstreams.queue_depth;
+            let gauge = &self.stats.semstreams.queue_depth;
             if depth > peer.depth {
-                gauge.fetch_add(depth - peer.depth, Ordering::Relaxed);
+                bump(gauge, depth - peer.depth);
             } else {
-                gauge.fetch_sub(peer.depth - depth, Ordering::Relaxed);
+                lower(gauge, peer.depth - depth);
             }
             peer.depth = depth;
         }
@@ -146,7 +215,7 @@ impl Shard {
 
     /// Handles a decoded SemStreams message.
     pub(super) fn on_semstreams(&self, conn: &mut Conn, key: usize, command: Command<'_>) -> Flow {
-        let stats = &self.broker.semstreams;
+        let stats = &self.stats.semstreams;
         match command {
             Command::Publish {
                 topic,
@@ -173,7 +242,7 @@ impl Shard {
     /// A SemStreams message that could not be decoded: counted, answered with a `nack`
     /// (an error `reply` for a request); the connection stays open.
     pub(super) fn refuse_semstreams(&self, conn: &mut Conn, failure: DecodeFailure) -> Flow {
-        let stats = &self.broker.semstreams;
+        let stats = &self.stats.semstreams;
         let kind = match failure.reject {
             _ if failure.request => 1,
             Reject::UnsolicitedReply => 2,
@@ -202,7 +271,8 @@ impl Shard {
         if data.len() > config.max_payload_bytes {
             return self.refuse(conn, Reject::PayloadTooLarge, id);
         }
-        if self.id_reused(key, id) {
+        let hash = self.id_hash(id);
+        if self.id_reused(key, hash) {
             return self.refuse(conn, Reject::ReusedId, id);
         }
         // Ingest on the data channel, named or not, is what the dialect is for.
@@ -216,14 +286,15 @@ impl Shard {
         let origin = if block { self.origin_tag(key) } else { 0 };
         match self.client_publish(conn, topic, data, headers, ingest, origin) {
             Ok(offset) => {
-                self.remember_id(key, id);
-                let stats = &self.broker.semstreams;
-                stats.published.fetch_add(1, Ordering::Relaxed);
+                self.remember_id(key, hash);
+                let stats = &self.stats.semstreams;
+                bump(&stats.published, 1);
                 let flow = match id {
                     Some(id) => {
-                        stats.acks.fetch_add(1, Ordering::Relaxed);
+                        bump(&stats.acks, 1);
                         let landed = (offset != 0).then_some((topic, offset));
-                        self.reply(conn, wire::render_ack(id, landed))
+                        let at = self.read_accepted().wall;
+                        self.reply(conn, wire::render_ack(id, landed, at))
                     }
                     None => Flow::Continue,
                 };
@@ -250,12 +321,13 @@ impl Shard {
     fn on_request(&self, conn: &mut Conn, key: usize, id: &str, request: Request) -> Flow {
         let started = Instant::now();
         let method = request.index();
-        let stats = &self.broker.semstreams;
+        let stats = &self.stats.semstreams;
         add(stats.requests.get(method), 1);
-        if self.id_reused(key, Some(id)) {
+        let hash = self.id_hash(Some(id));
+        if self.id_reused(key, hash) {
             return self.error_reply(conn, Some(id), Reject::ReusedId);
         }
-        self.remember_id(key, Some(id));
+        self.remember_id(key, hash);
         let result = match request {
             Request::Status => Ok(crate::api::health::health(&self.broker).1),
             Request::Backpressure { rate_limit } => {
@@ -270,7 +342,7 @@ impl Shard {
             Request::History { channel, since } => {
                 match self.subscribe(conn, key, &channel, true) {
                     Ok(added) => {
-                        stats.replies[0].fetch_add(1, Ordering::Relaxed);
+                        bump(&stats.replies[0], 1);
                         let flow =
                             self.attach_history(conn, &channel, Some(since), added, Some(id));
                         self.note_duration(method, started);
@@ -284,7 +356,7 @@ impl Shard {
         self.note_duration(method, started);
         match result {
             Ok(value) => {
-                stats.replies[0].fetch_add(1, Ordering::Relaxed);
+                bump(&stats.replies[0], 1);
                 self.reply(conn, wire::render_reply(id, &value))
             }
             Err(reject) => self.error_reply(conn, Some(id), reject),
@@ -293,13 +365,13 @@ impl Shard {
 
     fn note_duration(&self, method: usize, started: Instant) {
         let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-        add(self.broker.semstreams.request_micros.get(method), us.max(1));
+        add(self.stats.semstreams.request_micros.get(method), us.max(1));
     }
 
     /// A refused request: counted, answered with an error `reply`.
     fn error_reply(&self, conn: &mut Conn, id: Option<&str>, reject: Reject) -> Flow {
         self.stats.reject(reject);
-        self.broker.semstreams.replies[1].fetch_add(1, Ordering::Relaxed);
+        bump(&self.stats.semstreams.replies[1], 1);
         self.reply(conn, wire::render_error_reply(id, &reject))
     }
 
@@ -354,35 +426,31 @@ impl Shard {
         })
     }
 
-    /// True when `id` was accepted from this peer recently (`semstreams.id_window`).
-    fn id_reused(&self, key: usize, id: Option<&str>) -> bool {
-        let Some(id) = id else {
+    /// The hash reuse is checked by, when there is an id and `semstreams.id_window` is on.
+    fn id_hash(&self, id: Option<&str>) -> Option<u64> {
+        id.filter(|_| self.broker.config.semstreams.id_window > 0)
+            .map(id_hash)
+    }
+
+    /// True when the id hashed to `hash` was accepted from this peer recently
+    /// (`semstreams.id_window`).
+    fn id_reused(&self, key: usize, hash: Option<u64>) -> bool {
+        let Some(h) = hash else {
             return false;
         };
-        if self.broker.config.semstreams.id_window == 0 {
-            return false;
-        }
         self.peers
             .borrow()
             .get(&key)
-            .is_some_and(|p| p.id_set.contains(&id_hash(id)))
+            .is_some_and(|p| p.ids.contains(h))
     }
 
-    fn remember_id(&self, key: usize, id: Option<&str>) {
+    fn remember_id(&self, key: usize, hash: Option<u64>) {
         let window = self.broker.config.semstreams.id_window;
-        let (Some(id), true) = (id, window > 0) else {
+        let Some(h) = hash else {
             return;
         };
         if let Some(peer) = self.peers.borrow_mut().get_mut(&key) {
-            let h = id_hash(id);
-            if peer.id_set.insert(h) {
-                peer.ids.push_back(h);
-            }
-            while peer.ids.len() > window {
-                if let Some(old) = peer.ids.pop_front() {
-                    peer.id_set.remove(&old);
-                }
-            }
+            peer.ids.insert(h, window);
         }
     }
 
@@ -410,7 +478,7 @@ impl Shard {
         frame: Bytes,
         origin: u64,
     ) -> bool {
-        let stats = &self.broker.semstreams;
+        let stats = &self.stats.semstreams;
         let limited = self
             .peers
             .borrow()
@@ -481,10 +549,7 @@ impl Shard {
         }
         conn.outbox
             .push_unbounded(wire::render_slow(depth, capacity));
-        self.broker
-            .semstreams
-            .slow_sent
-            .fetch_add(1, Ordering::Relaxed);
+        bump(&self.stats.semstreams.slow_sent, 1);
     }
 }
 

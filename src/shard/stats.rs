@@ -65,6 +65,8 @@ pub struct ShardStats {
     pub latency_us: Mutex<Histogram<u64>>,
     /// permessage-deflate counters.
     pub deflate: crate::deflate::Stats,
+    /// SemStreams counters (per shard: every peer message touches them).
+    pub semstreams: super::semstreams::SemstreamsStats,
 }
 
 impl Default for ShardStats {
@@ -90,6 +92,7 @@ impl Default for ShardStats {
             rejections: std::array::from_fn(|_| AtomicU64::new(0)),
             latency_us: Mutex::new(new_histogram()),
             deflate: crate::deflate::Stats::default(),
+            semstreams: Default::default(),
         }
     }
 }
