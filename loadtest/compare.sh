@@ -44,17 +44,6 @@ URL=""
 # shellcheck source=loadtest/common.sh
 . "$ROOT/loadtest/common.sh"
 
-# A port below the ephemeral range (so no client socket of the harness holds it) that
-# nothing listens on.
-free_port() {
-  local p low
-  low=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
-  while :; do
-    p=$((10000 + RANDOM % (low - 10000)))
-    (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return; }
-  done
-}
-
 # start TARGET: shardcast (one shard per core), shardcast-1shard, or uws.
 start() {
   case "$1" in
@@ -63,6 +52,8 @@ start() {
       [ "$1" = shardcast-1shard ] && shards=1
       # The same broker holding flushes 5 ms at most: the latency/CPU trade-off.
       [ "$1" = shardcast-5ms ] && env="SHARDCAST_SERVER__WRITE_COALESCE=5ms $env"
+      # The last run's log must not satisfy the wait below.
+      rm -f "$RESULTS/broker.out"
       env $env "$SC" serve --listen 127.0.0.1:0 --config "$CONFIG" --shards "$shards" \
         >"$RESULTS/broker.out" 2>"$RESULTS/broker.err" &
       BPID=$!
@@ -73,6 +64,7 @@ start() {
       local port attempt
       for attempt in 1 2 3; do
         port=$(free_port)
+        rm -f "$RESULTS/broker.err"
         (cd "$PEER" && PORT=$port exec node server.js) >"$RESULTS/broker.out" 2>"$RESULTS/broker.err" &
         BPID=$!
         if wait_for "$RESULTS/broker.err" "listening on"; then break; fi
@@ -85,11 +77,6 @@ start() {
   esac
 }
 
-stop() {
-  kill "$BPID" 2>/dev/null || true
-  wait "$BPID" 2>/dev/null || true
-  BPID=""
-}
 trap stop EXIT
 
 # run_case NAME "TARGET…" HARNESS-ARGS…: RUNS runs per target, interleaved.

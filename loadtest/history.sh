@@ -75,13 +75,6 @@ start() {
   ADDR=$(grep -o '127\.0\.0\.1:[0-9]*' "$RESULTS/broker.out" | head -1)
 }
 
-stop() {
-  if [ -n "$BPID" ]; then
-    kill "$BPID" 2>/dev/null || true
-    wait "$BPID" 2>/dev/null || true
-  fi
-  BPID=""
-}
 trap stop EXIT
 
 rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$BPID/status"; }

@@ -50,17 +50,6 @@ echo "semstreams.sh: results in $RESULTS" >&2
 # shellcheck source=loadtest/common.sh
 . "$ROOT/loadtest/common.sh"
 
-# A port below the ephemeral range (so no client socket of the harness holds it) that
-# nothing listens on.
-free_port() {
-  local p low
-  low=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
-  while :; do
-    p=$((10000 + RANDOM % (low - 10000)))
-    (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return; }
-  done
-}
-
 BPID=""
 ADDR=""
 
@@ -83,13 +72,6 @@ start() {
   return 1
 }
 
-stop() {
-  if [ -n "$BPID" ]; then
-    kill "$BPID" 2>/dev/null || true
-    wait "$BPID" 2>/dev/null || true
-  fi
-  BPID=""
-}
 trap stop EXIT
 
 # field FILE NAME: the first number after "NAME": in a pretty-printed report.

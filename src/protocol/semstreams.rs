@@ -233,8 +233,7 @@ fn data_topic(payload: &[u8], body: &RawValue) -> Result<Option<json::StrSpan>, 
     }
     // Most payloads name no topic: two byte scans prove it (a member named `topic` is
     // written `"topic"` or with an escape) without a third walk of the payload's JSON.
-    if memchr::memmem::find(text, b"\"topic\"").is_none() && memchr::memchr(b'\\', text).is_none()
-    {
+    if memchr::memmem::find(text, b"\"topic\"").is_none() && memchr::memchr(b'\\', text).is_none() {
         return Ok(None);
     }
     let [topic] = json::parse_members(text, &["topic"])?;

@@ -49,7 +49,11 @@ impl RecentIds {
         if self.words.is_empty() {
             self.words = vec![0; window.next_power_of_two().clamp(1, MAX_WORDS)];
         }
-        if self.hashes.get(self.current).is_some_and(|h| h.len() >= window) {
+        if self
+            .hashes
+            .get(self.current)
+            .is_some_and(|h| h.len() >= window)
+        {
             self.current ^= 1;
             let keep = !(u64::from(u32::MAX) << (32 * self.current));
             self.words.iter_mut().for_each(|w| *w &= keep);
