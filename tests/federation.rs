@@ -515,8 +515,10 @@ async fn a_semstreams_push_link_feeds_a_semstreams_input_that_negotiates_no_subp
         "the hub's reason is kept: {l}"
     );
     let edge_id = edge.get("/healthz").await.json()["details"]["node_id"].clone();
-    let seen = log.lock();
-    let payloads: Vec<&Value> = seen.data.iter().map(|(d, _)| &d["payload"]).collect();
+    // Copies, so no lock is held across the awaits below.
+    let seen = log.lock().data.clone();
+    let replies = log.lock().replies.clone();
+    let payloads: Vec<&Value> = seen.iter().map(|(d, _)| &d["payload"]).collect();
     assert_eq!(
         payloads,
         [
@@ -526,29 +528,27 @@ async fn a_semstreams_push_link_feeds_a_semstreams_input_that_negotiates_no_subp
         ],
         "the publication's data is the payload, in order"
     );
-    for (d, _) in &seen.data {
+    for (d, _) in &seen {
         assert!(
             d["id"].is_string() && d["timestamp"].is_u64(),
             "envelope: {d}"
         );
         assert_eq!(d["headers"]["sc-via"], edge_id, "{d}");
     }
-    assert_eq!(seen.data[0].0["topic"], "sensors/temp");
-    assert_eq!(seen.data[2].0["topic"], "sensors/hum");
+    assert_eq!(seen[0].0["topic"], "sensors/temp");
+    assert_eq!(seen[2].0["topic"], "sensors/hum");
     // The hub asked for 10 msg/s: the link says so and keeps to it from then on.
-    assert_eq!(seen.replies.len(), 1, "{:?}", seen.replies);
-    assert_eq!(seen.replies[0]["id"], "hub-1");
-    assert_eq!(seen.replies[0]["payload"]["status"], "ok");
-    assert_eq!(seen.replies[0]["payload"]["result"]["adjusted_to"], 10.0);
-    drop(seen);
+    assert_eq!(replies.len(), 1, "{replies:?}");
+    assert_eq!(replies[0]["id"], "hub-1");
+    assert_eq!(replies[0]["payload"]["status"], "ok");
+    assert_eq!(replies[0]["payload"]["result"]["adjusted_to"], 10.0);
     publish_numbers(&edge, "sensors/paced", 1..=4).await;
     until_ok("four more acked", LINK, || async {
         let l = link(&edge, "hub").await;
         (l["forwarded"] == 6).then_some(()).ok_or(l.to_string())
     })
     .await;
-    let seen = log.lock();
-    let paced: Vec<std::time::Instant> = seen.data[3..].iter().map(|(_, at)| *at).collect();
+    let paced: Vec<std::time::Instant> = log.lock().data[3..].iter().map(|(_, at)| *at).collect();
     assert_eq!(paced.len(), 4);
     // Four sends at 10/s span at least three gaps of 100 ms (a busy machine only adds).
     let span = paced[3] - paced[0];
@@ -556,7 +556,6 @@ async fn a_semstreams_push_link_feeds_a_semstreams_input_that_negotiates_no_subp
         span >= Duration::from_millis(280),
         "sent too fast for 10 msg/s: {span:?}"
     );
-    drop(seen);
     let m = edge.metrics().await;
     assert_eq!(
         counter(
