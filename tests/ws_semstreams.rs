@@ -241,6 +241,24 @@ async fn history_request_replays_from_a_position_and_data_acks_carry_the_offset(
     );
 }
 
+/// The envelope's own `topic` and `headers` (what the broker renders, and what a
+/// SemStreams upstream link sends) become the publication's topic and headers.
+#[tokio::test]
+async fn data_with_an_envelope_topic_and_headers_keeps_both() {
+    let broker = Broker::start("[client]\nallow_publish = true\n");
+    let mut sub = broker.vws_subscriber("plant/#").await;
+    let mut edge = peer(&broker).await;
+    let mut msg = data("e1", json!({"topic": "ignored/here", "v": 1}));
+    msg["topic"] = json!("plant/line1");
+    msg["headers"] = json!({"traceparent": "00-abc-01"});
+    let v = ask(&mut edge, &msg).await;
+    assert_eq!((&v["type"], &v["id"]), (&json!("ack"), &json!("e1")), "{v}");
+    let got = sub.recv().await;
+    assert_eq!(got["t"], "plant/line1", "the envelope's topic wins: {got}");
+    assert_eq!(got["d"], json!({"topic": "ignored/here", "v": 1}));
+    assert_eq!(got["h"]["traceparent"], "00-abc-01", "{got}");
+}
+
 #[tokio::test]
 async fn policy_closes_the_data_channel_and_guards_payload_topics() {
     let broker = Broker::start(
@@ -294,6 +312,24 @@ async fn bad_input_is_nacked_with_a_reason_counted_and_the_connection_kept() {
             "nack",
             Some("b"),
             "missing field 'payload'",
+        ),
+        (
+            json!({"type": "data", "id": "t", "topic": 9, "payload": {}}),
+            "nack",
+            Some("t"),
+            "'topic' has the wrong type",
+        ),
+        (
+            json!({"type": "data", "id": "h", "headers": {"n": 1}, "payload": {}}),
+            "nack",
+            Some("h"),
+            "'headers' has the wrong type",
+        ),
+        (
+            json!({"type": "data", "id": "h2", "headers": {"type": "x"}, "payload": {}}),
+            "nack",
+            Some("h2"),
+            "type",
         ),
         (
             json!({"type": "data", "id": "b", "payload": {"topic": 1}}),
