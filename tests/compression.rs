@@ -275,9 +275,14 @@ async fn python_websockets_defaults_negotiate_and_receive_compressed_publication
         .status()
         .is_ok_and(|s| s.success());
     if !has {
+        let required = std::env::var("SHARDCAST_REQUIRE_PYTHON_WEBSOCKETS").is_ok_and(|v| v == "1");
+        assert!(
+            !required,
+            "SHARDCAST_REQUIRE_PYTHON_WEBSOCKETS=1 but python3 cannot import websockets.sync.client"
+        );
         let _ = writeln!(
             std::io::stderr(),
-            "NOTICE: Python websockets test skipped: python3 with websockets is missing (pip install websockets)"
+            "NOTICE: Python websockets test skipped: python3 with websockets is missing (pip install websockets; SHARDCAST_REQUIRE_PYTHON_WEBSOCKETS=1 makes this a failure)"
         );
         return;
     }
