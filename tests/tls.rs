@@ -124,6 +124,19 @@ async fn https(broker: &Broker, ca: &CertificateDer<'static>, request: &str) -> 
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// `POST /api/publish` of `payload` (JSON) over HTTPS; the whole answer.
+async fn https_publish(broker: &Broker, ca: &CertificateDer<'static>, payload: &str) -> String {
+    https(
+        broker,
+        ca,
+        &format!(
+            "POST /api/publish HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{payload}",
+            payload.len()
+        ),
+    )
+    .await
+}
+
 async fn https_get(broker: &Broker, ca: &CertificateDer<'static>, path: &str) -> String {
     https(
         broker,
@@ -195,15 +208,7 @@ async fn send_json(ws: &mut Wss, v: serde_json::Value) {
 }
 
 async fn broker_publish_https(broker: &Broker, ca: &CertificateDer<'static>, payload: &str) {
-    let answer = https(
-        broker,
-        ca,
-        &format!(
-            "POST /api/publish HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{payload}",
-            payload.len()
-        ),
-    )
-    .await;
+    let answer = https_publish(broker, ca, payload).await;
     assert!(status(&answer) < 300, "https publish: {answer}");
 }
 
@@ -240,15 +245,7 @@ async fn wss_subscriber_gets_publication_and_https_api_answers() {
     assert_eq!(recv_json(&mut ws).await["type"], "pong");
 
     let payload = r#"{"channel":"news","data":{"n":42}}"#;
-    let answer = https(
-        &broker,
-        &pki.ca,
-        &format!(
-            "POST /api/publish HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{payload}",
-            payload.len()
-        ),
-    )
-    .await;
+    let answer = https_publish(&broker, &pki.ca, payload).await;
     assert!(status(&answer) < 300, "https publish: {answer}");
     let got = recv_json(&mut ws).await;
     assert_eq!(got["data"]["n"], 42, "publication over wss: {got}");
@@ -256,15 +253,7 @@ async fn wss_subscriber_gets_publication_and_https_api_answers() {
     // A big publication crosses many TLS records and the socket's buffer.
     let big = "x".repeat(200_000);
     let payload = serde_json::json!({"channel": "news", "data": {"big": big}}).to_string();
-    let answer = https(
-        &broker,
-        &pki.ca,
-        &format!(
-            "POST /api/publish HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{payload}",
-            payload.len()
-        ),
-    )
-    .await;
+    let answer = https_publish(&broker, &pki.ca, &payload).await;
     assert!(
         status(&answer) < 300,
         "big https publish: {}",

@@ -418,14 +418,24 @@ pub fn render_ack(id: &str, landed: Option<(&str, u64)>, at: SystemTime) -> Byte
 
 /// `{"type":"nack","id"?:I,"timestamp":T,"payload":{"reason":R,"error":E}}`.
 pub fn render_nack(id: Option<&str>, reject: &Reject) -> Bytes {
+    render_refusal("nack", "", id, reject)
+}
+
+/// A refusal of `kind` (`nack`, or an error `reply` with `status` `"status":"error",`):
+/// `{"type":K,"id"?:I,"timestamp":T,"payload":{STATUS"reason":R,"error":E}}`.
+fn render_refusal(kind: &str, status: &str, id: Option<&str>, reject: &Reject) -> Bytes {
     frame::build_text_frame(|out| {
-        out.extend_from_slice(b"{\"type\":\"nack\"");
+        out.extend_from_slice(b"{\"type\":\"");
+        out.extend_from_slice(kind.as_bytes());
+        out.push(b'"');
         if let Some(id) = id {
             out.extend_from_slice(b",\"id\":");
             out.extend_from_slice(id.as_bytes());
         }
         write_timestamp(out, SystemTime::now());
-        out.extend_from_slice(b",\"payload\":{\"reason\":\"");
+        out.extend_from_slice(b",\"payload\":{");
+        out.extend_from_slice(status.as_bytes());
+        out.extend_from_slice(b"\"reason\":\"");
         out.extend_from_slice(reason_of(reject).as_bytes());
         out.extend_from_slice(b"\",\"error\":");
         json::write_display(out, reject);
@@ -448,19 +458,7 @@ pub fn render_reply(id: &str, result: &serde_json::Value) -> Bytes {
 
 /// `{"type":"reply","id"?:I,"timestamp":T,"payload":{"status":"error","reason":R,"error":E}}`.
 pub fn render_error_reply(id: Option<&str>, reject: &Reject) -> Bytes {
-    frame::build_text_frame(|out| {
-        out.extend_from_slice(b"{\"type\":\"reply\"");
-        if let Some(id) = id {
-            out.extend_from_slice(b",\"id\":");
-            out.extend_from_slice(id.as_bytes());
-        }
-        write_timestamp(out, SystemTime::now());
-        out.extend_from_slice(b",\"payload\":{\"status\":\"error\",\"reason\":\"");
-        out.extend_from_slice(reason_of(reject).as_bytes());
-        out.extend_from_slice(b"\",\"error\":");
-        json::write_display(out, reject);
-        out.extend_from_slice(b"}}");
-    })
+    render_refusal("reply", "\"status\":\"error\",", id, reject)
 }
 
 /// `{"type":"slow","id","timestamp","payload":{"queue_depth","queue_capacity","utilization"}}`.
