@@ -32,7 +32,7 @@ mod credentials;
 mod url;
 mod wire;
 
-pub use backoff::{Backoff, BackoffConfig};
+pub use backoff::{random_seed, Backoff, BackoffConfig};
 pub use client::{Client, ClientBuilder, LinkEvent, Subscribed, Subscription};
 pub use conn::{accept_key, open, Read, Writer};
 pub use credentials::{Ask, Credentials, CredentialsFuture, Provider};

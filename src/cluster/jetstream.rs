@@ -34,10 +34,11 @@ use crate::history::{History, RuleId, Source};
 use crate::publication::Publication;
 use crate::router::MatchCache;
 use async_nats::jetstream::{self, context::PublishErrorKind, stream};
+use shardcast_client::Backoff;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 /// The header holding a publication's offset (stream messages and announcements).
@@ -46,8 +47,16 @@ pub const OFFSET_HEADER: &str = "Shardcast-Offset";
 pub const SEQ_HEADER: &str = "Shardcast-Seq";
 /// Jobs waiting for the task at most; past it publications are counted as dropped.
 const QUEUE: usize = 65_536;
-/// Appends tried per publication when other nodes keep appending to the same channel.
-const MAX_ATTEMPTS: usize = 16;
+/// Waits between appends refused because another node appended first: full jitter from
+/// 1 ms up to 50 ms, so racing nodes fall out of step. The retries of one publication
+/// end at `cluster.jetstream_timeout`, not after a count: a node whose every append
+/// loses to another node's burst gets its turn once the burst ends.
+const CONFLICT_BACKOFF: shardcast_client::BackoffConfig = shardcast_client::BackoffConfig {
+    initial_interval: Duration::from_millis(1),
+    max_interval: Duration::from_millis(50),
+    multiplier: 2.0,
+    max_retries: 0,
+};
 /// How often the task checks (and re-creates) the stream while it is unavailable.
 const RETRY: Duration = Duration::from_secs(1);
 /// How long a delivery waits for full shard inboxes.
@@ -456,7 +465,9 @@ impl Task {
         let mac = self.mac.as_ref().map(|k| k.sign(&live, &payload));
         let mut acked = None;
         if let Some(stream) = r.stream.clone() {
-            for _ in 0..MAX_ATTEMPTS {
+            let deadline = Instant::now() + self.timeout;
+            let mut backoff = Backoff::new(CONFLICT_BACKOFF, shardcast_client::random_seed());
+            loop {
                 let last = match r.last.get(&p.topic) {
                     Some(l) => *l,
                     None => match self.last_of(&stream, &stored).await {
@@ -497,6 +508,12 @@ impl Task {
                     Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
                         JetStreamStats::add(&self.stats.conflicts, 1);
                         r.last.remove(&p.topic);
+                        let wait = backoff.next_delay().unwrap_or_default();
+                        if Instant::now() + wait >= deadline {
+                            tracing::warn!(channel = %p.topic, attempts = backoff.attempts(), "cluster: other nodes kept appending to the channel for cluster.jetstream_timeout; publication delivered without an offset");
+                            break;
+                        }
+                        tokio::time::sleep(wait).await;
                     }
                     Err(e) => {
                         // A refusal (stream full) leaves the stream up; a timeout or a
