@@ -167,7 +167,7 @@ async fn pull_loses_nothing_through_a_cut_link_and_an_upstream_restart() {
         pull_link(
             "cloud",
             &format!("ws://{}/ws", proxy.addr),
-            "[\"feed\"]",
+            "[\"feed\", \"wild/#\"]",
             ""
         )
     ));
@@ -195,7 +195,23 @@ async fn pull_loses_nothing_through_a_cut_link_and_an_upstream_restart() {
         (1..=400).collect::<Vec<u64>>(),
         "every publication exactly once, in order"
     );
+    // The wildcard beside it had no position to resume from, after the cut and after the
+    // restart: each of those resubscriptions is counted, the exact channel's are not.
+    let from_now = || async { link(&edge, "cloud").await["resumes_from_now"].as_u64() };
+    eventually("wild/# resubscribed twice", LINK, || async {
+        from_now().await >= Some(2)
+    })
+    .await;
     expect_no_numbers(&mut sub).await;
+    assert_eq!(from_now().await, Some(2), "only the wildcard counts");
+    let metrics = edge.metrics().await;
+    assert_eq!(
+        counter(
+            &metrics,
+            "shardcast_link_resumes_from_now_total{link=\"cloud\",mode=\"pull\"}"
+        ),
+        2.0
+    );
 
     let l = link(&edge, "cloud").await;
     assert!(l["reconnect_attempts"].as_u64() >= Some(2), "{l}");

@@ -300,8 +300,9 @@ async fn watch_link(
                 );
                 *stats.last_error.lock() = reason;
             }
-            LinkEvent::Resubscribed { topic, recovered } => {
-                if recovered == Some(false) {
+            LinkEvent::Resubscribed { topic, recovered } => match recovered {
+                Some(true) => {}
+                Some(false) => {
                     stats.gaps.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(
                         link = %stats.name,
@@ -309,7 +310,15 @@ async fn watch_link(
                         "resumed, but the upstream no longer had everything missed"
                     );
                 }
-            }
+                None => {
+                    stats.resumes_from_now.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        link = %stats.name,
+                        pattern = %topic,
+                        "resubscribed with no position to resume from (a wildcard pattern, or no history upstream): what was published upstream while the link was down is not brought over"
+                    );
+                }
+            },
             LinkEvent::Slow {
                 queue_depth,
                 queue_capacity,

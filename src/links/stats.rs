@@ -63,6 +63,10 @@ pub struct LinkStats {
     pub dropped: [AtomicU64; Dropped::LABELS.len()],
     /// Pull: resumes after which the upstream could not replay everything missed.
     pub gaps: AtomicU64,
+    /// Pull: resubscriptions after a cut that had no position to resume from (a wildcard
+    /// pattern, or a channel the upstream keeps no history for): what the upstream
+    /// published while the link was down was not brought over.
+    pub resumes_from_now: AtomicU64,
     /// SemStreams: `slow` signals received (the upstream's queue for this link past 80%).
     pub slow_signals: AtomicU64,
     /// Whether the link gave up (`max_retries`).
@@ -94,6 +98,7 @@ impl LinkStats {
             forwarded: AtomicU64::new(0),
             dropped: std::array::from_fn(|_| AtomicU64::new(0)),
             gaps: AtomicU64::new(0),
+            resumes_from_now: AtomicU64::new(0),
             slow_signals: AtomicU64::new(0),
             gave_up: AtomicBool::new(false),
             remote_node: parking_lot::Mutex::new(String::new()),
@@ -160,6 +165,7 @@ impl LinkStats {
             "forwarded": get(&self.forwarded),
             "dropped": dropped,
             "gaps": get(&self.gaps),
+            "resumes_from_now": get(&self.resumes_from_now),
             "slow_signals": get(&self.slow_signals),
             "gave_up": self.gave_up.load(Ordering::Relaxed),
             "last_error": if error.is_empty() { serde_json::Value::Null } else { error.into() },
@@ -181,7 +187,7 @@ pub fn render(out: &mut String, links: &[std::sync::Arc<LinkStats>]) {
         return;
     }
     let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-    let series: [Series; 7] = [
+    let series: [Series; 8] = [
         (
             "link_connected",
             "gauge",
@@ -217,6 +223,12 @@ pub fn render(out: &mut String, links: &[std::sync::Arc<LinkStats>]) {
             "counter",
             "Pull resumes after which the upstream could not replay everything missed.",
             |l| l.gaps.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "link_resumes_from_now_total",
+            "counter",
+            "Pull resubscriptions after a cut with no position to resume from (a wildcard pattern, or no history upstream): what was published meanwhile was not brought over.",
+            |l| l.resumes_from_now.load(Ordering::Relaxed) as f64,
         ),
         (
             "link_slow_signals_total",
