@@ -92,6 +92,22 @@ async fn read_offsets(ws: &mut Ws, from: u64, to: u64, what: &str) -> Vec<Value>
     out
 }
 
+/// `b` publishes 0..n/2 on `channel` while `c` publishes n/2..n: the two nodes race for
+/// every offset.
+async fn race(b: &Broker, c: &Broker, channel: &str, n: u64) {
+    let on_b = async {
+        for i in 0..n / 2 {
+            b.publish(channel, json!(i)).await;
+        }
+    };
+    let on_c = async {
+        for i in n / 2..n {
+            c.publish(channel, json!(i)).await;
+        }
+    };
+    tokio::join!(on_b, on_c);
+}
+
 #[tokio::test]
 async fn offsets_are_gapless_across_nodes_and_any_node_replays() {
     let Some(bin) = require_nats() else { return };
@@ -107,18 +123,7 @@ async fn offsets_are_gapless_across_nodes_and_any_node_replays() {
     let epoch = ack["e"].as_str().unwrap().to_owned();
     subscriptions(&a, 2.0).await;
     const N: u64 = 200;
-    // B and C publish at the same time: they race for every offset.
-    let on_b = async {
-        for i in 0..N / 2 {
-            b.publish("feed/x", json!(i)).await;
-        }
-    };
-    let on_c = async {
-        for i in N / 2..N {
-            c.publish("feed/x", json!(i)).await;
-        }
-    };
-    tokio::join!(on_b, on_c);
+    race(&b, &c, "feed/x", N).await;
     let data = read_offsets(&mut sub, 1, N, "live on A").await;
     let mut seen: Vec<u64> = data.iter().map(|d| d.as_u64().unwrap()).collect();
     seen.sort_unstable();
@@ -354,17 +359,7 @@ async fn subscribers_of_a_killed_node_resume_through_haproxy_with_nothing_lost()
     }
     subscriptions(&a, 2.0).await;
     let publishers = async {
-        let pb = async {
-            for i in 0..N / 2 {
-                b.publish("feed/ha", json!(i)).await;
-            }
-        };
-        let pc = async {
-            for i in N / 2..N {
-                c.publish("feed/ha", json!(i)).await;
-            }
-        };
-        tokio::join!(pb, pc);
+        race(&b, &c, "feed/ha", N).await;
         Instant::now()
     };
     let url = format!("ws://127.0.0.1:{hport}/ws");

@@ -207,6 +207,17 @@ async fn send_json(ws: &mut Wss, v: serde_json::Value) {
         .unwrap();
 }
 
+/// A gows subscribe to `channel`, in place once the ping after it is answered.
+async fn subscribe_synced(ws: &mut Wss, channel: &str) {
+    send_json(
+        ws,
+        serde_json::json!({"type": "subscribe", "data": channel}),
+    )
+    .await;
+    send_json(ws, serde_json::json!({"type": "ping"})).await;
+    assert_eq!(recv_json(ws).await["type"], "pong");
+}
+
 async fn broker_publish_https(broker: &Broker, ca: &CertificateDer<'static>, payload: &str) {
     let answer = https_publish(broker, ca, payload).await;
     assert!(status(&answer) < 300, "https publish: {answer}");
@@ -236,13 +247,7 @@ async fn wss_subscriber_gets_publication_and_https_api_answers() {
     assert_eq!(status(&health), 200, "https /healthz: {health}");
 
     let mut ws = wss(&broker, &pki.ca).await;
-    send_json(
-        &mut ws,
-        serde_json::json!({"type": "subscribe", "data": "news"}),
-    )
-    .await;
-    send_json(&mut ws, serde_json::json!({"type": "ping"})).await;
-    assert_eq!(recv_json(&mut ws).await["type"], "pong");
+    subscribe_synced(&mut ws, "news").await;
 
     let payload = r#"{"channel":"news","data":{"n":42}}"#;
     let answer = https_publish(&broker, &pki.ca, payload).await;
@@ -264,13 +269,7 @@ async fn wss_subscriber_gets_publication_and_https_api_answers() {
 
     // The upgrade hyper serves (a head the lean path passes on) works over TLS too.
     let mut other = wss_via_hyper(&broker, &pki.ca).await;
-    send_json(
-        &mut other,
-        serde_json::json!({"type": "subscribe", "data": "news"}),
-    )
-    .await;
-    send_json(&mut other, serde_json::json!({"type": "ping"})).await;
-    assert_eq!(recv_json(&mut other).await["type"], "pong");
+    subscribe_synced(&mut other, "news").await;
     broker_publish_https(&broker, &pki.ca, r#"{"channel":"news","data":{"n":7}}"#).await;
     assert_eq!(recv_json(&mut ws).await["data"]["n"], 7);
     assert_eq!(recv_json(&mut other).await["data"]["n"], 7);
