@@ -466,7 +466,8 @@ impl Task {
         let mut acked = None;
         if let Some(stream) = r.stream.clone() {
             let deadline = Instant::now() + self.timeout;
-            let mut backoff = Backoff::new(CONFLICT_BACKOFF, shardcast_client::random_seed());
+            // Made at the first conflict: most appends never need one (or its seed).
+            let mut backoff: Option<Backoff> = None;
             loop {
                 let last = match r.last.get(&p.topic) {
                     Some(l) => *l,
@@ -508,6 +509,9 @@ impl Task {
                     Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
                         JetStreamStats::add(&self.stats.conflicts, 1);
                         r.last.remove(&p.topic);
+                        let backoff = backoff.get_or_insert_with(|| {
+                            Backoff::new(CONFLICT_BACKOFF, shardcast_client::random_seed())
+                        });
                         let wait = backoff.next_delay().unwrap_or_default();
                         if Instant::now() + wait >= deadline {
                             tracing::warn!(channel = %p.topic, attempts = backoff.attempts(), "cluster: other nodes kept appending to the channel for cluster.jetstream_timeout; publication delivered without an offset");
